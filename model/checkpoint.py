@@ -1,0 +1,203 @@
+"""One self-contained checkpoint file: weights, config, id maps, seen items, popularity, metrics.
+
+The file is a ``torch.save`` of a dict holding only tensors and plain Python values (str, int, float,
+list, dict), so it loads with ``torch.load(weights_only=True)``: no pickle code runs, and a file that
+would run code is refused. Saving writes a temporary file in the target directory, fsyncs it and
+renames it into place, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.interactions import Dataset
+from model.networks import build_network
+from model.train import TrainConfig, TrainResult
+
+FORMAT = "recsys-checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = (
+    "format", "format_version", "kind", "config", "state_dict", "user_ids", "item_ids", "seen_indptr",
+    "seen_indices", "item_popularity", "rating_scale", "global_mean", "metrics", "data", "created_at",
+    "model_version",
+)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, unsafe or inconsistent. Nothing from it was used."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. Arrays are numpy; ``state_dict`` keeps torch tensors for rebuilding."""
+
+    kind: str
+    config: TrainConfig
+    state_dict: dict[str, torch.Tensor]
+    user_ids: list[str]
+    item_ids: list[str]
+    seen_indptr: np.ndarray  # (num_users + 1,) int64, CSR row pointers into seen_indices
+    seen_indices: np.ndarray  # (nnz,) int64, item indices each user rated in training
+    item_popularity: np.ndarray  # (num_items,) int64, training interactions per item
+    rating_scale: tuple[float, float]
+    global_mean: float
+    metrics: dict[str, float]
+    data: dict[str, Any]
+    created_at: str
+    model_version: str
+    history: list[dict[str, float]]
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def network(self) -> torch.nn.Module:
+        """Rebuild the trained network in eval mode."""
+        net = build_network(self.kind, self.num_users, self.num_items, self.config.dim, self.global_mean)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+
+def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
+    """Bundle a training result with the id maps and statistics of the data it was fitted on."""
+    inter = dataset.interactions
+    indptr, indices = inter.seen_csr()
+    state = {k: v.detach().cpu().clone() for k, v in result.network.state_dict().items()}
+    created = datetime.now(timezone.utc).replace(microsecond=0)
+    digest = hashlib.sha256(dataset.fingerprint.encode())
+    for name in sorted(state):
+        digest.update(state[name].numpy().tobytes())
+    return Checkpoint(
+        kind=result.config.model,
+        config=result.config,
+        state_dict=state,
+        user_ids=list(dataset.user_map.ids),
+        item_ids=list(dataset.item_map.ids),
+        seen_indptr=indptr,
+        seen_indices=indices,
+        item_popularity=inter.item_counts(),
+        rating_scale=result.rating_scale,
+        global_mean=result.global_mean,
+        metrics=dict(result.metrics),
+        data={
+            "fingerprint": dataset.fingerprint,
+            "source": dataset.source,
+            "num_ratings": len(inter),
+            "implicit": dataset.implicit,
+        },
+        created_at=created.isoformat().replace("+00:00", "Z"),
+        model_version=f"{result.config.model}-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
+        history=list(result.history),
+    )
+
+
+def save(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write ``ckpt`` atomically to ``path`` (temporary file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": ckpt.kind,
+        "config": asdict(ckpt.config),
+        "state_dict": ckpt.state_dict,
+        "user_ids": ckpt.user_ids,
+        "item_ids": ckpt.item_ids,
+        "seen_indptr": torch.from_numpy(np.ascontiguousarray(ckpt.seen_indptr, dtype=np.int64)),
+        "seen_indices": torch.from_numpy(np.ascontiguousarray(ckpt.seen_indices, dtype=np.int64)),
+        "item_popularity": torch.from_numpy(np.ascontiguousarray(ckpt.item_popularity, dtype=np.int64)),
+        "rating_scale": [float(ckpt.rating_scale[0]), float(ckpt.rating_scale[1])],
+        "global_mean": float(ckpt.global_mean),
+        "metrics": {k: float(v) for k, v in ckpt.metrics.items()},
+        "data": dict(ckpt.data),
+        "created_at": ckpt.created_at,
+        "model_version": ckpt.model_version,
+        "history": [dict(row) for row in ckpt.history],
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint without executing code.
+
+    Raises:
+        CheckpointError: missing or truncated file, pickled objects other than tensors and plain
+            values, another format or version, or arrays that disagree with the id maps.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle safely means "refuse"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {raw.get('format_version')!r}, expected {FORMAT_VERSION}")
+    missing = [key for key in _REQUIRED if key not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: missing fields {', '.join(missing)}")
+    known = {f.name for f in fields(TrainConfig)}
+    ckpt = Checkpoint(
+        kind=raw["kind"],
+        config=TrainConfig(**{k: v for k, v in raw["config"].items() if k in known}),
+        state_dict=raw["state_dict"],
+        user_ids=[str(u) for u in raw["user_ids"]],
+        item_ids=[str(i) for i in raw["item_ids"]],
+        seen_indptr=raw["seen_indptr"].numpy(),
+        seen_indices=raw["seen_indices"].numpy(),
+        item_popularity=raw["item_popularity"].numpy(),
+        rating_scale=(float(raw["rating_scale"][0]), float(raw["rating_scale"][1])),
+        global_mean=float(raw["global_mean"]),
+        metrics=dict(raw["metrics"]),
+        data=dict(raw["data"]),
+        created_at=str(raw["created_at"]),
+        model_version=str(raw["model_version"]),
+        history=list(raw.get("history", [])),
+    )
+    _check_consistent(ckpt, path)
+    return ckpt
+
+
+def _check_consistent(ckpt: Checkpoint, path: Path) -> None:
+    n_users, n_items = ckpt.num_users, ckpt.num_items
+    if len(ckpt.seen_indptr) != n_users + 1 or ckpt.seen_indptr[-1] != len(ckpt.seen_indices):
+        raise CheckpointError(f"{path}: seen-item index does not match {n_users} users")
+    if len(ckpt.seen_indices) and (ckpt.seen_indices.min() < 0 or ckpt.seen_indices.max() >= n_items):
+        raise CheckpointError(f"{path}: seen-item index refers to items outside the catalogue")
+    if len(ckpt.item_popularity) != n_items:
+        raise CheckpointError(f"{path}: popularity has {len(ckpt.item_popularity)} entries for {n_items} items")
+    try:
+        ckpt.network()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt.kind} model: {exc}") from None

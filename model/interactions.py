@@ -1,0 +1,115 @@
+"""The validated interaction container (user_idx, item_idx, rating, timestamp) and its splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.data import RawRatings
+from model.idmap import IdMap
+
+
+@dataclass
+class Interactions:
+    """Parallel arrays of observed (user, item, rating) triples in a fixed id space.
+
+    Attributes:
+        user_idx, item_idx: shape (n,), int64, in ``[0, num_users)`` / ``[0, num_items)``.
+        ratings: shape (n,), float32.
+        timestamps: shape (n,), int64.
+        num_users, num_items: size of the id space (may exceed the ids present, e.g. after a split).
+    """
+
+    user_idx: np.ndarray
+    item_idx: np.ndarray
+    ratings: np.ndarray
+    timestamps: np.ndarray
+    num_users: int
+    num_items: int
+
+    def __post_init__(self) -> None:
+        self.user_idx = np.asarray(self.user_idx, dtype=np.int64)
+        self.item_idx = np.asarray(self.item_idx, dtype=np.int64)
+        self.ratings = np.asarray(self.ratings, dtype=np.float32)
+        self.timestamps = np.asarray(self.timestamps, dtype=np.int64)
+        n = len(self.user_idx)
+        for name in ("item_idx", "ratings", "timestamps"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, user_idx has {n}")
+        if n and (self.user_idx.min() < 0 or self.user_idx.max() >= self.num_users):
+            raise ValueError(f"user_idx out of range [0, {self.num_users})")
+        if n and (self.item_idx.min() < 0 or self.item_idx.max() >= self.num_items):
+            raise ValueError(f"item_idx out of range [0, {self.num_items})")
+        if not np.isfinite(self.ratings).all():
+            raise ValueError("ratings contain NaN or infinity")
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+    def subset(self, mask_or_index: np.ndarray) -> Interactions:
+        """Rows selected by a boolean mask or index array, in the same id space."""
+        return Interactions(
+            self.user_idx[mask_or_index],
+            self.item_idx[mask_or_index],
+            self.ratings[mask_or_index],
+            self.timestamps[mask_or_index],
+            self.num_users,
+            self.num_items,
+        )
+
+    def seen_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's distinct items as CSR: ``(indptr (num_users+1,), indices (nnz,))``, int64, sorted."""
+        key = np.unique(self.user_idx * self.num_items + self.item_idx)
+        users, items = key // self.num_items, key % self.num_items
+        indptr = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
+        return indptr, items.astype(np.int64)
+
+    def item_counts(self) -> np.ndarray:
+        """Number of interactions per item, shape (num_items,), int64."""
+        return np.bincount(self.item_idx, minlength=self.num_items).astype(np.int64)
+
+
+@dataclass
+class Dataset:
+    """Interactions plus the id maps that turn their indices back into raw ids."""
+
+    interactions: Interactions
+    user_map: IdMap
+    item_map: IdMap
+    fingerprint: str
+    source: str
+    implicit: bool = False
+
+
+def build_dataset(raw: RawRatings) -> Dataset:
+    """Map raw ids to contiguous indices (raw ids stop here)."""
+    user_map, user_idx = IdMap.fit(raw.user_ids)
+    item_map, item_idx = IdMap.fit(raw.item_ids)
+    inter = Interactions(user_idx, item_idx, raw.ratings, raw.timestamps, len(user_map), len(item_map))
+    return Dataset(inter, user_map, item_map, raw.fingerprint, raw.source, raw.implicit)
+
+
+def encode_with(raw: RawRatings, user_map: IdMap, item_map: IdMap) -> tuple[Interactions, np.ndarray]:
+    """Encode rows in an existing id space (e.g. a test file against a trained model).
+
+    Returns:
+        (interactions of the rows whose user and item are both known, boolean mask of those rows).
+    """
+    users, items = user_map.encode(raw.user_ids), item_map.encode(raw.item_ids)
+    known = (users >= 0) & (items >= 0)
+    inter = Interactions(
+        users[known], items[known], raw.ratings[known], raw.timestamps[known], len(user_map), len(item_map)
+    )
+    return inter, known
+
+
+def random_split(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Shuffle rows and hold out ``test_fraction`` of them. Both parts keep the id space."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(inter))
+    n_test = max(1, int(round(len(inter) * test_fraction)))
+    return inter.subset(np.sort(order[n_test:])), inter.subset(np.sort(order[:n_test]))

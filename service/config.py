@@ -1,0 +1,26 @@
+"""Service settings: defaults, then ``RECSYS_*`` environment variables, then a test mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_CHECKPOINT = "artifacts/model.ckpt"
+
+DEFAULTS: dict[str, Any] = {
+    "CHECKPOINT": DEFAULT_CHECKPOINT,  # RECSYS_CHECKPOINT: the checkpoint file to serve
+    "MAX_BODY_BYTES": 8 * 1024 * 1024,  # RECSYS_MAX_BODY_BYTES: larger request bodies get 413
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Merge defaults, ``RECSYS_<NAME>`` variables and ``overrides`` (highest priority)."""
+    environ = os.environ if environ is None else environ
+    settings = dict(DEFAULTS)
+    for name, default in DEFAULTS.items():
+        value = environ.get(f"RECSYS_{name}")
+        if value not in (None, ""):
+            settings[name] = type(default)(value)
+    settings.update(overrides or {})
+    return settings

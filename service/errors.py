@@ -1,0 +1,80 @@
+"""Every error leaves the service as JSON ``{"error": {status, code, message, details: [{field, reason}]}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A domain error raised where it is detected; turned into JSON by :func:`register_error_handlers`."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = [{"field": field, "reason": reason or message}] if field else []
+
+
+def error_response(status: int, code: str, message: str, details: list[dict] | None = None):
+    body = {"error": {"status": status, "code": code, "message": message, "details": details or []}}
+    return jsonify(body), status
+
+
+def validation_details(exc: ValidationError, prefix: str = "") -> list[dict]:
+    """Pydantic errors as ``[{field: "pairs.3.user_id", reason: "..."}]``."""
+    details = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"])
+        field = ".".join(p for p in (prefix, loc) if p) or "body"
+        reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        details.append({"field": field, "reason": reason})
+    return details
+
+
+# Bodies above this are not drained; uWSGI's limit-post (64 MiB) refuses them before the app anyway.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+def _drain_body() -> None:
+    """Read and discard an oversized body before answering 413.
+
+    Answering without reading it makes the server close a socket with unread data, which the
+    client sees as a connection reset instead of the 413.
+    """
+    stream = request.environ.get("wsgi.input")
+    remaining = min(request.content_length or 0, DRAIN_LIMIT)
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(1 << 16, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError):
+        return error_response(422, "validation_error", "request is invalid", validation_details(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        details = []
+        if exc.code == 413:
+            _drain_body()
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            details = [{"field": "body", "reason": f"larger than the limit of {limit} bytes"}]
+        return error_response(exc.code or 500, code, exc.description or exc.name, details)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,146 @@
+"""Shared fixtures: small synthetic data with a known answer, a trained checkpoint, the app, uWSGI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import checkpoint
+from model.interactions import build_dataset
+from model.synthetic import SyntheticConfig, planted_ratings
+from model.train import TrainConfig, fit
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = SyntheticConfig(num_users=120, num_items=60, rank=3, ratings_per_user=20, noise=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    raw, _ = planted_ratings(SMALL)
+    return build_dataset(raw)
+
+
+@pytest.fixture(scope="session")
+def small_ckpt_path(tmp_path_factory, small_dataset) -> Path:
+    """A quickly trained MF checkpoint on :data:`SMALL` (shared by the whole session, read-only)."""
+    result = fit(small_dataset.interactions, TrainConfig(dim=8, epochs=15, lr=0.01, seed=0), progress=False)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    checkpoint.save(checkpoint.from_training(result, small_dataset), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(small_ckpt_path):
+    return checkpoint.load(small_ckpt_path)
+
+
+@pytest.fixture
+def app(small_ckpt_path):
+    from service import create_app
+
+    return create_app({"CHECKPOINT": str(small_ckpt_path), "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UwsgiServer:
+    """The real uWSGI with the real uwsgi.ini, in its own process group, on a free loopback port."""
+
+    def __init__(self, checkpoint_path: Path, log_path: Path, **env: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        uwsgi = Path(sys.executable).parent / "uwsgi"
+        environ = {
+            **os.environ,
+            "RECSYS_CHECKPOINT": str(checkpoint_path),
+            "RECSYS_PORT": str(self.port),
+            "RECSYS_HOST": "127.0.0.1",
+            **env,
+        }
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(uwsgi), "--ini", str(REPO / "uwsgi.ini")],
+            cwd=REPO,
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"uWSGI exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"uWSGI not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """TERM the whole process group, then KILL after a short grace: never wait out uWSGI's mercy."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in the group, if any
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+
+@pytest.fixture
+def start_uwsgi(tmp_path):
+    servers: list[UwsgiServer] = []
+
+    def _start(checkpoint_path: Path, wait: bool = True, **env: str) -> UwsgiServer:
+        server = UwsgiServer(checkpoint_path, tmp_path / f"uwsgi-{len(servers)}.log", **env)
+        servers.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()
+
+
+def write_lines(path: Path, lines: list[str] | bytes) -> Path:
+    path.write_bytes(lines if isinstance(lines, bytes) else ("\n".join(lines) + "\n").encode())
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

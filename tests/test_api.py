@@ -1,0 +1,173 @@
+"""Every endpoint and error path through the Flask test client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service import create_app
+from service.schemas import ErrorResponse, ModelInfo, PredictBatchResponse, PredictResponse, RecommendResponse
+
+
+def error_fields(resp) -> dict[str, str]:
+    body = ErrorResponse.model_validate(resp.get_json())
+    assert body.error.status == resp.status_code
+    return {d.field: d.reason for d in body.error.details}
+
+
+def test_healthz_and_model_info(client, small_ckpt):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    info = ModelInfo.model_validate(client.get("/model").get_json())
+    assert info.model_version == small_ckpt.model_version
+    assert (info.num_users, info.num_items, info.kind) == (small_ckpt.num_users, small_ckpt.num_items, "mf")
+    assert "val_rmse" in info.metrics
+
+
+def test_recommend_ranks_by_model_score_and_excludes_seen(client, small_ckpt):
+    user = small_ckpt.user_ids[3]
+    body = RecommendResponse.model_validate(client.get(f"/recommend?user_id={user}&k=5").get_json())
+    assert body.user_id == user and body.fallback is None and len(body.items) == 5
+    seen = {
+        small_ckpt.item_ids[i] for i in small_ckpt.seen_indices[small_ckpt.seen_indptr[3] : small_ckpt.seen_indptr[4]]
+    }
+    assert not seen & {it.item_id for it in body.items}
+    scores = [it.score for it in body.items]
+    assert scores == sorted(scores, reverse=True)
+    # The scores are the model's own predictions for those items.
+    net = small_ckpt.network()
+    import torch
+
+    items = [small_ckpt.item_ids.index(it.item_id) for it in body.items]
+    expected = net(torch.full((5,), 3), torch.tensor(items)).detach().numpy()
+    assert np.allclose(scores, expected, atol=1e-4)
+
+
+def test_exclude_seen_false_keeps_rated_items_and_k_is_clamped(client, small_ckpt):
+    user, n_items = small_ckpt.user_ids[0], small_ckpt.num_items
+    n_seen = int(small_ckpt.seen_indptr[1] - small_ckpt.seen_indptr[0])
+    kept = client.get(f"/recommend?user_id={user}&k=1000&exclude_seen=false").get_json()
+    assert len(kept["items"]) == n_items
+    dropped = client.get(f"/recommend?user_id={user}&k=1000").get_json()
+    assert len(dropped["items"]) == n_items - n_seen
+
+
+def test_unknown_user_gets_popular_items(client, small_ckpt):
+    body = client.get("/recommend?user_id=stranger&k=3").get_json()
+    assert body["fallback"] == "popular"
+    top = np.argsort(-small_ckpt.item_popularity, kind="stable")[:3]
+    assert [it["item_id"] for it in body["items"]] == [small_ckpt.item_ids[i] for i in top]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("k=5", "user_id"),
+        ("user_id=u1&k=0", "k"),
+        ("user_id=u1&k=1001", "k"),
+        ("user_id=u1&k=ten", "k"),
+        ("user_id=u1&exclude_seen=maybe", "exclude_seen"),
+        ("user_id=u1&K=5", "K"),
+        ("user_id=" + "x" * 300, "user_id"),
+        ("user_id=", "user_id"),
+    ],
+)
+def test_recommend_bad_query_is_422_with_field(client, query, field):
+    resp = client.get(f"/recommend?{query}")
+    assert resp.status_code == 422 and resp.is_json
+    assert field in error_fields(resp)
+
+
+def test_predict_single_batch_agree_and_ids_may_be_integers(client, small_ckpt):
+    user, item = small_ckpt.user_ids[1], small_ckpt.item_ids[2]
+    single = PredictResponse.model_validate(client.post("/predict", json={"user_id": user, "item_id": item}).get_json())
+    batch = PredictBatchResponse.model_validate(
+        client.post(
+            "/predict", json={"pairs": [{"user_id": user, "item_id": item}, {"user_id": 5, "item_id": 7}]}
+        ).get_json()
+    )
+    assert single.fallback is None and batch.predictions[0].rating == single.rating
+    assert batch.predictions[1].user_id == "5" and batch.predictions[1].fallback == "baseline"
+    low, high = small_ckpt.rating_scale
+    assert low <= single.rating <= high
+
+
+def test_predict_fallbacks_use_known_biases(client, small_ckpt):
+    state = small_ckpt.state_dict
+    mu = float(state["global_bias"])
+    item = small_ckpt.item_ids[4]
+    b_i = float(state["item_bias.weight"][4, 0])
+    body = client.post(
+        "/predict", json={"pairs": [{"user_id": "new", "item_id": item}, {"user_id": "new", "item_id": "new"}]}
+    ).get_json()
+    got = [p["rating"] for p in body["predictions"]]
+    assert got == pytest.approx([np.clip(mu + b_i, *small_ckpt.rating_scale), mu], abs=1e-5)
+    assert all(p["fallback"] == "baseline" for p in body["predictions"])
+
+
+def test_predictions_are_clipped_to_the_rating_scale(client, small_ckpt):
+    pairs = [{"user_id": u, "item_id": i} for u in small_ckpt.user_ids[:40] for i in small_ckpt.item_ids]
+    ratings = [p["rating"] for p in client.post("/predict", json={"pairs": pairs}).get_json()["predictions"]]
+    low, high = small_ckpt.rating_scale
+    assert min(ratings) >= low and max(ratings) <= high
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"user_id": "u1"}, 422, "item_id"),
+        ({"user_id": True, "item_id": "i1"}, 422, "user_id"),
+        ({"user_id": 1.5, "item_id": "i1"}, 422, "user_id"),
+        ({"user_id": "u1", "item_id": "i1", "extra": 1}, 422, "extra"),
+        ({"pairs": []}, 422, "pairs"),
+        ({"pairs": [{"user_id": "u1"}]}, 422, "pairs.0.item_id"),
+        ({"pairs": "nope"}, 422, "pairs"),
+        ([1, 2], 422, "body"),
+        ("just a string", 422, "body"),
+    ],
+)
+def test_predict_bad_body(client, body, status, field):
+    resp = client.post("/predict", json=body)
+    assert resp.status_code == status
+    assert field in error_fields(resp)
+
+
+def test_batch_over_limit_is_422(client):
+    pairs = [{"user_id": "u", "item_id": "i"}] * 10_001
+    resp = client.post("/predict", json={"pairs": pairs})
+    assert resp.status_code == 422 and "pairs" in error_fields(resp)
+
+
+def test_invalid_or_empty_json_is_400(client):
+    assert error_fields(client.post("/predict", data="{oops"))["body"] == "not valid JSON"
+    assert error_fields(client.post("/predict", data=""))["body"] == "empty body"
+
+
+def test_oversized_body_is_413_json(small_ckpt_path):
+    app = create_app({"CHECKPOINT": str(small_ckpt_path), "MAX_BODY_BYTES": 1000})
+    resp = app.test_client().post("/predict", data="x" * 2000, content_type="application/json")
+    assert resp.status_code == 413 and "body" in error_fields(resp)
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    assert client.get("/nope").status_code == 404 and client.get("/nope").is_json
+    resp = client.get("/predict")
+    assert resp.status_code == 405 and resp.is_json
+
+
+def test_no_model_is_503_but_healthz_answers(tmp_path):
+    app = create_app({"CHECKPOINT": str(tmp_path / "missing.ckpt")})
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    for resp in (
+        client.get("/recommend?user_id=1"),
+        client.post("/predict", json={"user_id": 1, "item_id": 2}),
+        client.get("/model"),
+    ):
+        assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "model_unavailable"
+
+
+def test_unexpected_error_is_json_500(app, monkeypatch):
+    index = app.extensions["recsys"].index
+    monkeypatch.setattr(index, "recommend", lambda *a, **k: 1 / 0)
+    resp = app.test_client().get("/recommend?user_id=x")
+    assert resp.status_code == 500 and resp.get_json()["error"]["code"] == "internal_error"

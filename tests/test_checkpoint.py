@@ -1,0 +1,87 @@
+"""Checkpoints round-trip exactly, are written atomically, and never execute code when loaded."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from model import checkpoint
+from model.checkpoint import CheckpointError
+from model.evaluate import predict_ratings
+
+
+def test_round_trip_gives_identical_answers(small_ckpt_path, small_dataset, tmp_path):
+    first = checkpoint.load(small_ckpt_path)
+    copy_path = checkpoint.save(first, tmp_path / "copy.ckpt")
+    second = checkpoint.load(copy_path)
+    inter = small_dataset.interactions
+    assert np.array_equal(predict_ratings(first.network(), inter), predict_ratings(second.network(), inter))
+    assert second.user_ids == small_dataset.user_map.ids and second.item_ids == small_dataset.item_map.ids
+    assert second.model_version == first.model_version and second.metrics == first.metrics
+    assert np.array_equal(second.seen_indices, small_dataset.interactions.seen_csr()[1])
+    assert second.item_popularity.sum() == len(inter)
+    assert second.data["fingerprint"] == small_dataset.fingerprint
+    assert second.rating_scale == (float(inter.ratings.min()), float(inter.ratings.max()))
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"format": "recsys-checkpoint", "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        checkpoint.load(evil)
+    assert not marker.exists()
+    raw_pickle = tmp_path / "raw.pkl"
+    raw_pickle.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(raw_pickle)
+    assert not marker.exists()
+
+
+def test_truncated_wrong_format_and_missing_files_are_refused(small_ckpt_path, tmp_path):
+    data = small_ckpt_path.read_bytes()
+    (tmp_path / "half.ckpt").write_bytes(data[: len(data) // 2])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    for name, reason in [
+        ("half.ckpt", "not a loadable"),
+        ("other.ckpt", "not a recsys-checkpoint"),
+        ("text.ckpt", "not a loadable"),
+        ("missing.ckpt", "no such checkpoint"),
+    ]:
+        with pytest.raises(CheckpointError, match=reason):
+            checkpoint.load(tmp_path / name)
+
+
+def test_inconsistent_checkpoint_is_refused(small_ckpt, tmp_path):
+    bad = checkpoint.Checkpoint(**{**vars(small_ckpt), "item_ids": small_ckpt.item_ids[:-1]})
+    checkpoint.save(bad, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError):
+        checkpoint.load(tmp_path / "bad.ckpt")
+
+
+def test_crash_while_saving_keeps_the_old_file(small_ckpt, tmp_path, monkeypatch):
+    target = checkpoint.save(small_ckpt, tmp_path / "model.ckpt")
+    before = target.read_bytes()
+
+    def crash(obj, fh):
+        fh.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(small_ckpt, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]  # no temporary left behind

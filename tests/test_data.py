@@ -1,0 +1,99 @@
+"""Parsing every supported file format, and a clear error for every kind of malformed line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.data import DataFormatError, load_ratings
+from tests.conftest import write_lines
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "expected_format"),
+    [
+        ("u.data", ["196\t242\t3\t881250949", "186\t302\t3\t891717742"], "ml-100k"),
+        ("ratings.dat", ["1::1193::5::978300760", "1::661::3::978302109"], "ml-dat"),
+        ("ratings.csv", ["userId,movieId,rating,timestamp", "1,1193,5.0,978300760", "1,661,3.5,978302109"], "ml-csv"),
+        ("plain.csv", ["1,1193,5", "1,661,3.5"], "csv"),
+        ("header.csv", ["user,item,rating", "1,1193,5", "1,661,3.5"], "csv"),
+        ("plain.tsv", ["1\t1193\t5\t978300760", "1\t661\t3.5\t978302109"], "tsv"),
+        ("header.tsv", ["user_id\titem_id\trating", "1\t1193\t5", "1\t661\t3.5"], "tsv"),
+    ],
+)
+def test_every_format_detected_and_forced(tmp_path, name, lines, expected_format):
+    path = write_lines(tmp_path / name, lines)
+    for fmt in ("auto", expected_format):
+        raw = load_ratings(path, fmt)
+        assert raw.user_ids.tolist() == (["196", "186"] if name == "u.data" else ["1", "1"])
+        assert len(raw) == 2
+        assert raw.ratings.dtype == np.float32
+        assert raw.fingerprint.startswith("sha256:")
+
+
+def test_values_and_timestamps_are_kept(tmp_path):
+    raw = load_ratings(write_lines(tmp_path / "r.csv", ["userId,movieId,rating,timestamp", "7,x9,4.5,1000"]))
+    assert (raw.user_ids[0], raw.item_ids[0], float(raw.ratings[0]), int(raw.timestamps[0])) == ("7", "x9", 4.5, 1000)
+    assert not raw.implicit
+
+
+def test_two_columns_are_implicit_interactions(tmp_path):
+    raw = load_ratings(write_lines(tmp_path / "clicks.csv", ["user,item", "a,b", "a,c"]))
+    assert raw.implicit and raw.ratings.tolist() == [1.0, 1.0]
+
+
+def test_crlf_bom_and_blank_lines_are_tolerated(tmp_path):
+    path = write_lines(tmp_path / "r.csv", b"\xef\xbb\xbfuser,item,rating\r\n1,2,3\r\n\r\n4,5,1\r\n")
+    raw = load_ratings(path)
+    assert raw.user_ids.tolist() == ["1", "4"] and raw.item_ids.tolist() == ["2", "5"]
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        (["1\t2\t3\t4", "1\t2\t3"], 2, "expected 4 fields"),
+        (["1,2,3", "1,2,x"], 2, "rating is not a number: 'x'"),
+        (["1,2,3", ",2,3"], 2, "empty user id"),
+        (["1,2,3", "1, ,3"], 2, "empty item id"),
+        (["1,2,3", "1,2,inf"], 2, "rating is not finite"),
+        (["1,2,3,4", "1,2,3,soon"], 2, "timestamp is not a number"),
+        (["1,2,3", "1,2,3,4"], 2, "expected 3 fields like the lines before"),
+        (["1,2,3", "1,2,3,4,5"], 2, "expected 2 or 3 or 4 fields"),
+        (b"1,2,3\n1,\xff\xfe,3\n", 2, "not valid UTF-8"),
+        (["just-one-column"], 1, "cannot detect the format"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, content, line, reason):
+    path = write_lines(tmp_path / "bad.csv", content)
+    with pytest.raises(DataFormatError) as info:
+        load_ratings(path)
+    assert info.value.line == line
+    assert reason in str(info.value)
+    assert str(info.value).startswith(f"{path}:{line}: ")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"user,item,rating\n"])
+def test_empty_file_or_header_only_is_an_error(tmp_path, content):
+    with pytest.raises(DataFormatError, match="no ratings found"):
+        load_ratings(write_lines(tmp_path / "empty.csv", content))
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(DataFormatError, match="cannot read file"):
+        load_ratings(tmp_path / "nope.csv")
+
+
+def test_forced_format_that_does_not_fit(tmp_path):
+    path = write_lines(tmp_path / "r.csv", ["1,2,3,4"])
+    with pytest.raises(DataFormatError, match="expected 4 fields separated by '::'"):
+        load_ratings(path, "ml-dat")
+
+
+def test_ml_csv_requires_its_header(tmp_path):
+    with pytest.raises(DataFormatError, match="expected the header"):
+        load_ratings(write_lines(tmp_path / "r.csv", ["u,i,r,t", "1,2,3,4"]), "ml-csv")
+
+
+def test_unknown_format_name(tmp_path):
+    with pytest.raises(ValueError, match="unknown format"):
+        load_ratings(write_lines(tmp_path / "r.csv", ["1,2,3"]), "parquet")
