@@ -2,72 +2,190 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
+from service import metrics
 from service.errors import ApiError
-from service.index import ServingIndex
-from service.schemas import PredictBatchRequest, PredictPair, RecommendQuery
-from service.state import ModelState
+from service.index import Recommendation, ServingIndex, UnknownItem
+from service.openapi import build_document, documented
+from service.schemas import (
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictPair,
+    PredictResponse,
+    Readiness,
+    RecommendHistoryRequest,
+    RecommendQuery,
+    RecommendResponse,
+    SimilarQuery,
+    SimilarResponse,
+)
+from service.state import ModelHolder, ModelState
 
 bp = Blueprint("api", __name__)
+LIST_PARAMS = ("exclude", "items")
+
+
+def _holder() -> ModelHolder:
+    return current_app.extensions["recsys"]
 
 
 def _model() -> ModelState:
-    state: ModelState = current_app.extensions["recsys"]
+    state = _holder().state  # one snapshot per request: a reload mid-request cannot mix two models
     if state.index is None:
         raise ApiError(503, "model_unavailable", f"no model loaded: {state.error}")
     return state
+
+
+def _query_args() -> dict:
+    """Query parameters as a dict; list parameters may repeat and/or be comma-separated."""
+    args = request.args.to_dict()
+    for name in LIST_PARAMS:
+        if name in args:
+            args[name] = [part for value in request.args.getlist(name) for part in value.split(",") if part]
+    return args
 
 
 def _json_body() -> object:
     body = request.get_json(force=True, silent=True)
     if body is None:
         reason = "empty body" if not request.get_data(cache=True) else "not valid JSON"
-        raise ApiError(400, "invalid_json", "request body must be a JSON object", "body", reason)
+        raise ApiError(400, "invalid_json", "request body must be JSON", "body", reason)
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_error", "request is invalid", "body", "must be a JSON object")
     return body
 
 
+def _recommendation(user_id: str | None, rec: Recommendation, index: ServingIndex, endpoint: str) -> Response:
+    if rec.fallback:
+        metrics.FALLBACKS.labels(endpoint=endpoint, kind=rec.fallback).inc()
+    items = [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
+    return jsonify(user_id=user_id, items=items, model_version=index.model_version, fallback=rec.fallback)
+
+
 @bp.get("/healthz")
+@documented("GET", "/healthz", "The process is up", responses={200: Health})
 def healthz():
     return jsonify(status="ok")
 
 
+@bp.get("/readyz")
+@documented("GET", "/readyz", "A model is loaded and answering", responses={200: Readiness, 503: Readiness})
+def readyz():
+    state = _holder().state
+    if state.index is None:
+        return jsonify(ready=False, model_version=None, reason=state.error), 503
+    state.index.predict([next(iter(state.index.user_index), "")], [state.index.item_ids[0]])  # answers at all
+    return jsonify(ready=True, model_version=state.index.model_version, reason=None)
+
+
 @bp.get("/model")
+@documented("GET", "/model", "The served model: version, kind, sizes, metrics", responses={200: ModelInfo})
 def model_info():
     return jsonify(_model().info)
 
 
 @bp.get("/recommend")
+@documented(
+    "GET",
+    "/recommend",
+    "Top-k items for a known user (popular items for an unknown one)",
+    query=RecommendQuery,
+    responses={200: RecommendResponse, 422: ErrorResponse},
+)
 def recommend():
-    query = RecommendQuery.model_validate(request.args.to_dict())
-    state = _model()
-    index: ServingIndex = state.index
-    rec = index.recommend(query.user_id, query.k, query.exclude_seen)
+    query = RecommendQuery.model_validate(_query_args())
+    index = _model().index
+    rec = index.recommend(query.user_id, query.k, query.exclude_seen, query.exclude, query.items)
+    return _recommendation(query.user_id, rec, index, "recommend")
+
+
+@bp.post("/recommend")
+@documented(
+    "POST",
+    "/recommend",
+    "Top-k for a new user from their history (fold-in, no retraining)",
+    body=RecommendHistoryRequest,
+    responses={200: RecommendResponse, 422: ErrorResponse},
+)
+def recommend_history():
+    req = RecommendHistoryRequest.model_validate(_json_body())
+    index = _model().index
+    items = [h.item_id for h in req.history]
+    ratings = None if req.history[0].rating is None else [h.rating for h in req.history]
+    rec = index.recommend_for_history(items, req.k, ratings, req.exclude, req.items)
+    return _recommendation(None, rec, index, "recommend_history")
+
+
+@bp.get("/similar")
+@documented(
+    "GET",
+    "/similar",
+    "Nearest items in embedding space",
+    query=SimilarQuery,
+    responses={200: SimilarResponse, 404: ErrorResponse, 422: ErrorResponse},
+)
+def similar():
+    query = SimilarQuery.model_validate(request.args.to_dict())
+    index = _model().index
+    try:
+        rec = index.similar(query.item_id, query.k)
+    except UnknownItem:
+        raise ApiError(404, "unknown_item", "no such item in the model", "item_id", "unknown item id") from None
     items = [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
-    return jsonify(user_id=query.user_id, items=items, model_version=index.model_version, fallback=rec.fallback)
+    return jsonify(item_id=query.item_id, items=items, model_version=index.model_version)
 
 
 @bp.post("/predict")
+@documented(
+    "POST",
+    "/predict",
+    "Rating predictions for one pair or a batch of up to 10,000",
+    body=PredictPair | PredictBatchRequest,
+    responses={200: PredictResponse | PredictBatchResponse, 422: ErrorResponse},
+)
 def predict():
     body = _json_body()
-    if not isinstance(body, dict):
-        raise ApiError(422, "validation_error", "request is invalid", "body", "must be a JSON object")
-    index: ServingIndex = _model().index
+    index = _model().index
     if "pairs" in body:
         batch = PredictBatchRequest.model_validate(body)
         users, items = [p.user_id for p in batch.pairs], [p.item_id for p in batch.pairs]
-        out = index.predict(users, items)
-        predictions = [
-            {"user_id": u, "item_id": i, "rating": r, "fallback": f}
-            for u, i, r, f in zip(users, items, out.ratings, out.fallbacks)
-        ]
-        return jsonify(predictions=predictions, model_version=index.model_version)
-    pair = PredictPair.model_validate(body)
-    out = index.predict([pair.user_id], [pair.item_id])
-    return jsonify(
-        user_id=pair.user_id,
-        item_id=pair.item_id,
-        rating=out.ratings[0],
-        model_version=index.model_version,
-        fallback=out.fallbacks[0],
-    )
+    else:
+        pair = PredictPair.model_validate(body)
+        users, items = [pair.user_id], [pair.item_id]
+    out = index.predict(users, items)
+    fallbacks = sum(f is not None for f in out.fallbacks)
+    if fallbacks:
+        metrics.FALLBACKS.labels(endpoint="predict", kind="baseline").inc(fallbacks)
+    if "pairs" not in body:
+        return jsonify(
+            user_id=users[0],
+            item_id=items[0],
+            rating=out.ratings[0],
+            model_version=index.model_version,
+            fallback=out.fallbacks[0],
+        )
+    predictions = [
+        {"user_id": u, "item_id": i, "rating": r, "fallback": f}
+        for u, i, r, f in zip(users, items, out.ratings, out.fallbacks)
+    ]
+    return jsonify(predictions=predictions, model_version=index.model_version)
+
+
+@bp.get("/metrics")
+@documented("GET", "/metrics", "Prometheus metrics of all workers", responses={200: None}, content_type="text/plain")
+def prometheus_metrics():
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+@documented("GET", "/openapi.json", "This document", responses={200: None})
+def openapi():
+    doc = current_app.extensions.get("recsys.openapi")
+    if doc is None:
+        doc = current_app.extensions["recsys.openapi"] = build_document("recsys", "1")
+    return jsonify(doc)

@@ -1,16 +1,61 @@
-"""Application factory (the Flask tutorial's shape): settings, model state, routes, JSON errors."""
+"""Application factory (the Flask tutorial's shape): settings, model holder, routes, JSON errors, telemetry."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g, request
 
+from service import metrics
 from service.config import load_settings
 from service.errors import register_error_handlers
-from service.state import load_state
+from service.state import ModelHolder
+
+access_log = logging.getLogger("recsys.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _track_model(previous: list[str | None]):
+    """on_change callback: keep the model-version gauge and the reload counter current."""
+
+    def on_change(state, ok: bool) -> None:
+        version = state.info.get("model_version")
+        metrics.RELOADS.labels(result="ok" if ok else "failed").inc()
+        metrics.set_model_version(version, previous[0])
+        previous[0] = version
+
+    return on_change
+
+
+def _register_telemetry(app: Flask) -> None:
+    """Request id, Prometheus counters/latency, and one JSON access-log line per request."""
+
+    @app.before_request
+    def _start():
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response):
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.REQUESTS.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
+        metrics.LATENCY.labels(endpoint=endpoint).observe(elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if app.config["ACCESS_LOG"]:
+            access_log.info(json.dumps({
+                "request_id": g.get("request_id"), "method": request.method, "path": request.path,
+                "status": response.status_code, "duration_ms": round(elapsed * 1000, 3),
+                "model_version": app.extensions["recsys"].version,
+            }))  # fmt: skip
+        return response
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -22,10 +67,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app.extensions["recsys"] = load_state(settings["CHECKPOINT"])
+    holder = ModelHolder(settings["CHECKPOINT"], on_change=_track_model([None]))
+    app.extensions["recsys"] = holder
+    if float(settings["RELOAD_INTERVAL"]) > 0:
+        holder.start_watcher(float(settings["RELOAD_INTERVAL"]))
 
     from service.api import bp
 
     app.register_blueprint(bp)
     register_error_handlers(app)
+    _register_telemetry(app)
     return app

@@ -11,6 +11,8 @@ DEFAULT_CHECKPOINT = "artifacts/model.ckpt"
 DEFAULTS: dict[str, Any] = {
     "CHECKPOINT": DEFAULT_CHECKPOINT,  # RECSYS_CHECKPOINT: the checkpoint file to serve
     "MAX_BODY_BYTES": 8 * 1024 * 1024,  # RECSYS_MAX_BODY_BYTES: larger request bodies get 413
+    "RELOAD_INTERVAL": 1.0,  # RECSYS_RELOAD_INTERVAL: seconds between checkpoint checks; 0 = never reload
+    "ACCESS_LOG": 1,  # RECSYS_ACCESS_LOG: 1 = one JSON line per request on stderr, 0 = none
 }
 
 

@@ -31,7 +31,7 @@ def validation_details(exc: ValidationError, prefix: str = "") -> list[dict]:
     for err in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in err["loc"])
         field = ".".join(p for p in (prefix, loc) if p) or "body"
-        reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         details.append({"field": field, "reason": reason})
     return details
 

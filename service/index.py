@@ -1,16 +1,28 @@
 """The serving index: numpy arrays precomputed from a checkpoint, so requests never touch torch.
 
-Scores follow the biased MF form ``mu + b_u + b_i + U_u . V_i``. Unknown users fall back to the most
-popular items; unknown users or items in predictions fall back to the baseline ``mu + known biases``.
+Scores follow the biased MF form ``mu + b_u + b_i + U_u . V_i``. For ranking, the item bias is folded
+into the item vectors (``[V_i, b_i]``, shape (I, d+1)) and users get ``[U_u, 1]``, so a user's ranking
+is one matrix-vector product; ``mu + b_u`` is added only to report the score as a rating.
+Unknown users fall back to the most popular items; unknown users or items in predictions fall back to
+the baseline ``mu + known biases``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from model.checkpoint import Checkpoint
+
+
+class UnknownItem(KeyError):
+    """An item id the model has never seen, where a known one is required."""
+
+    def __init__(self, item_id: str):
+        super().__init__(item_id)
+        self.item_id = item_id
 
 
 @dataclass(frozen=True)
@@ -26,16 +38,32 @@ class Predictions:
     fallbacks: list[str | None]
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest finite scores, best first (``argpartition`` then a sort of k)."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return top[np.isfinite(scores[top])]
+
+
 class ServingIndex:
     """Read-only arrays for answering requests; built once per loaded checkpoint."""
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, ann=None):
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
-        self.user_factors = np.ascontiguousarray(state["user_factors.weight"], dtype=np.float32)  # (U, d)
-        self.item_factors = np.ascontiguousarray(state["item_factors.weight"], dtype=np.float32)  # (I, d)
+        user_factors = state["user_factors.weight"].astype(np.float32)  # (U, d)
+        item_factors = state["item_factors.weight"].astype(np.float32)  # (I, d)
         self.user_bias = state["user_bias.weight"].reshape(-1).astype(np.float32)  # (U,)
         self.item_bias = state["item_bias.weight"].reshape(-1).astype(np.float32)  # (I,)
         self.global_bias = float(state["global_bias"])
+        self.dim = user_factors.shape[1]
+        # Ranking form: score_i = [V_i, b_i] . [U_u, 1]; offset mu + b_u turns it back into a rating.
+        self.item_vectors = np.ascontiguousarray(np.hstack([item_factors, self.item_bias[:, None]]))  # (I, d+1)
+        self.user_vectors = np.ascontiguousarray(np.hstack([user_factors, np.ones((len(user_factors), 1), np.float32)]))
+        norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
+        self.item_unit = np.ascontiguousarray(item_factors / np.maximum(norms, 1e-12))  # (I, d), for /similar
         self.seen_indptr, self.seen_indices = ckpt.seen_indptr, ckpt.seen_indices
         self.popularity = ckpt.item_popularity.astype(np.float32)
         self.popular_order = np.argsort(-ckpt.item_popularity, kind="stable")  # most popular first
@@ -43,7 +71,9 @@ class ServingIndex:
         self.item_index = {raw: idx for idx, raw in enumerate(ckpt.item_ids)}
         self.item_ids = np.array(ckpt.item_ids, dtype=object)
         self.low, self.high = ckpt.rating_scale
+        self.fold_in_reg = max(float(ckpt.config.reg), 1e-3)
         self.model_version = ckpt.model_version
+        self.ann = ann  # optional approximate index over item_vectors (service.ann), for large catalogues
 
     @property
     def num_items(self) -> int:
@@ -53,24 +83,99 @@ class ServingIndex:
         """Item indices the user rated in training, shape (n,), int64."""
         return self.seen_indices[self.seen_indptr[user_idx] : self.seen_indptr[user_idx + 1]]
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True) -> Recommendation:
-        """Top-``k`` items for a user, best first; ``k`` is clamped to what can be returned."""
+    def item_indices(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Indices of the known ids among ``item_ids`` (unknown ones are dropped), int64."""
+        found = (self.item_index.get(i) for i in item_ids)
+        return np.array([i for i in found if i is not None], dtype=np.int64)
+
+    def _rank(
+        self, query: np.ndarray, offset: float, k: int, banned: np.ndarray, candidates: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for a query vector (d+1,), without ``banned``; optionally among ``candidates``."""
+        if candidates is not None:
+            candidates = np.setdiff1d(candidates, banned, assume_unique=False)
+            scores = self.item_vectors[candidates] @ query
+            top = top_k(scores, k)
+            return candidates[top], scores[top] + offset
+        if self.ann is not None:
+            idx, scores = self.ann.search(query, k, banned)
+            return idx, scores + offset
+        scores = self.item_vectors @ query  # (I,)
+        scores[banned] = -np.inf
+        top = top_k(scores, k)
+        return top, scores[top] + offset
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool = True,
+        exclude: Sequence[str] = (),
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendation:
+        """Top-``k`` items for a user, best first; ``k`` is clamped to what can be returned.
+
+        ``exclude`` drops those item ids; ``candidates`` restricts the answer to those ids (unknown ids
+        in either are ignored).
+        """
+        banned = self.item_indices(exclude)
+        cand = None if candidates is None else self.item_indices(candidates)
         user_idx = self.user_index.get(user_id)
         if user_idx is None:
-            top = self.popular_order[:k]
+            pool = self.popular_order if cand is None else cand[np.argsort(-self.popularity[cand], kind="stable")]
+            if len(banned):
+                pool = pool[~np.isin(pool, banned)]
+            top = pool[:k]
             return Recommendation(self.item_ids[top].tolist(), self.popularity[top].tolist(), "popular")
-        scores = self.item_factors @ self.user_factors[user_idx] + self.item_bias  # (I,)
-        scores += self.global_bias + self.user_bias[user_idx]
-        available = self.num_items
         if exclude_seen:
-            seen = self.seen(user_idx)
-            scores[seen] = -np.inf
-            available -= len(seen)
-        k = min(k, available)
-        if k <= 0:
-            return Recommendation([], [], None)
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
+            banned = np.concatenate([banned, self.seen(user_idx)])
+        offset = self.global_bias + float(self.user_bias[user_idx])
+        idx, scores = self._rank(self.user_vectors[user_idx], offset, k, banned, cand)
+        return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
+
+    def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray | None = None) -> np.ndarray:
+        """A user vector ``[p, 1]`` (d+1,) for a history the model never trained on.
+
+        Solves the MF objective for one new user with the items fixed (as implicit's
+        ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i - p.V_i)^2 + reg*n*|p|^2``.
+        Without ratings every history item counts as liked at the top of the rating scale.
+        """
+        factors = self.item_vectors[item_idx, :-1]  # (n, d)
+        target = (np.full(len(item_idx), self.high) if ratings is None else ratings) - self.global_bias
+        target = target - self.item_bias[item_idx]
+        gram = factors.T @ factors + self.fold_in_reg * len(item_idx) * np.eye(self.dim, dtype=np.float32)
+        p = np.linalg.solve(gram, factors.T @ target.astype(np.float32))
+        return np.append(p, 1.0).astype(np.float32)
+
+    def recommend_for_history(
+        self,
+        history: Sequence[str],
+        k: int,
+        ratings: Sequence[float] | None = None,
+        exclude: Sequence[str] = (),
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendation:
+        """Top-``k`` for a new user described by the items they interacted with (excluded from the answer)."""
+        known = [(self.item_index.get(item), r) for item, r in zip(history, ratings or [None] * len(history))]
+        known = [(idx, r) for idx, r in known if idx is not None]
+        if not known:
+            return self.recommend("\0no-such-user", k, exclude=[*exclude, *history], candidates=candidates)
+        hist_idx = np.array([idx for idx, _ in known], dtype=np.int64)
+        hist_r = None if ratings is None else np.array([r for _, r in known], dtype=np.float32)
+        query = self.fold_in(hist_idx, hist_r)
+        banned = np.concatenate([self.item_indices(exclude), hist_idx])
+        cand = None if candidates is None else self.item_indices(candidates)
+        idx, scores = self._rank(query, self.global_bias, k, banned, cand)
+        return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
+
+    def similar(self, item_id: str, k: int) -> Recommendation:
+        """Nearest items by cosine similarity of the item factors (the item itself excluded)."""
+        item_idx = self.item_index.get(item_id)
+        if item_idx is None:
+            raise UnknownItem(item_id)
+        scores = self.item_unit @ self.item_unit[item_idx]
+        scores[item_idx] = -np.inf
+        top = top_k(scores, k)
         return Recommendation(self.item_ids[top].tolist(), scores[top].tolist(), None)
 
     def predict(self, user_ids: list[str], item_ids: list[str]) -> Predictions:
@@ -80,8 +185,9 @@ class ServingIndex:
         known_u, known_i = users >= 0, items >= 0
         u, i = np.where(known_u, users, 0), np.where(known_i, items, 0)
         both = known_u & known_i
-        dot = np.einsum("nd,nd->n", self.user_factors[u], self.item_factors[i]) * both
-        rating = self.global_bias + self.user_bias[u] * known_u + self.item_bias[i] * known_i + dot
+        # [U_u, 1] . [V_i, b_i] = U_u . V_i + b_i; zeroed where either side is unknown.
+        interaction = np.einsum("nd,nd->n", self.user_vectors[u, :-1], self.item_vectors[i, :-1]) * both
+        rating = self.global_bias + self.user_bias[u] * known_u + self.item_bias[i] * known_i + interaction
         rating = np.clip(rating, self.low, self.high)
         fallbacks = [None if ok else "baseline" for ok in both.tolist()]
         return Predictions(rating.astype(float).tolist(), fallbacks)

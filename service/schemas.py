@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_K = 1000
 MAX_BATCH = 10_000
 MAX_ID_LENGTH = 256
+MAX_LIST = 10_000
 
 
 def _id_to_str(value: Any) -> Any:
@@ -29,10 +30,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+K = Annotated[int, Field(ge=1, le=MAX_K, description="number of items; clamped to what can be returned")]
+IdList = Annotated[list[RawId], Field(max_length=MAX_LIST)]
+
+
 class RecommendQuery(_Strict):
     user_id: RawId
-    k: int = Field(10, ge=1, le=MAX_K, description="number of items; clamped to the catalogue")
+    k: K = 10
     exclude_seen: bool = Field(True, description="drop items the user rated in training")
+    exclude: IdList = Field([], description="item ids never to return (repeat the parameter or comma-separate)")
+    items: IdList | None = Field(None, description="return only these item ids (repeat or comma-separate)")
+
+
+class HistoryItem(_Strict):
+    item_id: RawId
+    rating: float | None = Field(None, allow_inf_nan=False, description="the user's rating, if known")
+
+
+def _history_entry(value: Any) -> Any:
+    """A bare id stands for ``{"item_id": id}``."""
+    return {"item_id": value} if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+class RecommendHistoryRequest(_Strict):
+    """A user the model has not seen, described by the items they interacted with.
+
+    Entries are item ids or ``{"item_id", "rating"}``; either every entry has a rating or none has.
+    """
+
+    history: list[Annotated[HistoryItem, BeforeValidator(_history_entry)]] = Field(min_length=1, max_length=MAX_LIST)
+    k: K = 10
+    exclude: IdList = []
+    items: IdList | None = None
+
+    @field_validator("history")
+    @classmethod
+    def _all_or_no_ratings(cls, history: list[HistoryItem]) -> list[HistoryItem]:
+        if len({h.rating is None for h in history}) > 1:
+            raise ValueError("give a rating for every item or for none")
+        return history
+
+
+class SimilarQuery(_Strict):
+    item_id: RawId
+    k: K = 10
 
 
 class ScoredItem(BaseModel):
@@ -41,10 +82,16 @@ class ScoredItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    user_id: str
+    user_id: str | None = Field(description="null for a history (fold-in) request")
     items: list[ScoredItem]
     model_version: str
-    fallback: Literal["popular"] | None = Field(description="'popular' when the user is unknown")
+    fallback: Literal["popular"] | None = Field(description="'popular' when the user (or history) is unknown")
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[ScoredItem]
+    model_version: str
 
 
 class PredictPair(_Strict):
@@ -87,6 +134,12 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_version: str | None
+    reason: str | None = None
 
 
 class ErrorDetail(BaseModel):

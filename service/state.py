@@ -1,9 +1,18 @@
-"""The model a worker serves: its index and description, or why none could be loaded."""
+"""The model a worker serves, and its hot reload.
+
+A :class:`ModelHolder` keeps an immutable :class:`ModelState` snapshot. A daemon thread in each worker
+polls the checkpoint path; when the file behind it changes (a new file renamed into place, or a model
+store's ``current`` pointer moved), it loads the new checkpoint in the background and swaps the
+snapshot in one assignment, so no request waits or fails. A checkpoint that fails to load is logged
+and the old model keeps serving.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from model import checkpoint
@@ -12,19 +21,28 @@ from service.index import ServingIndex
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelState:
     index: ServingIndex | None = None
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
-def load_state(path: str) -> ModelState:
+def _signature(path: Path) -> tuple | None:
+    """What identifies the file behind ``path`` right now; None when there is none."""
+    try:
+        real = path.resolve()
+        st = real.stat()
+    except OSError:
+        return None
+    return (str(real), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def load_state(path: str | Path) -> ModelState:
     """Load a checkpoint into a serving index; on failure return an empty state with the reason."""
     try:
         ckpt = checkpoint.load(path)
     except checkpoint.CheckpointError as exc:
-        log.error("model not loaded: %s", exc)
         return ModelState(error=str(exc))
     info = {
         "model_version": ckpt.model_version,
@@ -36,7 +54,65 @@ def load_state(path: str) -> ModelState:
         "metrics": ckpt.metrics,
         "created_at": ckpt.created_at,
         "data_fingerprint": ckpt.data.get("fingerprint", ""),
-        "config": {k: v for k, v in vars(ckpt.config).items()},
+        "config": dict(vars(ckpt.config)),
     }
-    log.info("serving %s from %s", ckpt.model_version, path)
     return ModelState(index=ServingIndex(ckpt), info=info)
+
+
+class ModelHolder:
+    """Holds the current model state and swaps in a new one when the checkpoint changes."""
+
+    def __init__(self, path: str | Path, on_change=None):
+        self.path = Path(path)
+        self.on_change = on_change or (lambda state, ok: None)
+        self._lock = threading.Lock()  # one reload at a time; readers never take it
+        self._signature = _signature(self.path)
+        self.state = load_state(self.path)
+        if self.state.error:
+            log.error("model not loaded: %s", self.state.error)
+        else:
+            log.info("serving %s from %s", self.state.info["model_version"], self.path)
+        self.on_change(self.state, self.state.error is None)
+        self._stop = threading.Event()
+
+    def check(self) -> bool:
+        """Reload if the checkpoint changed. Returns True when a new model was swapped in."""
+        with self._lock:
+            sig = _signature(self.path)
+            if sig is None or sig == self._signature:
+                return False
+            self._signature = sig
+            new = load_state(self.path)
+            if new.error:
+                # Keep serving what we have; a later change of the file is tried again.
+                log.error("reload refused, still serving %s: %s", self.version, new.error)
+                self.on_change(self.state, False)
+                if self.state.index is None:
+                    self.state = new
+                return False
+            old = self.version
+            self.state = new  # one reference assignment: requests see the old or the new state, whole
+            log.info("reloaded model %s -> %s from %s", old, self.version, self.path)
+            self.on_change(self.state, True)
+            return True
+
+    @property
+    def version(self) -> str | None:
+        return self.state.info.get("model_version")
+
+    def start_watcher(self, interval: float) -> threading.Thread:
+        """Poll every ``interval`` seconds in a daemon thread (needs uWSGI ``enable-threads``)."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.check()
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one bad reload
+                    log.exception("model watcher error")
+
+        thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()

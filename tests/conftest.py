@@ -47,7 +47,7 @@ def small_ckpt(small_ckpt_path):
 def app(small_ckpt_path):
     from service import create_app
 
-    return create_app({"CHECKPOINT": str(small_ckpt_path), "TESTING": True})
+    return create_app({"CHECKPOINT": str(small_ckpt_path), "TESTING": True, "RELOAD_INTERVAL": 0})
 
 
 @pytest.fixture

@@ -167,7 +167,111 @@ def test_no_model_is_503_but_healthz_answers(tmp_path):
 
 
 def test_unexpected_error_is_json_500(app, monkeypatch):
-    index = app.extensions["recsys"].index
+    index = app.extensions["recsys"].state.index
     monkeypatch.setattr(index, "recommend", lambda *a, **k: 1 / 0)
     resp = app.test_client().get("/recommend?user_id=x")
     assert resp.status_code == 500 and resp.get_json()["error"]["code"] == "internal_error"
+
+
+def test_recommend_exclude_and_candidate_items(client, small_ckpt):
+    user = small_ckpt.user_ids[2]
+    full = [it["item_id"] for it in client.get(f"/recommend?user_id={user}&k=6").get_json()["items"]]
+    cut = client.get(f"/recommend?user_id={user}&k=4&exclude={full[0]},{full[1]}&exclude=unknown-id").get_json()
+    assert [it["item_id"] for it in cut["items"]] == full[2:6]
+    pick = [full[5], full[3], "unknown-id", full[4]]
+    only = client.get(f"/recommend?user_id={user}&k=2&items={','.join(pick)}").get_json()
+    assert [it["item_id"] for it in only["items"]] == [full[3], full[4]]
+    # Seen items stay excluded among candidates too.
+    seen_item = small_ckpt.item_ids[small_ckpt.seen_indices[small_ckpt.seen_indptr[2]]]
+    assert client.get(f"/recommend?user_id={user}&k=5&items={seen_item}").get_json()["items"] == []
+
+
+def test_unknown_user_popular_respects_exclude_and_items(client, small_ckpt):
+    top = [small_ckpt.item_ids[i] for i in np.argsort(-small_ckpt.item_popularity, kind="stable")[:4]]
+    body = client.get(f"/recommend?user_id=stranger&k=2&exclude={top[0]}").get_json()
+    assert [it["item_id"] for it in body["items"]] == top[1:3]
+    body = client.get(f"/recommend?user_id=stranger&k=5&items={top[3]},{top[2]}").get_json()
+    assert [it["item_id"] for it in body["items"]] == [top[2], top[3]]
+
+
+def test_similar_items(client, small_ckpt):
+    item = small_ckpt.item_ids[0]
+    body = client.get(f"/similar?item_id={item}&k=5").get_json()
+    scores = [it["score"] for it in body["items"]]
+    assert len(scores) == 5 and item not in {it["item_id"] for it in body["items"]}
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 + 1e-6 for s in scores)
+    v = small_ckpt.state_dict["item_factors.weight"].numpy()
+    cos = v @ v[0] / (np.linalg.norm(v, axis=1) * np.linalg.norm(v[0]))
+    cos[0] = -np.inf
+    assert body["items"][0]["item_id"] == small_ckpt.item_ids[int(np.argmax(cos))]
+    resp = client.get("/similar?item_id=nope")
+    assert resp.status_code == 404 and error_fields(resp) == {"item_id": "unknown item id"}
+
+
+def test_fold_in_matches_the_trained_user(client, small_ckpt, small_dataset):
+    """A known user's training history, folded in, ranks like that user (same items on top)."""
+    idx = 5
+    seen = small_ckpt.seen_indices[small_ckpt.seen_indptr[idx] : small_ckpt.seen_indptr[idx + 1]]
+    inter = small_dataset.interactions
+    rows = inter.user_idx == idx
+    rated = {int(i): float(r) for i, r in zip(inter.item_idx[rows], inter.ratings[rows])}
+    history = [{"item_id": small_ckpt.item_ids[i], "rating": rated[int(i)]} for i in seen]
+    folded = client.post("/recommend", json={"history": history, "k": 10}).get_json()
+    trained = client.get(f"/recommend?user_id={small_ckpt.user_ids[idx]}&k=10").get_json()
+    assert folded["user_id"] is None and folded["fallback"] is None
+    got, want = {it["item_id"] for it in folded["items"]}, {it["item_id"] for it in trained["items"]}
+    assert len(got & want) >= 6
+    assert not got & {h["item_id"] for h in history}
+
+
+def test_fold_in_bare_ids_exclude_history_and_unknown_history_is_popular(client, small_ckpt):
+    history = small_ckpt.item_ids[:3]
+    body = client.post("/recommend", json={"history": history, "k": 5, "exclude": [small_ckpt.item_ids[3]]}).get_json()
+    assert len(body["items"]) == 5 and not {it["item_id"] for it in body["items"]} & set(small_ckpt.item_ids[:4])
+    body = client.post("/recommend", json={"history": ["never-seen"], "k": 3}).get_json()
+    assert body["fallback"] == "popular" and len(body["items"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"history": []}, "history"),
+        ({"history": ["a", {"item_id": "b", "rating": 3}]}, "history"),
+        ({"history": [True]}, "history.0"),
+        ({"history": ["a"], "k": 0}, "k"),
+        ({"k": 3}, "history"),
+        ({"history": [{"item_id": "a", "rating": "high"}]}, "history.0.rating"),
+    ],
+)
+def test_fold_in_bad_body(client, body, field):
+    resp = client.post("/recommend", json=body)
+    assert resp.status_code == 422 and field in error_fields(resp)
+
+
+def test_readyz_metrics_and_request_id(client):
+    assert client.get("/readyz").get_json()["ready"] is True
+    client.get("/recommend?user_id=stranger&k=2")
+    resp = client.get("/recommend?user_id=x&k=0", headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["X-Request-ID"] == "abc-123"
+    assert len(client.get("/healthz").headers["X-Request-ID"]) == 32
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'recsys_requests_total{endpoint="/recommend",method="GET",status="422"}' in text
+    assert 'recsys_fallbacks_total{endpoint="recommend",kind="popular"}' in text
+    assert "recsys_request_duration_seconds_bucket" in text and "recsys_model_info{" in text
+
+
+def test_openapi_document_covers_every_route(client, app):
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    routes = {(r.rule, m.lower()) for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}
+    documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    assert routes - {("/static/<path:filename>", "get")} == documented
+    params = {p["name"] for p in doc["paths"]["/recommend"]["get"]["parameters"]}
+    assert params == {"user_id", "k", "exclude_seen", "exclude", "items"}
+    assert "RecommendResponse" in doc["components"]["schemas"]
+
+
+def test_readyz_is_503_without_a_model(tmp_path):
+    app = create_app({"CHECKPOINT": str(tmp_path / "missing.ckpt"), "RELOAD_INTERVAL": 0})
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503 and resp.get_json()["ready"] is False

@@ -50,7 +50,7 @@ def test_recommend_predict_and_errors_over_http(server, small_ckpt):
         assert err["error"]["details"][0]["field"] == field
     status, ctype, err = call(server.base, "/nowhere")
     assert status == 404 and ctype == "application/json"
-    status, _, _ = call(server.base, "/recommend?user_id=1", b"{}", method="POST")
+    status, _, _ = call(server.base, "/healthz", b"{}", method="POST")
     assert status == 405
 
 
@@ -72,3 +72,34 @@ def test_missing_checkpoint_serves_503_and_healthz(start_uwsgi, tmp_path):
     status, _, body = call(server.base, "/recommend?user_id=1")
     assert status == 503 and body["error"]["code"] == "model_unavailable"
     assert call(server.base, "/healthz")[0] == 200
+
+
+def test_serving_features_over_http(server, small_ckpt):
+    """readyz, similar, fold-in, exclude/items, OpenAPI and metrics aggregated across workers."""
+    status, _, ready = call(server.base, "/readyz")
+    assert status == 200 and ready["ready"] and ready["model_version"] == small_ckpt.model_version
+    user, items = small_ckpt.user_ids[1], small_ckpt.item_ids
+    top = [it["item_id"] for it in call(server.base, f"/recommend?user_id={user}&k=3")[2]["items"]]
+    cut = call(server.base, f"/recommend?user_id={user}&k=2&exclude={top[0]}")[2]
+    assert [it["item_id"] for it in cut["items"]] == top[1:3]
+    only = call(server.base, f"/recommend?user_id={user}&k=5&items={top[2]}&items={top[1]}")[2]
+    assert [it["item_id"] for it in only["items"]] == [top[1], top[2]]
+    status, _, sim = call(server.base, f"/similar?item_id={items[0]}&k=4")
+    assert status == 200 and len(sim["items"]) == 4
+    status, _, folded = call(server.base, "/recommend", {"history": items[:5], "k": 3})
+    assert status == 200 and len(folded["items"]) == 3 and not {i["item_id"] for i in folded["items"]} & set(items[:5])
+    status, _, doc = call(server.base, "/openapi.json")
+    assert status == 200 and "/similar" in doc["paths"]
+
+    n = 40
+    for _ in range(n):
+        assert call(server.base, f"/recommend?user_id={user}&k=1")[0] == 200
+    with urllib.request.urlopen(server.base + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    line = next(
+        row
+        for row in text.splitlines()
+        if row.startswith('recsys_requests_total{endpoint="/recommend",method="GET",status="200"}')
+    )
+    assert float(line.split()[-1]) == n + 3  # every worker's requests, counted once
+    assert f'recsys_model_info{{model_version="{small_ckpt.model_version}"' in text

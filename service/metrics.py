@@ -1,0 +1,55 @@
+"""Prometheus metrics, correct across uWSGI workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (uwsgi.ini sets it and empties it when the master starts), every
+worker writes its samples to memory-mapped files there and ``/metrics`` aggregates all workers.
+Without it (tests, a plain Flask run) the default single-process registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter("recsys_requests_total", "HTTP requests", ["endpoint", "method", "status"])
+LATENCY = Histogram(
+    "recsys_request_duration_seconds",
+    "Time spent in the app per request",
+    ["endpoint"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+FALLBACKS = Counter("recsys_fallbacks_total", "Answers served by a fallback", ["endpoint", "kind"])
+RELOADS = Counter("recsys_model_reloads_total", "Model loads by result", ["result"])
+MODEL_INFO = Gauge(
+    "recsys_model_info", "1 for the model version a live worker serves", ["model_version"], multiprocess_mode="liveall"
+)
+
+
+def set_model_version(new: str | None, old: str | None) -> None:
+    if old and old != new:
+        MODEL_INFO.labels(model_version=old).set(0)
+    if new:
+        MODEL_INFO.labels(model_version=new).set(1)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for ``/metrics`` and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a finished worker's live gauges (uWSGI calls this through ``atexit`` in each worker)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,104 @@
+"""The OpenAPI 3.1 document, generated from the routes' pydantic models (nothing hand-written).
+
+Views register themselves with :func:`documented`; :func:`build_document` turns the registry and the
+models' JSON schemas (``pydantic.json_schema.models_json_schema``) into the document served at
+``/openapi.json``. Validation stays in the views (one ``model_validate`` each), so the request path
+pays nothing for the documentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import models_json_schema
+
+from service.schemas import ErrorResponse
+
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class RouteDoc:
+    method: str
+    path: str
+    summary: str
+    query: type[BaseModel] | None = None
+    body: Any = None  # a model or a union of models
+    responses: dict[int, Any] = field(default_factory=dict)  # status -> model (or None for non-JSON)
+    content_type: str = "application/json"
+
+
+ROUTES: list[RouteDoc] = []
+
+
+def documented(method: str, path: str, summary: str, **kwargs: Any):
+    """Record a view's contract for the document; the view itself is returned unchanged."""
+
+    def register(view):
+        ROUTES.append(RouteDoc(method.lower(), path, summary, **kwargs))
+        return view
+
+    return register
+
+
+def _query_parameters(model: type[BaseModel], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF)
+    defs.update(schema.pop("$defs", {}))
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema["properties"].items():
+        param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        if prop.get("type") == "array" or any(p.get("type") == "array" for p in prop.get("anyOf", [])):
+            param.update(style="form", explode=True)
+        params.append(param)
+    return params
+
+
+def build_document(title: str, version: str) -> dict[str, Any]:
+    models = {ErrorResponse}
+    for route in ROUTES:
+        models.update(m for m in route.responses.values() if isinstance(m, type) and issubclass(m, BaseModel))
+    _, top = models_json_schema(
+        [(m, "serialization") for m in sorted(models, key=lambda m: m.__name__)], ref_template=REF
+    )
+    defs: dict[str, Any] = dict(top.get("$defs", {}))
+
+    def schema_of(annotation: Any, mode: str) -> dict[str, Any]:
+        """A $ref for a model, an inline schema (with its $defs hoisted) for a union or other type."""
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation.__name__ in defs:
+            return {"$ref": REF.format(model=annotation.__name__)}
+        schema = TypeAdapter(annotation).json_schema(ref_template=REF, mode=mode)
+        defs.update(schema.pop("$defs", {}))
+        return schema
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        op: dict[str, Any] = {"summary": route.summary, "operationId": f"{route.method}_{route.path.strip('/')}"}
+        if route.query is not None:
+            op["parameters"] = _query_parameters(route.query, defs)
+        if route.body is not None:
+            body_schema = schema_of(route.body, "validation")
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+        op["responses"] = {}
+        for status, model in route.responses.items():
+            entry: dict[str, Any] = {"description": "OK" if status < 400 else "error"}
+            if model is not None:
+                entry["content"] = {route.content_type: {"schema": schema_of(model, "serialization")}}
+            elif route.content_type != "application/json":
+                entry["content"] = {route.content_type: {"schema": {"type": "string"}}}
+            op["responses"][str(status)] = entry
+        op["responses"]["default"] = {
+            "description": "error (JSON with the field and the reason)",
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+        }
+        paths.setdefault(route.path, {})[route.method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": defs},
+    }

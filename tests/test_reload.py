@@ -1,0 +1,104 @@
+"""Hot reload: a replaced checkpoint is served without a failed request; a bad one is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from model import checkpoint
+from model.train import TrainConfig, fit
+from service.state import ModelHolder
+
+
+@pytest.fixture(scope="module")
+def other_ckpt_path(tmp_path_factory, small_dataset) -> Path:
+    """A second model of the same data (another seed): another model_version."""
+    result = fit(small_dataset.interactions, TrainConfig(dim=8, epochs=3, seed=99), progress=False)
+    path = tmp_path_factory.mktemp("other") / "model.ckpt"
+    checkpoint.save(checkpoint.from_training(result, small_dataset), path)
+    return path
+
+
+def replace_atomically(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".incoming")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def test_holder_swaps_on_change_and_keeps_old_on_bad_file(tmp_path, small_ckpt_path, other_ckpt_path, small_ckpt):
+    live = tmp_path / "live.ckpt"
+    shutil.copyfile(small_ckpt_path, live)
+    holder = ModelHolder(live)
+    assert holder.version == small_ckpt.model_version and not holder.check()
+    (tmp_path / "bad").write_bytes(b"not a checkpoint")
+    os.replace(tmp_path / "bad", live)
+    assert not holder.check()
+    assert holder.version == small_ckpt.model_version and holder.state.index is not None
+    replace_atomically(other_ckpt_path, live)
+    assert holder.check()
+    assert holder.version == checkpoint.load(other_ckpt_path).model_version
+
+
+def test_missing_model_is_picked_up_when_it_appears(tmp_path, small_ckpt_path, small_ckpt):
+    live = tmp_path / "live.ckpt"
+    holder = ModelHolder(live)
+    assert holder.state.index is None
+    replace_atomically(small_ckpt_path, live)
+    assert holder.check() and holder.version == small_ckpt.model_version
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_replacing_the_checkpoint_under_load_fails_no_request(start_uwsgi, tmp_path, small_ckpt_path, other_ckpt_path):
+    live = tmp_path / "live.ckpt"
+    shutil.copyfile(small_ckpt_path, live)
+    server = start_uwsgi(live, RECSYS_RELOAD_INTERVAL="0.2")
+    old, new = checkpoint.load(small_ckpt_path).model_version, checkpoint.load(other_ckpt_path).model_version
+    user = checkpoint.load(small_ckpt_path).user_ids[0]
+    results: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def load_loop():
+        while not stop.is_set():
+            try:
+                status, body = _get(f"{server.base}/recommend?user_id={user}&k=5")
+                results.append((status, body.get("model_version")))
+            except OSError as exc:  # a failed connection counts as a failed request
+                results.append((0, repr(exc)))
+
+    threads = [threading.Thread(target=load_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    (tmp_path / "garbage").write_bytes(b"\x80\x02garbage")
+    os.replace(tmp_path / "garbage", live)  # a bad checkpoint first: refused, old model keeps serving
+    time.sleep(1.0)
+    assert _get(server.base + "/readyz")[1]["model_version"] == old
+    replace_atomically(other_ckpt_path, live)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and sum(v == new for _, v in results[-20:]) < 20:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    failed = [r for r in results if r[0] != 200]
+    versions = [v for _, v in results]
+    assert not failed, failed[:5]
+    assert len(results) > 100 and versions[0] == old and versions[-1] == new
+    assert set(versions) == {old, new}
+    assert "reload refused" in server.log()
