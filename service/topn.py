@@ -1,0 +1,55 @@
+"""Precomputed top-N lists for every known user, so a plain ``/recommend`` is a slice, not a scan.
+
+Built once per loaded model (in blocks of users: one matrix product, seen items masked, one
+``argpartition`` per block) when ``users x items`` is small enough (``RECSYS_TOPN_MAX_CELLS``); for
+larger models the index scans (or asks the ANN index) per request instead. A request that the list
+cannot answer exactly (``k`` above N, ``exclude_seen=false``, candidate ``items=``, or so many
+``exclude=`` hits that fewer than ``k`` remain) falls through to the scan, so answers are identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class TopNCache:
+    """Best ``n`` unseen items per user: ``items`` (U, n) int32, ``scores`` (U, n) float32, best first."""
+
+    def __init__(
+        self,
+        user_vectors: np.ndarray,
+        item_vectors: np.ndarray,
+        seen_indptr: np.ndarray,
+        seen_indices: np.ndarray,
+        n: int = 100,
+        block: int = 512,
+    ):
+        num_users, num_items = len(user_vectors), len(item_vectors)
+        self.n = n = min(n, num_items)
+        self.items = np.empty((num_users, n), dtype=np.int32)
+        self.scores = np.empty((num_users, n), dtype=np.float32)
+        self.valid = np.empty(num_users, dtype=np.int32)  # entries that are real items (not masked -inf)
+        for start in range(0, num_users, block):
+            stop = min(start + block, num_users)
+            scores = user_vectors[start:stop] @ item_vectors.T  # (b, I)
+            rows = np.repeat(np.arange(stop - start), np.diff(seen_indptr[start : stop + 1]))
+            scores[rows, seen_indices[seen_indptr[start] : seen_indptr[stop]]] = -np.inf
+            top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < num_items else np.tile(
+                np.arange(num_items), (stop - start, 1))
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            self.items[start:stop] = np.take_along_axis(top, order, axis=1)
+            self.scores[start:stop] = np.take_along_axis(top_scores, order, axis=1)
+            self.valid[start:stop] = np.isfinite(self.scores[start:stop]).sum(axis=1)
+
+    def lookup(self, user_idx: int, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k without ``banned`` from the list, or None when the list cannot answer exactly."""
+        valid = int(self.valid[user_idx])
+        items, scores = self.items[user_idx, :valid], self.scores[user_idx, :valid]
+        if len(banned):
+            keep = ~np.isin(items, banned)
+            items, scores = items[keep], scores[keep]
+        if len(items) >= k:
+            return items[:k].astype(np.int64), scores[:k]
+        # Fewer than k left: exact only if the list already held every unseen item.
+        return (items.astype(np.int64), scores) if valid < self.n else None

@@ -1,0 +1,40 @@
+"""The precomputed top-N lists answer exactly what a full scan answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.index import top_k
+from service.topn import TopNCache
+
+
+def _scan(user_vectors, item_vectors, seen, user, k, banned):
+    scores = item_vectors @ user_vectors[user]
+    scores[np.concatenate([seen[user], banned]).astype(np.int64)] = -np.inf
+    top = top_k(scores, k)
+    return top, scores[top]
+
+
+def test_lookup_equals_scan_with_and_without_bans():
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(50, 9)).astype(np.float32), rng.normal(size=(300, 9)).astype(np.float32)
+    seen = [rng.choice(300, rng.integers(0, 40), replace=False) for _ in range(50)]
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
+    cache = TopNCache(users, items, indptr, np.concatenate(seen).astype(np.int64), n=20, block=7)
+    for user in range(50):
+        for k, banned in [(10, np.empty(0, np.int64)), (20, np.empty(0, np.int64)), (5, cache.items[user, :3])]:
+            got = cache.lookup(user, k, banned.astype(np.int64))
+            want = _scan(users, items, seen, user, k, banned)
+            assert got is not None
+            assert np.array_equal(got[0], want[0]) and np.allclose(got[1], want[1])
+        assert cache.lookup(user, 21, np.empty(0, np.int64)) is None  # beyond the list: caller scans
+        assert cache.lookup(user, 15, cache.items[user, :10].astype(np.int64)) is None
+
+
+def test_small_catalogue_lists_every_unseen_item():
+    users, items = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    cache = TopNCache(users, items, np.array([0, 1, 1, 4]), np.array([0, 0, 1, 2]), n=100)
+    assert cache.n == 4
+    got = cache.lookup(0, 10, np.empty(0, np.int64))
+    assert got[0].tolist() == [3, 1, 2]  # item 0 seen; item 3 equals user 0's vector
+    assert cache.lookup(2, 10, np.empty(0, np.int64))[0].tolist() == [3]  # only item 3 left unseen
