@@ -4,6 +4,15 @@ The file is a ``torch.save`` of a dict holding only tensors and plain Python val
 list, dict), so it loads with ``torch.load(weights_only=True)``: no pickle code runs, and a file that
 would run code is refused. Saving writes a temporary file in the target directory, fsyncs it and
 renames it into place, so a crash never leaves a half-written file under the final name.
+
+Serving memory: :func:`load` memory-maps the file (``torch.load(mmap=True)``), so tensors are views of
+the page cache rather than private copies, and every uWSGI worker that maps the same checkpoint shares
+one physical copy. The ranking arrays the service needs (``item_vectors``, ``user_vectors``,
+``item_norms``, see :func:`serving_arrays`) are derived from the weights at save time and stored in an
+optional ``serving`` field, so serving takes zero-copy numpy views of them instead of building private
+(I, d+1) copies in each worker. Files written before that field existed still load (the service then
+derives the arrays itself). Because the mapping is of the file's inode, replacing the file by rename (as
+:func:`save` does) is safe for processes still mapping the old one; truncating it in place is not.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,8 @@ class Checkpoint:
     created_at: str
     model_version: str
     history: list[dict[str, float]]
+    # Ranking arrays derived from state_dict (see serving_arrays); empty for files written without them.
+    serving: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_users(self) -> int:
@@ -69,6 +80,22 @@ class Checkpoint:
         net = build_network(self.kind, self.num_users, self.num_items, self.config.dim, self.global_mean)
         net.load_state_dict(self.state_dict)
         return net.eval()
+
+
+def serving_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The arrays the serving index ranks with, derived from MF weights (all float32, C-contiguous).
+
+    ``item_vectors`` (I, d+1) = ``[V_i, b_i]`` and ``user_vectors`` (U, d+1) = ``[U_u, 1]``, so a user's
+    ranking is one matrix-vector product; ``item_norms`` (I,) = ``|V_i|`` for cosine similarity.
+    """
+    item_factors = state_dict["item_factors.weight"].detach().cpu().numpy().astype(np.float32)  # (I, d)
+    user_factors = state_dict["user_factors.weight"].detach().cpu().numpy().astype(np.float32)  # (U, d)
+    item_bias = state_dict["item_bias.weight"].detach().cpu().numpy().reshape(-1, 1).astype(np.float32)  # (I, 1)
+    return {
+        "item_vectors": np.ascontiguousarray(np.hstack([item_factors, item_bias])),
+        "user_vectors": np.ascontiguousarray(np.hstack([user_factors, np.ones((len(user_factors), 1), np.float32)])),
+        "item_norms": np.linalg.norm(item_factors, axis=1).astype(np.float32),
+    }
 
 
 def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
@@ -126,6 +153,8 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "created_at": ckpt.created_at,
         "model_version": ckpt.model_version,
         "history": [dict(row) for row in ckpt.history],
+        # Always re-derived from state_dict, so it can never disagree with the weights it is saved with.
+        "serving": {k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict).items()},
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -146,7 +175,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint without executing code.
+    """Read and validate a checkpoint without executing code; tensors are memory-mapped (shared page cache).
 
     Raises:
         CheckpointError: missing or truncated file, pickled objects other than tensors and plain
@@ -156,7 +185,9 @@ def load(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors stay backed by the file's pages, shared by every process mapping it (copy-on-write
+        # if anyone writes, which serving never does), instead of one private copy per uWSGI worker.
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle safely means "refuse"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first})") from None
@@ -184,6 +215,7 @@ def load(path: str | Path) -> Checkpoint:
         created_at=str(raw["created_at"]),
         model_version=str(raw["model_version"]),
         history=list(raw.get("history", [])),
+        serving={str(k): v.numpy() for k, v in raw.get("serving", {}).items()},
     )
     _check_consistent(ckpt, path)
     return ckpt
@@ -197,7 +229,51 @@ def _check_consistent(ckpt: Checkpoint, path: Path) -> None:
         raise CheckpointError(f"{path}: seen-item index refers to items outside the catalogue")
     if len(ckpt.item_popularity) != n_items:
         raise CheckpointError(f"{path}: popularity has {len(ckpt.item_popularity)} entries for {n_items} items")
+    _check_weight_shapes(ckpt, path)
+    if ckpt.serving:
+        _check_serving(ckpt, path)
+
+
+def _check_weight_shapes(ckpt: Checkpoint, path: Path) -> None:
+    """The weights fit a network of this kind and size, checked without allocating that network.
+
+    A real network would allocate and randomly initialise every embedding (256 MB at 1M x 64) in each
+    worker at each load, and one on the meta device pulls in ~70 MB of torch decomposition modules per
+    worker. So a tiny network with placeholder sizes (distinct from each other, from 1 and from ``dim``)
+    gives the parameter names and shapes, and the placeholders are mapped back to the real sizes.
+    """
+    dim = ckpt.config.dim
+    fake_users, fake_items = dim + 7, dim + 13
     try:
-        ckpt.network()
-    except (RuntimeError, ValueError, KeyError) as exc:
+        tiny = build_network(ckpt.kind, fake_users, fake_items, dim, ckpt.global_mean).state_dict()
+    except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: weights do not fit a {ckpt.kind} model: {exc}") from None
+    real = {fake_users: ckpt.num_users, fake_items: ckpt.num_items}
+    expected = {name: tuple(real.get(n, n) for n in t.shape) for name, t in tiny.items()}
+    got = {name: tuple(t.shape) for name, t in ckpt.state_dict.items()}
+    if got != expected:
+        wrong = sorted(n for n in expected.keys() | got.keys() if expected.get(n) != got.get(n))
+        detail = ", ".join(f"{n}: {got.get(n)} (expected {expected.get(n)})" for n in wrong)
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt.kind} model: {detail}")
+
+
+def _check_serving(ckpt: Checkpoint, path: Path) -> None:
+    """The stored ranking arrays have the right shapes and agree with the weights on a sample of rows."""
+    dim = ckpt.config.dim
+    expected = {
+        "item_vectors": (ckpt.num_items, dim + 1),
+        "user_vectors": (ckpt.num_users, dim + 1),
+        "item_norms": (ckpt.num_items,),
+    }
+    for name, shape in expected.items():
+        arr = ckpt.serving.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != np.float32:
+            got = None if arr is None else (arr.shape, str(arr.dtype))
+            raise CheckpointError(f"{path}: serving array {name} is {got}, expected {shape} float32")
+    # A sample, not everything: comparing all rows would read (and fault in) the whole file at load.
+    rows = np.unique(np.linspace(0, ckpt.num_items - 1, min(ckpt.num_items, 256)).astype(np.int64))
+    factors = ckpt.state_dict["item_factors.weight"].numpy()[rows].astype(np.float32)  # as serving_arrays casts
+    bias = ckpt.state_dict["item_bias.weight"].numpy()[rows, 0].astype(np.float32)
+    vectors = ckpt.serving["item_vectors"][rows]
+    if not (np.array_equal(vectors[:, :-1], factors) and np.array_equal(vectors[:, -1], bias)):
+        raise CheckpointError(f"{path}: serving arrays disagree with the weights")

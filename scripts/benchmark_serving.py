@@ -42,8 +42,10 @@ from model.train import TrainConfig, TrainResult  # noqa: E402
 NUM_USERS, SEEN_PER_USER, DIM = 10_000, 20, 64
 
 LUA = {
-    "recommend": 'request = function() return wrk.format("GET", "/recommend?user_id=u" .. math.random(0, {U}) .. "&k=10") end',
-    "similar": 'request = function() return wrk.format("GET", "/similar?item_id=i" .. math.random(0, {I}) .. "&k=10") end',
+    "recommend": 'request = function() return wrk.format("GET", '
+    '"/recommend?user_id=u" .. math.random(0, {U}) .. "&k=10") end',
+    "similar": 'request = function() return wrk.format("GET", '
+    '"/similar?item_id=i" .. math.random(0, {I}) .. "&k=10") end',
     "predict": 'request = function() return wrk.format("POST", "/predict", {{["Content-Type"]="application/json"}}, '
     '\'{{"user_id": "u\' .. math.random(0, {U}) .. \'", "item_id": "i\' .. math.random(0, {I}) .. \'"}}\') end',
     "healthz": 'request = function() return wrk.format("GET", "/healthz") end',

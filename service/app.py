@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, g, request
 
 from service import metrics
+from service.ann import AnnConfig
 from service.config import load_settings
 from service.errors import register_error_handlers
 from service.state import ModelHolder
@@ -67,7 +68,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    holder = ModelHolder(settings["CHECKPOINT"], on_change=_track_model([None]))
+    holder = ModelHolder(settings["CHECKPOINT"], on_change=_track_model([None]), ann=AnnConfig.from_settings(settings))
     app.extensions["recsys"] = holder
     if float(settings["RELOAD_INTERVAL"]) > 0:
         holder.start_watcher(float(settings["RELOAD_INTERVAL"]))

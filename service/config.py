@@ -13,6 +13,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BODY_BYTES": 8 * 1024 * 1024,  # RECSYS_MAX_BODY_BYTES: larger request bodies get 413
     "RELOAD_INTERVAL": 1.0,  # RECSYS_RELOAD_INTERVAL: seconds between checkpoint checks; 0 = never reload
     "ACCESS_LOG": 1,  # RECSYS_ACCESS_LOG: 1 = one JSON line per request on stderr, 0 = none
+    # Approximate top-k (service/ann.py, needs faiss-cpu) for catalogues of at least this many items; 0 = off.
+    "ANN_MIN_ITEMS": 100_000,  # RECSYS_ANN_MIN_ITEMS
+    "ANN_M": 32,  # RECSYS_ANN_M: HNSW graph degree (part of the cache key)
+    "ANN_EF_SEARCH": 128,  # RECSYS_ANN_EF_SEARCH: HNSW candidates per query; higher = better recall, slower
+    "ANN_EF_CONSTRUCTION": 40,  # RECSYS_ANN_EF_CONSTRUCTION: HNSW build effort (part of the cache key)
+    "ANN_BUILD_THREADS": 0,  # RECSYS_ANN_BUILD_THREADS: threads while building the index; 0 = all cores
 }
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.checkpoint import Checkpoint
+from model.checkpoint import Checkpoint, serving_arrays
+
+if TYPE_CHECKING:
+    from service.ann import AnnIndex
 
 
 class UnknownItem(KeyError):
@@ -48,24 +52,30 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return top[np.isfinite(scores[top])]
 
 
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    """A read-only view: a stray in-place write would otherwise silently un-share mmapped pages (COW)."""
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
 class ServingIndex:
     """Read-only arrays for answering requests; built once per loaded checkpoint."""
 
-    def __init__(self, ckpt: Checkpoint, ann=None):
+    def __init__(self, ckpt: Checkpoint, ann: AnnIndex | None = None):
+        # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
+        # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
-        user_factors = state["user_factors.weight"].astype(np.float32)  # (U, d)
-        item_factors = state["item_factors.weight"].astype(np.float32)  # (I, d)
-        self.user_bias = state["user_bias.weight"].reshape(-1).astype(np.float32)  # (U,)
-        self.item_bias = state["item_bias.weight"].reshape(-1).astype(np.float32)  # (I,)
+        serving = ckpt.serving or serving_arrays(ckpt.state_dict)  # older files: derive (private copies)
+        self.item_vectors = _frozen(serving["item_vectors"])  # (I, d+1) [V_i, b_i]
+        self.user_vectors = _frozen(serving["user_vectors"])  # (U, d+1) [U_u, 1]
+        self.item_norms = _frozen(serving["item_norms"])  # (I,) |V_i|, for /similar
+        self.user_bias = _frozen(np.asarray(state["user_bias.weight"], np.float32).reshape(-1))  # (U,)
+        self.item_bias = _frozen(np.asarray(state["item_bias.weight"], np.float32).reshape(-1))  # (I,)
         self.global_bias = float(state["global_bias"])
-        self.dim = user_factors.shape[1]
-        # Ranking form: score_i = [V_i, b_i] . [U_u, 1]; offset mu + b_u turns it back into a rating.
-        self.item_vectors = np.ascontiguousarray(np.hstack([item_factors, self.item_bias[:, None]]))  # (I, d+1)
-        self.user_vectors = np.ascontiguousarray(np.hstack([user_factors, np.ones((len(user_factors), 1), np.float32)]))
-        norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
-        self.item_unit = np.ascontiguousarray(item_factors / np.maximum(norms, 1e-12))  # (I, d), for /similar
-        self.seen_indptr, self.seen_indices = ckpt.seen_indptr, ckpt.seen_indices
-        self.popularity = ckpt.item_popularity.astype(np.float32)
+        self.dim = self.item_vectors.shape[1] - 1
+        self.seen_indptr, self.seen_indices = _frozen(ckpt.seen_indptr), _frozen(ckpt.seen_indices)
+        self.popularity = _frozen(ckpt.item_popularity)  # (I,) int64
         self.popular_order = np.argsort(-ckpt.item_popularity, kind="stable")  # most popular first
         self.user_index = {raw: idx for idx, raw in enumerate(ckpt.user_ids)}
         self.item_index = {raw: idx for idx, raw in enumerate(ckpt.item_ids)}
@@ -126,7 +136,8 @@ class ServingIndex:
             if len(banned):
                 pool = pool[~np.isin(pool, banned)]
             top = pool[:k]
-            return Recommendation(self.item_ids[top].tolist(), self.popularity[top].tolist(), "popular")
+            scores = self.popularity[top].astype(np.float32).tolist()
+            return Recommendation(self.item_ids[top].tolist(), scores, "popular")
         if exclude_seen:
             banned = np.concatenate([banned, self.seen(user_idx)])
         offset = self.global_bias + float(self.user_bias[user_idx])
@@ -173,7 +184,11 @@ class ServingIndex:
         item_idx = self.item_index.get(item_id)
         if item_idx is None:
             raise UnknownItem(item_id)
-        scores = self.item_unit @ self.item_unit[item_idx]
+        # cos = V.v / (|V| |v|) straight from the shared arrays: a stored unit-vector copy would add
+        # another (I, d) array per model. (The strided view of item_vectors goes to BLAS without a copy.)
+        norms = np.maximum(self.item_norms, 1e-12)
+        factors = self.item_vectors[:, :-1]
+        scores = (factors @ factors[item_idx]) / (norms * norms[item_idx])
         scores[item_idx] = -np.inf
         top = top_k(scores, k)
         return Recommendation(self.item_ids[top].tolist(), scores[top].tolist(), None)

@@ -5,6 +5,10 @@ polls the checkpoint path; when the file behind it changes (a new file renamed i
 store's ``current`` pointer moved), it loads the new checkpoint in the background and swaps the
 snapshot in one assignment, so no request waits or fails. A checkpoint that fails to load is logged
 and the old model keeps serving.
+
+Large catalogues (``AnnConfig.min_items`` items or more) also get an approximate top-k index
+(:mod:`service.ann`), built once per model version and cached next to the checkpoint; a reload that
+has to build one does so in the watcher thread while the old model keeps answering.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint
+from service.ann import AnnConfig, maybe_ann
 from service.index import ServingIndex
 
 log = logging.getLogger(__name__)
@@ -38,12 +43,25 @@ def _signature(path: Path) -> tuple | None:
     return (str(real), st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def load_state(path: str | Path) -> ModelState:
-    """Load a checkpoint into a serving index; on failure return an empty state with the reason."""
+def load_state(path: str | Path, ann: AnnConfig | None = None) -> ModelState:
+    """Load a checkpoint into a serving index; on failure return an empty state with the reason.
+
+    ``ann`` decides whether an approximate index is attached (default :class:`AnnConfig`: at 100,000
+    items or more, when faiss is installed).
+    """
     try:
         ckpt = checkpoint.load(path)
     except checkpoint.CheckpointError as exc:
         return ModelState(error=str(exc))
+    if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
+        ckpt.serving = checkpoint.serving_arrays(ckpt.state_dict)
+    try:
+        ann_index = maybe_ann(path, ckpt.model_version, ckpt.serving["item_vectors"], ann or AnnConfig())
+    except Exception:  # noqa: BLE001 - ANN only accelerates: without it answers are exact, not wrong
+        log.exception("ANN index unavailable for %s, ranking exactly", ckpt.model_version)
+        ann_index = None
+    if ann_index is not None:
+        log.info("ANN (HNSW, efSearch=%d) over %d items for %s", ann_index.ef_search, ckpt.num_items, path)
     info = {
         "model_version": ckpt.model_version,
         "kind": ckpt.kind,
@@ -56,18 +74,19 @@ def load_state(path: str | Path) -> ModelState:
         "data_fingerprint": ckpt.data.get("fingerprint", ""),
         "config": dict(vars(ckpt.config)),
     }
-    return ModelState(index=ServingIndex(ckpt), info=info)
+    return ModelState(index=ServingIndex(ckpt, ann=ann_index), info=info)
 
 
 class ModelHolder:
     """Holds the current model state and swaps in a new one when the checkpoint changes."""
 
-    def __init__(self, path: str | Path, on_change=None):
+    def __init__(self, path: str | Path, on_change=None, ann: AnnConfig | None = None):
         self.path = Path(path)
+        self.ann = ann
         self.on_change = on_change or (lambda state, ok: None)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._signature = _signature(self.path)
-        self.state = load_state(self.path)
+        self.state = load_state(self.path, self.ann)
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
         else:
@@ -82,7 +101,7 @@ class ModelHolder:
             if sig is None or sig == self._signature:
                 return False
             self._signature = sig
-            new = load_state(self.path)
+            new = load_state(self.path, self.ann)
             if new.error:
                 # Keep serving what we have; a later change of the file is tried again.
                 log.error("reload refused, still serving %s: %s", self.version, new.error)

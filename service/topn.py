@@ -34,8 +34,11 @@ class TopNCache:
             scores = user_vectors[start:stop] @ item_vectors.T  # (b, I)
             rows = np.repeat(np.arange(stop - start), np.diff(seen_indptr[start : stop + 1]))
             scores[rows, seen_indices[seen_indptr[start] : seen_indptr[stop]]] = -np.inf
-            top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < num_items else np.tile(
-                np.arange(num_items), (stop - start, 1))
+            top = (
+                np.argpartition(-scores, n - 1, axis=1)[:, :n]
+                if n < num_items
+                else np.tile(np.arange(num_items), (stop - start, 1))
+            )
             top_scores = np.take_along_axis(scores, top, axis=1)
             order = np.argsort(-top_scores, axis=1, kind="stable")
             self.items[start:stop] = np.take_along_axis(top, order, axis=1)

@@ -1,0 +1,266 @@
+"""Approximate top-k for large catalogues: a faiss HNSW index over the ranking vectors.
+
+``ServingIndex`` ranks a user by ``item_vectors @ query`` (maximum inner product over (I, d+1) float32).
+Past ``RECSYS_ANN_MIN_ITEMS`` items (default 100,000) that full scan costs milliseconds per request, so
+an :class:`AnnIndex` answers instead: HNSW with ``METRIC_INNER_PRODUCT`` (M=32, efSearch=128 by
+default), one faiss thread per worker (uWSGI scales by processes), banned items excluded inside the
+search by an ``IDSelector``, and the returned items re-scored exactly with numpy, so scores match the
+exact path and only the membership of the top-k is approximate.
+
+Building HNSW over 1M items takes minutes, so it is built once per model and cached on disk next to
+the checkpoint, keyed by model_version and the build parameters::
+
+    <checkpoint>.ann-<model_version>-hnsw<M>-efc<efConstruction>.faiss
+
+The first worker to need it takes an exclusive ``flock`` on ``<cache>.lock``, builds, writes a temporary
+file, fsyncs and renames it into place; workers waiting on the lock then find the file and read it.
+Reading uses ``IO_FLAG_MMAP_IFC``: the vectors and the graph stay file-backed pages, shared by every
+worker like the memory-mapped checkpoint, instead of ~0.5 GB private per worker at 1M x 64. A cache
+file that fails to read or does not match the model is rebuilt; cache files of other model versions
+are removed after a build. When the directory is not writable the index is built in memory (a
+warning says so). To build the cache before the service starts (e.g. at deploy time, with all cores)::
+
+    python -m service.ann artifacts/model.ckpt
+
+The lock file is left in place on purpose: deleting a file others may be waiting on with ``flock``
+would let two builders lock two different inodes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.index import top_k
+
+log = logging.getLogger(__name__)
+
+faiss: Any = None  # the module, once imported by _import_faiss
+
+
+def _import_faiss() -> Any | None:
+    """faiss (the optional ``ann`` extra), imported on first use: importing it costs ~60 MB per worker,
+    which a worker serving a small catalogue should not pay. None when it is not installed."""
+    global faiss
+    if faiss is None:
+        try:
+            import faiss as module
+        except ImportError:
+            return None
+        faiss = module
+    return faiss
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    """When and how to build the index. ``min_items <= 0`` disables it."""
+
+    min_items: int = 100_000  # RECSYS_ANN_MIN_ITEMS
+    m: int = 32  # RECSYS_ANN_M: graph degree (2*M links per node on level 0)
+    ef_search: int = 128  # RECSYS_ANN_EF_SEARCH: candidate list size per query (recall vs latency)
+    ef_construction: int = 40  # RECSYS_ANN_EF_CONSTRUCTION: faiss's default; higher = slower build
+    build_threads: int = 0  # RECSYS_ANN_BUILD_THREADS: threads while building; 0 = all cores
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> AnnConfig:
+        return cls(
+            min_items=int(settings.get("ANN_MIN_ITEMS", cls.min_items)),
+            m=int(settings.get("ANN_M", cls.m)),
+            ef_search=int(settings.get("ANN_EF_SEARCH", cls.ef_search)),
+            ef_construction=int(settings.get("ANN_EF_CONSTRUCTION", cls.ef_construction)),
+            build_threads=int(settings.get("ANN_BUILD_THREADS", cls.build_threads)),
+        )
+
+
+class AnnIndex:
+    """Top-k by inner product over ``vectors`` (I, d+1) float32, approximately, via faiss HNSW."""
+
+    def __init__(self, index: Any, vectors: np.ndarray, ef_search: int = 128):
+        self.index = index
+        self.vectors = vectors
+        self.ef_search = ef_search
+
+    @staticmethod
+    def build(vectors: np.ndarray, m: int = 32, ef_construction: int = 40, threads: int = 0) -> Any:
+        """A new faiss ``IndexHNSWFlat`` (inner product) holding ``vectors`` (I, d+1)."""
+        index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+        try:
+            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        finally:
+            faiss.omp_set_num_threads(1)  # serving: one thread per worker, processes give the parallelism
+        return index
+
+    def search(self, query: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` items for ``query`` (d+1,) never in ``banned`` (int64 indices), best first.
+
+        Returns item indices (n,) int64 and their exact scores ``vectors[idx] @ query`` (n,) float32,
+        ``n = min(k, items not banned)``.
+        """
+        banned = np.unique(np.asarray(banned, dtype=np.int64))
+        k = min(k, len(self.vectors) - len(banned))
+        if k <= 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, k)  # HNSW cannot return more than efSearch results
+        if len(banned):
+            # Filtered inside the graph walk, so exactly k allowed items come back however many are banned.
+            # Both selectors must outlive the search: SWIG does not keep them alive through params.
+            batch = faiss.IDSelectorBatch(banned)
+            allowed = faiss.IDSelectorNot(batch)
+            params.sel = allowed
+        _, labels = self.index.search(np.ascontiguousarray(query, dtype=np.float32)[None, :], k, params=params)
+        idx = labels[0][labels[0] >= 0].astype(np.int64)
+        if len(idx) < k:
+            # The walk ran out of reachable allowed items (a huge banned set): answer exactly instead.
+            scores = self.vectors @ query
+            scores[banned] = -np.inf
+            idx = top_k(scores, k)
+        scores = self.vectors[idx] @ query  # exact, the same numbers as the numpy path
+        order = np.argsort(-scores, kind="stable")
+        return idx[order], scores[order]
+
+
+def cache_path(checkpoint: str | Path, model_version: str, config: AnnConfig) -> Path:
+    """Where the index for this checkpoint, model version and build parameters is cached."""
+    checkpoint = Path(checkpoint)
+    version = re.sub(r"[^A-Za-z0-9._-]", "_", model_version)
+    name = f"{checkpoint.name}.ann-{version}-hnsw{config.m}-efc{config.ef_construction}.faiss"
+    return checkpoint.with_name(name)
+
+
+def _read(path: Path, vectors: np.ndarray) -> Any | None:
+    """The cached index at ``path`` if it is readable and holds ``vectors``; None otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        # MMAP_IFC: vectors and graph stay file-backed pages shared by all workers (not copied in).
+        # (read_index already returns the concrete class; downcast_index on it would dangle and crash.)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        log.warning("ANN cache %s unreadable, rebuilding: %s", path, str(exc).splitlines()[0][:200])
+        return None
+    n, dim = vectors.shape
+    ok = (
+        isinstance(index, faiss.IndexHNSWFlat)
+        and index.ntotal == n
+        and index.d == dim
+        and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    )
+    if ok and n:  # a sample of stored rows must be this model's vectors
+        rows = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(np.int64))
+        ok = all(np.array_equal(index.reconstruct(int(r)), vectors[r]) for r in rows)
+    if not ok:
+        log.warning("ANN cache %s does not match the model, rebuilding", path)
+        return None
+    return index
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (released on exit or process death); False if it cannot."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write(index: Any, path: Path) -> None:
+    """Atomically write ``index`` to ``path`` (temporary file in the same directory, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove_stale(path: Path, checkpoint: Path) -> None:
+    """Delete cache files of other model versions of this checkpoint (workers mapping them keep their inode)."""
+    for other in checkpoint.parent.glob(f"{glob.escape(checkpoint.name)}.ann-*.faiss"):
+        if other != path:
+            other.unlink(missing_ok=True)
+
+
+def load_or_build(checkpoint: str | Path, model_version: str, vectors: np.ndarray, config: AnnConfig) -> AnnIndex:
+    """The cached index for this model, built (once, under a lock) and cached if missing or bad."""
+    if _import_faiss() is None:
+        raise ImportError("faiss is not installed (pip install -e '.[ann]')")
+    path = cache_path(checkpoint, model_version, config)
+    index = _read(path, vectors)
+    if index is None:
+        with _locked(path.with_name(path.name + ".lock")) as locked:
+            index = _read(path, vectors) if locked else None  # another worker may have built it meanwhile
+            if index is None:
+                started = time.perf_counter()
+                index = AnnIndex.build(vectors, config.m, config.ef_construction, config.build_threads)
+                log.info("built ANN index over %d items in %.1fs", len(vectors), time.perf_counter() - started)
+                try:
+                    _write(index, path)
+                    _remove_stale(path, Path(checkpoint))
+                    mapped = _read(path, vectors)  # re-read mmapped, so this worker shares the pages too
+                    index = index if mapped is None else mapped
+                except OSError as exc:
+                    log.warning("ANN index not cached (%s); built in memory for this worker only", exc)
+    faiss.omp_set_num_threads(1)
+    return AnnIndex(index, vectors, config.ef_search)
+
+
+def maybe_ann(checkpoint: str | Path, model_version: str, vectors: np.ndarray, config: AnnConfig) -> AnnIndex | None:
+    """An :class:`AnnIndex` when the catalogue is large enough and faiss is installed; else None (exact)."""
+    if config.min_items <= 0 or len(vectors) < config.min_items:
+        return None
+    if _import_faiss() is None:
+        log.warning("%d items >= RECSYS_ANN_MIN_ITEMS but faiss is not installed: exact top-k", len(vectors))
+        return None
+    return load_or_build(checkpoint, model_version, vectors, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m service.ann CHECKPOINT``: build (or verify) the cached index before serving."""
+    from model import checkpoint as ckpt_io
+    from model.checkpoint import serving_arrays
+    from service.config import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m service.ann CHECKPOINT", file=sys.stderr)
+        return 2
+    if _import_faiss() is None:
+        print("error: faiss is not installed (pip install -e '.[ann]')", file=sys.stderr)
+        return 2
+    ckpt = ckpt_io.load(args[0])
+    vectors = (ckpt.serving or serving_arrays(ckpt.state_dict))["item_vectors"]
+    config = AnnConfig.from_settings(load_settings())
+    load_or_build(args[0], ckpt.model_version, vectors, config)
+    print(cache_path(args[0], ckpt.model_version, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
