@@ -29,18 +29,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="file format (default: detect)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"checkpoint to write (default: {DEFAULT_OUT})")
     p.add_argument("--model", default=defaults.model, choices=MODEL_KINDS, help="model kind")
-    p.add_argument("--dim", type=int, default=defaults.dim, help="embedding size")
+    p.add_argument("--dim", type=int, default=defaults.dim, help="embedding size of the saved model")
+    p.add_argument(
+        "--member-dim", type=int, default=defaults.member_dim,
+        help="train --dim as an average of --dim/--member-dim independent models of this size",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs")
     p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
-    p.add_argument("--reg", type=float, default=defaults.reg, help="L2 penalty on the rows a batch touches")
+    p.add_argument("--reg", type=float, default=defaults.reg, help="L2 penalty on every factor row (per epoch)")
+    p.add_argument("--reg-bias", type=float, default=defaults.reg_bias, help="L2 penalty on every bias")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per step (0 = full batch)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="held out for early stopping")
     p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement")
+    p.add_argument(
+        "--refit", action=argparse.BooleanOptionalAction, default=defaults.refit,
+        help="after early stopping, retrain on all rows for the best number of epochs",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.dim < 1 or args.epochs < 1 or args.lr <= 0 or args.reg < 0 or args.batch_size < 0:
-        p.error("--dim and --epochs must be >= 1, --lr > 0, --reg >= 0, --batch-size >= 0")
+    if args.dim < 1 or args.epochs < 1 or args.lr <= 0 or args.reg < 0 or args.reg_bias < 0 or args.batch_size < 0:
+        p.error("--dim and --epochs must be >= 1, --lr > 0, --reg and --reg-bias >= 0, --batch-size >= 0")
+    if args.member_dim < 1:
+        p.error("--member-dim must be >= 1")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
     return args

@@ -148,13 +148,13 @@ class ServingIndex:
         """A user vector ``[p, 1]`` (d+1,) for a history the model never trained on.
 
         Solves the MF objective for one new user with the items fixed (as implicit's
-        ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i - p.V_i)^2 + reg*n*|p|^2``.
+        ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i - p.V_i)^2 + reg*|p|^2``.
         Without ratings every history item counts as liked at the top of the rating scale.
         """
         factors = self.item_vectors[item_idx, :-1]  # (n, d)
         target = (np.full(len(item_idx), self.high) if ratings is None else ratings) - self.global_bias
         target = target - self.item_bias[item_idx]
-        gram = factors.T @ factors + self.fold_in_reg * len(item_idx) * np.eye(self.dim, dtype=np.float32)
+        gram = factors.T @ factors + self.fold_in_reg * np.eye(self.dim, dtype=np.float32)
         p = np.linalg.solve(gram, factors.T @ target.astype(np.float32))
         return np.append(p, 1.0).astype(np.float32)
 
