@@ -98,6 +98,14 @@ class ServingIndex:
         found = (self.item_index.get(i) for i in item_ids)
         return np.array([i for i in found if i is not None], dtype=np.int64)
 
+    def score_users(self, user_idx: np.ndarray) -> np.ndarray:
+        """Ranking scores of every item for known users, shape (n, I), float32; nothing excluded.
+
+        This is the signal ``recommend`` ranks by (before seen items are removed); offline evaluation
+        (``model.evaluate``) scores top-k lists through it, so what is measured is what is served.
+        """
+        return self.user_vectors[np.asarray(user_idx, dtype=np.int64)] @ self.item_vectors.T
+
     def _rank(
         self, query: np.ndarray, offset: float, k: int, banned: np.ndarray, candidates: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
