@@ -17,6 +17,7 @@ from service.ann import AnnConfig
 from service.config import load_settings
 from service.errors import register_error_handlers
 from service.state import ModelHolder
+from service.topn import TopNConfig
 
 access_log = logging.getLogger("recsys.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -68,7 +69,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    holder = ModelHolder(settings["CHECKPOINT"], on_change=_track_model([None]), ann=AnnConfig.from_settings(settings))
+    holder = ModelHolder(
+        settings["CHECKPOINT"],
+        on_change=_track_model([None]),
+        ann=AnnConfig.from_settings(settings),
+        topn=TopNConfig.from_settings(settings),
+    )
     app.extensions["recsys"] = holder
     if float(settings["RELOAD_INTERVAL"]) > 0:
         holder.start_watcher(float(settings["RELOAD_INTERVAL"]))

@@ -13,6 +13,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BODY_BYTES": 8 * 1024 * 1024,  # RECSYS_MAX_BODY_BYTES: larger request bodies get 413
     "RELOAD_INTERVAL": 1.0,  # RECSYS_RELOAD_INTERVAL: seconds between checkpoint checks; 0 = never reload
     "ACCESS_LOG": 1,  # RECSYS_ACCESS_LOG: 1 = one JSON line per request on stderr, 0 = none
+    # Precomputed top-N unseen items per known user (service/topn.py), built in each worker at load when
+    # users x items is at most this many scores (the build is one users x items matrix product); 0 = off.
+    "TOPN_MAX_CELLS": 100_000_000,  # RECSYS_TOPN_MAX_CELLS
+    "TOPN_N": 100,  # RECSYS_TOPN_N: list length per user (requests for more k scan); costs 8 bytes x N per user
     # Approximate top-k (service/ann.py, needs faiss-cpu) for catalogues of at least this many items; 0 = off.
     "ANN_MIN_ITEMS": 100_000,  # RECSYS_ANN_MIN_ITEMS
     "ANN_M": 32,  # RECSYS_ANN_M: HNSW graph degree (part of the cache key)

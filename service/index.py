@@ -19,6 +19,7 @@ from model.checkpoint import Checkpoint, serving_arrays
 
 if TYPE_CHECKING:
     from service.ann import AnnIndex
+    from service.topn import TopNCache
 
 
 class UnknownItem(KeyError):
@@ -62,7 +63,7 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
 class ServingIndex:
     """Read-only arrays for answering requests; built once per loaded checkpoint."""
 
-    def __init__(self, ckpt: Checkpoint, ann: AnnIndex | None = None):
+    def __init__(self, ckpt: Checkpoint, ann: AnnIndex | None = None, topn: TopNCache | None = None):
         # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
         # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
@@ -84,6 +85,7 @@ class ServingIndex:
         self.fold_in_reg = max(float(ckpt.config.reg), 1e-3)
         self.model_version = ckpt.model_version
         self.ann = ann  # optional approximate index over item_vectors (service.ann), for large catalogues
+        self.topn = topn  # optional precomputed top-N unseen items per user (service.topn), for small models
 
     @property
     def num_items(self) -> int:
@@ -146,9 +148,13 @@ class ServingIndex:
             top = pool[:k]
             scores = self.popularity[top].astype(np.float32).tolist()
             return Recommendation(self.item_ids[top].tolist(), scores, "popular")
+        offset = self.global_bias + float(self.user_bias[user_idx])
+        if self.topn is not None and exclude_seen and cand is None:
+            hit = self.topn.lookup(user_idx, k, banned)
+            if hit is not None:  # exactly what the scan below would answer
+                return Recommendation(self.item_ids[hit[0]].tolist(), (hit[1] + offset).tolist(), None)
         if exclude_seen:
             banned = np.concatenate([banned, self.seen(user_idx)])
-        offset = self.global_bias + float(self.user_bias[user_idx])
         idx, scores = self._rank(self.user_vectors[user_idx], offset, k, banned, cand)
         return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
 

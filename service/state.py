@@ -22,6 +22,7 @@ from typing import Any
 from model import checkpoint
 from service.ann import AnnConfig, maybe_ann
 from service.index import ServingIndex
+from service.topn import TopNCache, TopNConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,12 @@ def _signature(path: Path) -> tuple | None:
     return (str(real), st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def load_state(path: str | Path, ann: AnnConfig | None = None) -> ModelState:
+def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig | None = None) -> ModelState:
     """Load a checkpoint into a serving index; on failure return an empty state with the reason.
 
     ``ann`` decides whether an approximate index is attached (default :class:`AnnConfig`: at 100,000
-    items or more, when faiss is installed).
+    items or more, when faiss is installed); ``topn`` whether every known user's top-N list is
+    precomputed instead (default :class:`TopNConfig`: up to 1e8 user x item scores, and no ANN).
     """
     try:
         ckpt = checkpoint.load(path)
@@ -74,19 +76,24 @@ def load_state(path: str | Path, ann: AnnConfig | None = None) -> ModelState:
         "data_fingerprint": ckpt.data.get("fingerprint", ""),
         "config": dict(vars(ckpt.config)),
     }
-    return ModelState(index=ServingIndex(ckpt, ann=ann_index), info=info)
+    topn = topn or TopNConfig()
+    cache = None
+    if ann_index is None and topn.wants(ckpt.num_users, ckpt.num_items):
+        serving = ckpt.serving
+        cache = TopNCache(serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n)
+    return ModelState(index=ServingIndex(ckpt, ann=ann_index, topn=cache), info=info)
 
 
 class ModelHolder:
     """Holds the current model state and swaps in a new one when the checkpoint changes."""
 
-    def __init__(self, path: str | Path, on_change=None, ann: AnnConfig | None = None):
+    def __init__(self, path: str | Path, on_change=None, ann: AnnConfig | None = None, topn: TopNConfig | None = None):
         self.path = Path(path)
-        self.ann = ann
+        self.ann, self.topn = ann, topn
         self.on_change = on_change or (lambda state, ok: None)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._signature = _signature(self.path)
-        self.state = load_state(self.path, self.ann)
+        self.state = load_state(self.path, self.ann, self.topn)
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
         else:
@@ -101,7 +108,7 @@ class ModelHolder:
             if sig is None or sig == self._signature:
                 return False
             self._signature = sig
-            new = load_state(self.path, self.ann)
+            new = load_state(self.path, self.ann, self.topn)
             if new.error:
                 # Keep serving what we have; a later change of the file is tried again.
                 log.error("reload refused, still serving %s: %s", self.version, new.error)

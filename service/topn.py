@@ -9,7 +9,26 @@ cannot answer exactly (``k`` above N, ``exclude_seen=false``, candidate ``items=
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class TopNConfig:
+    """When to precompute: ``users * items <= max_cells`` (the build is that many scores); 0 disables it."""
+
+    max_cells: int = 100_000_000  # RECSYS_TOPN_MAX_CELLS
+    n: int = 100  # RECSYS_TOPN_N
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> TopNConfig:
+        return cls(max_cells=int(settings.get("TOPN_MAX_CELLS", cls.max_cells)), n=int(settings.get("TOPN_N", cls.n)))
+
+    def wants(self, num_users: int, num_items: int) -> bool:
+        return self.max_cells > 0 and self.n > 0 and num_users * num_items <= self.max_cells
 
 
 class TopNCache:

@@ -38,3 +38,20 @@ def test_small_catalogue_lists_every_unseen_item():
     got = cache.lookup(0, 10, np.empty(0, np.int64))
     assert got[0].tolist() == [3, 1, 2]  # item 0 seen; item 3 equals user 0's vector
     assert cache.lookup(2, 10, np.empty(0, np.int64))[0].tolist() == [3]  # only item 3 left unseen
+
+
+def test_served_answers_identical_with_and_without_lists(small_ckpt_path):
+    """The index answers from the lists when it can and scans otherwise; both give the same items."""
+    from service.state import load_state
+    from service.topn import TopNConfig
+
+    cached = load_state(small_ckpt_path, topn=TopNConfig(n=8)).index
+    scanned = load_state(small_ckpt_path, topn=TopNConfig(max_cells=0)).index
+    assert cached.topn is not None and scanned.topn is None
+    users = list(cached.user_index)[:40]
+    some_items = list(cached.item_index)[:15]
+    for user in users:
+        for kwargs in ({"k": 5}, {"k": 8}, {"k": 20}, {"k": 5, "exclude": some_items}, {"k": 3, "exclude_seen": False}):
+            a, b = cached.recommend(user, **kwargs), scanned.recommend(user, **kwargs)
+            assert a.item_ids == b.item_ids
+            assert np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
