@@ -1,0 +1,91 @@
+"""Splits: partition of the rows, per-user proportions, latest rows held out, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.interactions import Interactions
+from model.splits import leave_last_out, random_split, stratified_split
+
+
+def make_inter(rng, num_users: int = 30, num_items: int = 50, max_rows: int = 15, with_time: bool = True):
+    """Users with 1..max_rows rows each; ``ratings`` holds a unique row id so parts can be matched back."""
+    counts = rng.integers(1, max_rows + 1, num_users)
+    counts[:3] = [1, 2, 3]  # the edge cases are always there
+    users = np.repeat(np.arange(num_users), counts)
+    items = rng.integers(0, num_items, len(users))
+    stamps = rng.integers(1, 20, len(users)) if with_time else np.zeros(len(users), dtype=np.int64)
+    return Interactions(users, items, np.arange(len(users)), stamps, num_users, num_items)
+
+
+def row_ids(part: Interactions) -> np.ndarray:
+    return part.ratings.astype(np.int64)
+
+
+def assert_partition(inter: Interactions, train: Interactions, test: Interactions) -> None:
+    a, b = row_ids(train), row_ids(test)
+    assert not np.intersect1d(a, b).size, "train and test share rows"
+    assert np.array_equal(np.sort(np.concatenate([a, b])), np.arange(len(inter))), "rows lost or duplicated"
+    assert (train.num_users, train.num_items) == (test.num_users, test.num_items) == (inter.num_users, inter.num_items)
+    assert np.all(np.diff(a) > 0) and np.all(np.diff(b) > 0), "rows keep their order"
+
+
+@pytest.mark.parametrize(
+    "split", [lambda i, s: random_split(i, 0.25, s), lambda i, s: stratified_split(i, 0.25, s), leave_last_out]
+)
+def test_every_split_is_a_deterministic_partition(rng, split):
+    inter = make_inter(rng)
+    train, test = split(inter, 3)
+    assert_partition(inter, train, test)
+    again = split(inter, 3)
+    assert np.array_equal(row_ids(again[1]), row_ids(test))
+
+
+def test_stratified_holds_out_the_fraction_of_each_user(rng):
+    inter = make_inter(rng, num_users=60, max_rows=40)
+    train, test = stratified_split(inter, 0.25, seed=0)
+    assert_partition(inter, train, test)
+    n = np.bincount(inter.user_idx, minlength=60)
+    n_test = np.bincount(test.user_idx, minlength=60)
+    # e.g. 40 rows -> 10 test; 3 rows -> round(0.75) = 1; 2 rows -> round half up (0.5) = 1; 1 row -> 0 (kept in train)
+    expected = np.where(n >= 2, np.clip(np.floor(n * 0.25 + 0.5), 1, n - 1), 0)
+    assert np.array_equal(n_test, expected)
+    assert n_test[0] == 0 and n_test[1] == 1 and n_test[2] == 1
+    assert np.all(np.bincount(train.user_idx, minlength=60) >= 1)
+    other = stratified_split(inter, 0.25, seed=1)[1]
+    assert not np.array_equal(row_ids(other), row_ids(test)), "the seed changes which rows are held out"
+
+
+def test_leave_last_out_holds_out_each_users_latest_row(rng):
+    inter = make_inter(rng)
+    train, test = leave_last_out(inter, seed=0)
+    n = np.bincount(inter.user_idx, minlength=inter.num_users)
+    assert np.array_equal(np.bincount(test.user_idx, minlength=inter.num_users), (n >= 2).astype(int))
+    for u, stamp in zip(test.user_idx, test.timestamps):
+        assert stamp == inter.timestamps[inter.user_idx == u].max()
+        assert np.all(train.timestamps[train.user_idx == u] <= stamp)
+
+
+def test_leave_last_out_several_rows_and_ties():
+    # user 0: times 5, 9, 9, 1 -> the two 9s are the latest two; user 1: one row -> train
+    inter = Interactions([0, 0, 0, 0, 1], [0, 1, 2, 3, 0], [0, 1, 2, 3, 4], [5, 9, 9, 1, 7], 2, 4)
+    train, test = leave_last_out(inter, num_last=2)
+    assert row_ids(test).tolist() == [1, 2] and row_ids(train).tolist() == [0, 3, 4]
+    picks = {tuple(row_ids(leave_last_out(inter, seed=s)[1])) for s in range(20)}
+    assert picks == {(1,), (2,)}, "ties between the latest rows are broken at random, by the seed"
+    assert leave_last_out(inter, num_last=10)[1].user_idx.tolist() == [0, 0, 0], "a user keeps one training row"
+
+
+def test_leave_last_out_without_timestamps_says_so(rng):
+    with pytest.raises(ValueError, match="timestamp column"):
+        leave_last_out(make_inter(rng, with_time=False))
+
+
+def test_bad_fractions_are_refused(rng):
+    inter = make_inter(rng)
+    for fraction in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="test_fraction"):
+            stratified_split(inter, fraction)
+    with pytest.raises(ValueError, match="num_last"):
+        leave_last_out(inter, num_last=0)
