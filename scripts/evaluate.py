@@ -1,0 +1,152 @@
+"""Evaluate a checkpoint on a held-out rating file: RMSE, MAE and top-k ranking metrics.
+
+    python scripts/evaluate.py --checkpoint artifacts/model.ckpt --test test.csv [--k 10] [--json]
+
+What is measured is what is served: the checkpoint goes through ``service.index.ServingIndex``, the
+same index the HTTP service answers from.
+
+- Ratings (only when the test file has a rating column): every test row is predicted as ``/predict``
+  answers it (``ServingIndex.predict``: clipped to the training scale; a user or item the model has
+  never seen gets the baseline ``mu + known biases``). RMSE and MAE are over all rows, fallbacks
+  included, because that is what a user gets; ``fallback_rows`` counts them and ``rmse_known`` /
+  ``mae_known`` repeat the figures over the rows with both ids known.
+- Ranking (``model.metrics``): each known user's top-k list from ``ServingIndex.score_users``, with
+  the user's training items excluded, against their held-out items (every held-out item relevant,
+  or those rated ``>= --min-rating``). Users the model has never seen are skipped (``unknown_users``;
+  the service would answer them with popular items, which says nothing about the model), and rows
+  whose item the model has never seen cannot be hits, so they are dropped (``unknown_item_rows``).
+
+Exit codes: 0 evaluated; 2 bad arguments, or a checkpoint or test file that cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import checkpoint
+from model.data import FORMAT_CHOICES, DataFormatError, RawRatings, load_ratings
+from model.evaluate import mae, rmse
+from model.interactions import Interactions
+from model.metrics import METRIC_NAMES, evaluate_ranking
+from service.index import ServingIndex
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by scripts/train.py")
+    p.add_argument("--test", required=True, help="held-out rating file (MovieLens or CSV/TSV)")
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="test file format (default: detect)")
+    p.add_argument("--k", type=int, default=10, help="length of the top-k lists (default: 10)")
+    p.add_argument("--min-rating", type=float, help="only held-out rows rated at least this are relevant")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = p.parse_args(argv)
+    if args.k < 1:
+        p.error("--k must be >= 1")
+    return args
+
+
+def rating_metrics(index: ServingIndex, raw: RawRatings) -> dict[str, Any]:
+    """RMSE/MAE of what ``/predict`` answers for every test row (baseline fallback for unknown ids)."""
+    pred = index.predict(raw.user_ids.tolist(), raw.item_ids.tolist())
+    ratings = np.asarray(pred.ratings, dtype=np.float64)
+    known = np.array([f is None for f in pred.fallbacks], dtype=bool)
+    return {
+        "rmse": rmse(ratings, raw.ratings),
+        "mae": mae(ratings, raw.ratings),
+        "rows": len(raw),
+        "fallback_rows": int((~known).sum()),
+        "rmse_known": rmse(ratings[known], raw.ratings[known]) if known.any() else math.nan,
+        "mae_known": mae(ratings[known], raw.ratings[known]) if known.any() else math.nan,
+    }
+
+
+def ranking_metrics(index: ServingIndex, raw: RawRatings, k: int, min_rating: float | None) -> dict[str, Any]:
+    """Top-k metrics over the test rows of known users (see the module docstring)."""
+    users = np.fromiter((index.user_index.get(u, -1) for u in raw.user_ids), dtype=np.int64, count=len(raw))
+    items = np.fromiter((index.item_index.get(i, -1) for i in raw.item_ids), dtype=np.int64, count=len(raw))
+    keep = users >= 0
+    if min_rating is not None:
+        keep &= raw.ratings >= min_rating
+    unknown_users = len(np.unique(raw.user_ids[users < 0]))
+    unknown_item_rows = int((keep & (items < 0)).sum())
+    keep &= items >= 0
+    num_users, num_items = len(index.user_index), index.num_items
+    test = Interactions(users[keep], items[keep], raw.ratings[keep], raw.timestamps[keep], num_users, num_items)
+    train = (np.asarray(index.seen_indptr), np.asarray(index.seen_indices))
+    metrics, _ = evaluate_ranking(index.score_users, train, test.seen_csr(), num_items, k=k)
+    return {**metrics.as_dict(), "unknown_users": unknown_users, "unknown_item_rows": unknown_item_rows}
+
+
+def evaluate(ckpt: checkpoint.Checkpoint, raw: RawRatings, k: int = 10, min_rating: float | None = None) -> dict:
+    """Everything this script reports, as one plain dict (NaN where a metric has nothing to average)."""
+    index = ServingIndex(ckpt)
+    return {
+        "model_version": ckpt.model_version,
+        "kind": ckpt.kind,
+        "test": raw.source,
+        "rows": len(raw),
+        "k": k,
+        "rating": None if raw.implicit else rating_metrics(index, raw),
+        "ranking": ranking_metrics(index, raw, k, min_rating),
+    }
+
+
+def _finite(value: Any) -> Any:
+    """NaN -> None (JSON has no NaN), recursively."""
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def render_text(report: dict, checkpoint_path: str) -> str:
+    k, lines = report["k"], [f"checkpoint: {checkpoint_path} ({report['model_version']})"]
+    lines.append(f"test: {report['test']}: {report['rows']} rows")
+    rating = report["rating"]
+    if rating is None:
+        lines.append("rating: n/a (the test file has no rating column)")
+    else:
+        lines.append(
+            f"rating: RMSE {rating['rmse']:.4f}  MAE {rating['mae']:.4f}  over {rating['rows']} rows, "
+            f"{rating['fallback_rows']} of them with the baseline fallback for an unknown user or item "
+            f"(known pairs only: RMSE {rating['rmse_known']:.4f}  MAE {rating['mae_known']:.4f})"
+        )
+    rank = report["ranking"]
+    lines.append(
+        f"ranking @{k}: {rank['users']} users evaluated; skipped {rank['unknown_users']} unknown users and "
+        f"{rank['skipped_users']} whose held-out items were all training items; "
+        f"{rank['unknown_item_rows']} rows with unknown items dropped"
+    )
+    for name in (*METRIC_NAMES, "coverage"):
+        lines.append(f"  {name + '@' + str(k):<14} {rank[name]:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        ckpt = checkpoint.load(args.checkpoint)
+        raw = load_ratings(args.test, args.format)
+    except (checkpoint.CheckpointError, DataFormatError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate(ckpt, raw, args.k, args.min_rating)
+    if args.json:
+        print(json.dumps(_finite({"checkpoint": str(Path(args.checkpoint)), **report})))
+    else:
+        print(render_text(report, args.checkpoint))
+    if report["ranking"]["users"] == 0:
+        print("warning: no test user is known to the model with a relevant held-out item", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
