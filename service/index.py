@@ -104,7 +104,8 @@ class ServingIndex:
         """Ranking scores of every item for known users, shape (n, I), float32; nothing excluded.
 
         This is the signal ``recommend`` ranks by (before seen items are removed); offline evaluation
-        (``model.evaluate``) scores top-k lists through it, so what is measured is what is served.
+        (``scripts/evaluate.py``, ``model.metrics``) scores top-k lists through it, so what is measured is
+        what is served.
         """
         return self.user_vectors[np.asarray(user_idx, dtype=np.int64)] @ self.item_vectors.T
 

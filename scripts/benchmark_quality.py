@@ -1,0 +1,543 @@
+"""Quality of our default training command against the peers on MovieLens 100k: ratings and top-k ranking.
+
+    python scripts/benchmark_quality.py [--folds 1,2,3,4,5] [--tasks rating,ranking] [--skip-peers] [--quick]
+                                        [--data-dir ../shared/datasets/ml-100k] [--output docs/benchmarks.md]
+
+Ours is always run exactly as a user runs it: ``scripts/train.py --quiet --data TRAIN --out X`` (no tuning
+flags) in a subprocess whose wall clock is its fit time, then ``scripts/evaluate.py --checkpoint X --test
+TEST --json``, which serves the checkpoint through ``ServingIndex``. The peers are fitted here on the same
+files and scored by the same code (``model.metrics``), with the same rules.
+
+- rating task: the official folds ``uN.base`` / ``uN.test``. RMSE and MAE over every test row (an unknown
+  user or item gets each model's own fallback). Peers: Surprise ``SVD`` (defaults), ``SVD`` tuned by
+  ``GridSearchCV`` (3-fold CV on ``uN.base`` only), ``SVDpp``, ``KNNBaseline`` (item-based,
+  pearson_baseline similarity), ``BaselineOnly``.
+- ranking task: ``u.data`` split per user at random, 75% train / 25% test (``model.splits.stratified_split``,
+  seed 0). Each user's training items are excluded from their list, every held-out item is relevant,
+  metrics at k=10 as defined in ``model/metrics.py``. Peers: implicit ALS and BPR (tuned on a validation
+  split carved from the 75%: a second per-user 75/25 split, best nDCG@10, then refitted on all of the 75%),
+  Surprise SVD ranking by predicted rating, and item popularity.
+
+A peer that fails is reported as failed in the table. The section between ``<!-- quality:begin -->`` and
+``<!-- quality:end -->`` of ``--output`` is replaced. Relative paths are taken from the repo root. Peers need
+``pip install -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from model import checkpoint
+from model.data import RawRatings, load_ratings
+from model.interactions import Dataset, Interactions, build_dataset, encode_with
+from model.metrics import METRIC_NAMES, evaluate_ranking
+from model.splits import stratified_split
+
+REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+K = 10
+TARGET_RMSE, TARGET_RMSE_FIT_S = 0.905, 30.0
+TARGET_NDCG, TARGET_NDCG_FIT_S = 0.50, 60.0
+
+# Grids over the usual ranges (the libraries' defaults included where they fit). --quick keeps the first two values.
+SVD_GRID = {
+    "n_factors": [50, 100, 200],
+    "n_epochs": [20, 50, 100],
+    "lr_all": [0.005, 0.01],
+    "reg_all": [0.05, 0.1, 0.15],
+}
+ALS_GRID = {
+    "factors": [16, 32, 64, 8],
+    "regularization": [1.0, 0.1, 10.0],
+    "alpha": [1.0, 2.0, 0.5, 5.0],
+    "iterations": [15, 30],
+}
+BPR_GRID = {
+    "factors": [32, 100],
+    "learning_rate": [0.01, 0.05],
+    "regularization": [0.01, 0.1],
+    "iterations": [100, 300],
+}
+
+
+@dataclass
+class Result:
+    """One model on one split. ``metrics`` holds rmse/mae or the ranking metrics; ``error`` if it failed."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    fit_s: float = math.nan  # fitting only (ours: the whole train.py process, see notes)
+    tune_s: float = math.nan  # hyper-parameter search, when there is one
+    note: str = ""
+    error: str = ""
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def guarded(name: str, run: Callable[[], Result]) -> Result:
+    """Run one model; a failure becomes a failed row, not a crash."""
+    started = time.perf_counter()
+    try:
+        result = run()
+    except Exception as exc:  # noqa: BLE001 - any failure of a peer is reported, not raised
+        log(f"  {name}: FAILED: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return Result(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:120])
+    log(f"  {name}: {fmt_metrics(result.metrics)} fit {result.fit_s:.1f}s ({time.perf_counter() - started:.1f}s)")
+    return result
+
+
+def fmt_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def small_grid(grid: dict[str, list], quick: bool) -> dict[str, list]:
+    return {k: v[:2] if quick else v for k, v in grid.items()}
+
+
+def combos(grid: dict[str, list]) -> list[dict]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+# ---------------------------------------------------------------- ours: the two commands a user runs
+
+
+def run_ours(train_file: Path, test_file: Path, workdir: Path) -> tuple[Result, dict]:
+    """``scripts/train.py`` with defaults, then ``scripts/evaluate.py --json``; returns (timing, report)."""
+    ckpt_path = workdir / f"{train_file.stem}.ckpt"
+    train_cmd = [sys.executable, "scripts/train.py", "--quiet", "--data", str(train_file), "--out", str(ckpt_path)]
+    started = time.perf_counter()
+    proc = subprocess.run(train_cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(train_cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}")
+    eval_cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", str(ckpt_path), "--test", str(test_file)]
+    proc = subprocess.run([*eval_cmd, "--k", str(K), "--json"], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(eval_cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
+    ckpt = checkpoint.load(ckpt_path)
+    note = f"pure fit {ckpt.metrics['fit_seconds']:.1f}s, {ckpt.kind} dim={ckpt.config.dim}"
+    return Result(fit_s=wall, note=note), json.loads(proc.stdout)
+
+
+def ours_rating(base: Path, test: Path, workdir: Path) -> Result:
+    result, report = run_ours(base, test, workdir)
+    result.metrics = {"rmse": report["rating"]["rmse"], "mae": report["rating"]["mae"]}
+    return result
+
+
+def ours_ranking(train_file: Path, test_file: Path, workdir: Path) -> Result:
+    result, report = run_ours(train_file, test_file, workdir)
+    rank = report["ranking"]
+    result.metrics = {name: rank[name] for name in (*METRIC_NAMES, "coverage")}
+    result.metrics["users"] = rank["users"]
+    return result
+
+
+# ---------------------------------------------------------------- rating peers (Surprise)
+
+
+def surprise_fold(base: Path, test: Path):
+    from surprise import Dataset, Reader
+    from surprise.model_selection import PredefinedKFold
+
+    reader = Reader(line_format="user item rating timestamp", sep="\t")
+    data = Dataset.load_from_folds([(str(base), str(test))], reader=reader)
+    return next(PredefinedKFold().split(data))
+
+
+def surprise_rating(make_algo: Callable[[], object], base: Path, test: Path, tune_s: float = math.nan, note: str = ""):
+    from surprise import accuracy
+
+    trainset, testset = surprise_fold(base, test)
+    algo = make_algo()
+    started = time.perf_counter()
+    algo.fit(trainset)
+    fit_s = time.perf_counter() - started
+    pred = algo.test(testset)  # unknown ids get Surprise's own fallback (the global mean / baseline)
+    metrics = {"rmse": accuracy.rmse(pred, verbose=False), "mae": accuracy.mae(pred, verbose=False)}
+    return Result(metrics, fit_s, tune_s, note)
+
+
+def tuned_svd(base: Path, test: Path, quick: bool) -> Result:
+    """SVD with the parameters GridSearchCV (3-fold, RMSE) picks on ``base`` alone: the test file is never seen."""
+    from surprise import SVD, Dataset, Reader
+    from surprise.model_selection import GridSearchCV
+
+    data = Dataset.load_from_file(str(base), Reader(line_format="user item rating timestamp", sep="\t"))
+    grid = small_grid(SVD_GRID, quick)
+    search = GridSearchCV(SVD, {**grid, "random_state": [0]}, measures=["rmse"], cv=3, n_jobs=-1)
+    started = time.perf_counter()
+    search.fit(data)
+    tune_s = time.perf_counter() - started
+    best = {k: v for k, v in search.best_params["rmse"].items() if k != "random_state"}
+    note = ", ".join(f"{k}={v}" for k, v in best.items())
+    return surprise_rating(lambda: SVD(**best, random_state=0), base, test, tune_s, note)
+
+
+def rating_peers(base: Path, test: Path, quick: bool) -> dict[str, Callable[[], Result]]:
+    def algo(name: str, **kwargs):
+        import surprise
+
+        return lambda: getattr(surprise, name)(**kwargs)
+
+    knn = {"sim_options": {"name": "pearson_baseline", "user_based": False}, "verbose": False}
+    return {
+        "Surprise SVD (defaults)": lambda: surprise_rating(algo("SVD", random_state=0), base, test),
+        "Surprise SVD (tuned)": lambda: tuned_svd(base, test, quick),
+        "Surprise SVD++ (defaults)": lambda: surprise_rating(
+            algo("SVDpp", random_state=0, cache_ratings=True), base, test
+        ),
+        "Surprise KNNBaseline (item, pearson_baseline)": lambda: surprise_rating(
+            algo("KNNBaseline", **knn), base, test
+        ),
+        "Surprise BaselineOnly": lambda: surprise_rating(algo("BaselineOnly", verbose=False), base, test),
+    }
+
+
+# ---------------------------------------------------------------- ranking peers (implicit, Surprise, popularity)
+
+
+def user_items(inter: Interactions):
+    """Binary user x item CSR (float32) of the distinct training pairs, as implicit wants it."""
+    from scipy.sparse import csr_matrix
+
+    indptr, indices = inter.seen_csr()
+    return csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(inter.num_users, inter.num_items))
+
+
+def fit_implicit(kind: str, train: Interactions, params: dict) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fit implicit's ALS or BPR on one thread of BLAS (implicit's own threads do the work); returns factors."""
+    from threadpoolctl import threadpool_limits
+
+    if kind == "als":
+        from implicit.cpu.als import AlternatingLeastSquares as Model
+    else:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking as Model
+    matrix = user_items(train)
+    with threadpool_limits(1, "blas"):  # inside: implicit checks the BLAS threads when the model is built
+        model = Model(**params, random_state=0)
+        started = time.perf_counter()
+        model.fit(matrix, show_progress=False)
+        fit_s = time.perf_counter() - started
+    # BPR's factors carry the item bias as a last column and users a matching column of ones.
+    return np.asarray(model.user_factors), np.asarray(model.item_factors), fit_s
+
+
+def factor_scores(user_factors: np.ndarray, item_factors: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda users: user_factors[users] @ item_factors.T
+
+
+def rank_metrics(score, train: Interactions, test: Interactions) -> dict[str, float]:
+    metrics, per_user = evaluate_ranking(score, train.seen_csr(), test.seen_csr(), train.num_items, k=K)
+    out = {name: getattr(metrics, name) for name in (*METRIC_NAMES, "coverage")}
+    out["ndcg_se"] = float(per_user["ndcg"].std(ddof=1) / math.sqrt(metrics.users)) if metrics.users > 1 else 0.0
+    out["users"] = metrics.users
+    return out
+
+
+def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bool, seed: int) -> Result:
+    """Grid search on a validation split of ``train`` (best nDCG@10), then refit on all of ``train``."""
+    fit_part, val_part = stratified_split(train, 0.25, seed=seed + 1)
+    grid = small_grid(ALS_GRID if kind == "als" else BPR_GRID, quick)
+    started, best, best_ndcg = time.perf_counter(), None, -1.0
+    for params in combos(grid):
+        users, items, _ = fit_implicit(kind, fit_part, params)
+        ndcg = rank_metrics(factor_scores(users, items), fit_part, val_part)["ndcg"]
+        if ndcg > best_ndcg:
+            best, best_ndcg = params, ndcg
+    tune_s = time.perf_counter() - started
+    users, items, fit_s = fit_implicit(kind, train, best)
+    note = ", ".join(f"{k}={v}" for k, v in best.items()) + f" (validation nDCG {best_ndcg:.4f})"
+    return Result(rank_metrics(factor_scores(users, items), train, test), fit_s, tune_s, note)
+
+
+def default_implicit(kind: str, train: Interactions, test: Interactions) -> Result:
+    users, items, fit_s = fit_implicit(kind, train, {})
+    return Result(rank_metrics(factor_scores(users, items), train, test), fit_s, note="library defaults")
+
+
+def svd_ranker(train_file: Path, dataset: Dataset, test: Interactions) -> Result:
+    """Surprise SVD (defaults) ranking every item by its predicted rating ``b_i + q_i . p_u`` (mu + b_u is constant)."""
+    from surprise import SVD, Reader
+    from surprise import Dataset as SurpriseData
+
+    data = SurpriseData.load_from_file(str(train_file), Reader(line_format="user item rating timestamp", sep="\t"))
+    trainset = data.build_full_trainset()
+    algo = SVD(random_state=0)
+    started = time.perf_counter()
+    algo.fit(trainset)
+    fit_s = time.perf_counter() - started
+    # Surprise's inner ids -> our indices: both id spaces are built from the same training file.
+    inner_item = np.array([trainset.to_inner_iid(i) for i in dataset.item_map.ids])
+    inner_user = np.array([trainset.to_inner_uid(u) for u in dataset.user_map.ids])
+    item_vec = np.hstack([algo.qi[inner_item], algo.bi[inner_item, None]])
+    user_vec = np.hstack([algo.pu[inner_user], np.ones((len(inner_user), 1))])
+    train = dataset.interactions
+    return Result(rank_metrics(factor_scores(user_vec, item_vec), train, test), fit_s, note="defaults, random_state=0")
+
+
+def popularity(train: Interactions, test: Interactions) -> Result:
+    started = time.perf_counter()
+    counts = train.item_counts().astype(np.float64)
+    fit_s = time.perf_counter() - started
+    return Result(
+        rank_metrics(lambda users: np.tile(counts, (len(users), 1)), train, test), fit_s, note="training counts"
+    )
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def rating_task(args: argparse.Namespace, workdir: Path) -> tuple[list[str], dict[str, list[Result]]]:
+    folds = [f"u{f}" for f in args.folds]
+    results: dict[str, list[Result]] = {}
+    for fold in folds:
+        base, test = args.data_dir / f"{fold}.base", args.data_dir / f"{fold}.test"
+        log(f"rating task, fold {fold}")
+        runs = {"ours (default `scripts/train.py`)": functools.partial(ours_rating, base, test, workdir)}
+        if not args.skip_peers:
+            runs.update(rating_peers(base, test, args.quick))
+        for name, run in runs.items():
+            results.setdefault(name, []).append(guarded(name, run))
+    return folds, results
+
+
+def write_tsv(raw: RawRatings, mask: np.ndarray, path: Path) -> Path:
+    rows = zip(raw.user_ids[mask], raw.item_ids[mask], raw.ratings[mask], raw.timestamps[mask])
+    path.write_text("".join(f"{u}\t{i}\t{r:g}\t{t}\n" for u, i, r, t in rows))
+    return path
+
+
+def ranking_task(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
+    raw = load_ratings(args.data_dir / "u.data", "ml-100k")
+    full = build_dataset(raw).interactions
+    # Split a copy whose timestamps are the row numbers, so the held-out rows can be written out in raw ids.
+    rows = Interactions(
+        full.user_idx, full.item_idx, full.ratings, np.arange(len(full)), full.num_users, full.num_items
+    )
+    is_test = np.zeros(len(raw), dtype=bool)
+    is_test[stratified_split(rows, 0.25, seed=args.seed)[1].timestamps] = True
+    train_file = write_tsv(raw, ~is_test, workdir / "ranking-train.tsv")
+    test_file = write_tsv(raw, is_test, workdir / "ranking-test.tsv")
+    log(f"ranking task: {int((~is_test).sum())} training rows, {int(is_test.sum())} held-out (seed {args.seed})")
+    # The id space every model ranks in: the training file's, exactly as train.py builds it.
+    dataset = build_dataset(load_ratings(train_file, "ml-100k"))
+    train = dataset.interactions
+    test, _ = encode_with(load_ratings(test_file, "ml-100k"), dataset.user_map, dataset.item_map)
+    runs = {"ours (default `scripts/train.py`)": lambda: ours_ranking(train_file, test_file, workdir)}
+    if not args.skip_peers:
+        runs.update(
+            {
+                "implicit ALS (tuned)": lambda: tuned_implicit("als", train, test, args.quick, args.seed),
+                "implicit ALS (defaults)": lambda: default_implicit("als", train, test),
+                "implicit BPR (tuned)": lambda: tuned_implicit("bpr", train, test, args.quick, args.seed),
+                "implicit BPR (defaults)": lambda: default_implicit("bpr", train, test),
+                "Surprise SVD as ranker": lambda: svd_ranker(train_file, dataset, test),
+                "popularity": lambda: popularity(train, test),
+            }
+        )
+    return {name: guarded(name, run) for name, run in runs.items()}
+
+
+# ---------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cell(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def mean(results: list[Result], key: str) -> float:
+    """Mean over folds of a metric (or of ``fit_s`` / ``tune_s``); NaN if any fold failed."""
+    if not results or any(r.error for r in results):
+        return math.nan
+    return float(np.mean([getattr(r, key) if key in ("fit_s", "tune_s") else r.metrics[key] for r in results]))
+
+
+def rating_table(folds: list[str], results: dict[str, list[Result]]) -> list[str]:
+    head = ["model", *[f"{f} RMSE" for f in folds], "mean RMSE", "mean MAE", "mean fit s", "max fit s", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
+    for name, runs in results.items():
+        per_fold = [r.error and "failed" or cell(r.metrics["rmse"]) for r in runs]
+        failed = [r.error for r in runs if r.error]
+        notes = f"failed: {failed[0]}" if failed else "; ".join(dict.fromkeys(r.note for r in runs if r.note))
+        tune = mean(runs, "tune_s")
+        if not math.isnan(tune):
+            notes = f"tuning {tune:.1f}s per fold; best per fold: {notes}"
+        max_fit = max((r.fit_s for r in runs), default=math.nan)
+        cells = [name, *per_fold, cell(mean(runs, "rmse")), cell(mean(runs, "mae")), cell(mean(runs, "fit_s"), 1)]
+        lines.append("| " + " | ".join([*cells, cell(max_fit, 1), notes]) + " |")
+    return lines
+
+
+def ranking_table(results: dict[str, Result]) -> list[str]:
+    names = ["nDCG@10", "precision@10", "recall@10", "MAP@10", "hit rate@10", "coverage@10"]
+    head = ["model", *names, "fit s", "tuning s", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
+    for name, r in results.items():
+        if r.error:
+            lines.append("| " + " | ".join([name, *["failed"] * len(names), "", "", r.error]) + " |")
+            continue
+        m = r.metrics
+        ndcg = cell(m["ndcg"]) + (f" ± {m['ndcg_se']:.4f}" if "ndcg_se" in m else "")
+        cells = [ndcg, *(cell(m[k]) for k in ("precision", "recall", "map", "hit_rate", "coverage"))]
+        lines.append("| " + " | ".join([name, *cells, cell(r.fit_s, 1), cell(r.tune_s, 1), r.note]) + " |")
+    return lines
+
+
+def verdicts(rating, ranking) -> list[str]:
+    out = []
+    if rating:
+        ours = rating[1]["ours (default `scripts/train.py`)"]
+        rmse, worst = mean(ours, "rmse"), max(r.fit_s for r in ours)
+        ok = rmse <= TARGET_RMSE and worst < TARGET_RMSE_FIT_S
+        out.append(
+            f"- Rating target (mean RMSE <= {TARGET_RMSE}, every fold's fit under {TARGET_RMSE_FIT_S:.0f} s): "
+            f"{'met' if ok else 'NOT met'} (RMSE {cell(rmse)}, slowest fold {worst:.1f} s)."
+        )
+    if ranking:
+        ours = ranking["ours (default `scripts/train.py`)"]
+        ndcg = ours.metrics.get("ndcg", math.nan)
+        ok = ndcg >= TARGET_NDCG and ours.fit_s < TARGET_NDCG_FIT_S
+        out.append(
+            f"- Ranking target (nDCG@10 >= {TARGET_NDCG}, fit under {TARGET_NDCG_FIT_S:.0f} s): "
+            f"{'met' if ok else 'NOT met'} (nDCG@10 {cell(ndcg)}, fit {ours.fit_s:.1f} s)."
+        )
+    return out
+
+
+def render(args, command: str, load_start: str, rating, ranking) -> str:
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        BEGIN,
+        "## Quality on MovieLens 100k: ours (defaults) vs the peers",
+        "",
+        f"- Date: {date}{' (QUICK smoke run: one fold, small grids; not the benchmark)' if args.quick else ''}",
+        f"- Machine: {platform.platform()}; CPU {cpu_model()}, {os.cpu_count()} cores; Python "
+        f"{platform.python_version()}; load average (1/5/15 min) {load_start} at start, {load_avg()} at end",
+        f"- Reproduce (from the repo root): `{command}`",
+        "- Ours: `scripts/train.py --quiet --data TRAIN --out X` with no tuning flags, then `scripts/evaluate.py"
+        " --checkpoint X --test TEST --json` (served through `ServingIndex`). Its fit s is the wall clock of the whole"
+        " train.py process (start-up, reading the file, fitting, writing the checkpoint); notes give the pure fit.",
+        "- Peers: fit s is the library's `fit` call only; tuning s is the grid search before it (on training data"
+        " only).",
+        "",
+    ]
+    if rating:
+        lines += [
+            "### Rating prediction: official folds u1..u5 (train uN.base, test uN.test)",
+            "",
+            *rating_table(*rating),
+        ]
+        lines += ["", f"Surprise SVD tuning grid (GridSearchCV, 3-fold CV on uN.base, RMSE): `{SVD_GRID}`.", ""]
+    if ranking:
+        lines += [
+            f"### Top-{K} ranking: u.data split per user at random, 75% train / 25% test (seed {args.seed})",
+            "",
+            "Training items excluded from each list; every held-out item relevant; users with no held-out item"
+            " known to the model skipped. Definitions in `model/metrics.py` (nDCG as implicit's"
+            " `ranking_metrics_at_k`; recall = hits / held-out items). nDCG ± its standard error over users.",
+            "",
+            *ranking_table(ranking),
+            "",
+            f"implicit grids, tuned on a per-user 75/25 split of the training part: ALS `{ALS_GRID}`;"
+            f" BPR `{BPR_GRID}`.",
+            "",
+        ]
+    lines += [*verdicts(rating, ranking), END]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the delimited section in ``path`` (append it if absent; create the file if missing)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    elif BEGIN in text or END in text:
+        raise SystemExit(f"{path}: unbalanced {BEGIN} / {END} markers; fix them by hand")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/datasets/ml-100k", help="MovieLens 100k folder (u.data, uN.*)")
+    p.add_argument("--folds", default="1,2,3,4,5", help="official folds for the rating task (default: 1,2,3,4,5)")
+    p.add_argument("--tasks", default="rating,ranking", help="comma-separated: rating, ranking")
+    p.add_argument("--skip-peers", action="store_true", help="run only ours")
+    p.add_argument("--quick", action="store_true", help="smoke run: fold 1 only, first two values of each grid")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ranking split (default: 0)")
+    p.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose quality section is replaced")
+    args = p.parse_args(argv)
+    try:
+        args.folds = [int(f) for f in args.folds.split(",") if f.strip()]
+    except ValueError:
+        p.error("--folds must be comma-separated integers, e.g. 1,2,3")
+    if not args.folds or any(not 1 <= f <= 5 for f in args.folds):
+        p.error("--folds must name folds between 1 and 5")
+    args.folds = args.folds[:1] if args.quick else args.folds
+    args.tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
+    if not args.tasks or args.tasks - {"rating", "ranking"}:
+        p.error("--tasks takes rating, ranking or both")
+    args.data_dir, args.output = REPO / args.data_dir, REPO / args.output
+    needed = [args.data_dir / "u.data"] if "ranking" in args.tasks else []
+    needed += (
+        [args.data_dir / f"u{f}.{s}" for f in args.folds for s in ("base", "test")] if "rating" in args.tasks else []
+    )
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        p.error(f"missing data files: {', '.join(missing)} (see --data-dir)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "scripts/benchmark_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    load_start, started = load_avg(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        rating = rating_task(args, Path(tmp)) if "rating" in args.tasks else None
+        ranking = ranking_task(args, Path(tmp)) if "ranking" in args.tasks else None
+    section = render(args, command, load_start, rating, ranking)
+    print(section)
+    write_section(args.output, section)
+    log(f"wrote {args.output} after {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
