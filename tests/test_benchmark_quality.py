@@ -1,0 +1,74 @@
+"""scripts/benchmark_quality.py on a tiny synthetic stand-in for MovieLens (ours only: the peers are a bench extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.synthetic import SyntheticConfig, planted_ratings
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("benchmark_quality", REPO / "scripts" / "benchmark_quality.py")
+bq = importlib.util.module_from_spec(_spec)
+sys.modules["benchmark_quality"] = bq  # dataclasses look their module up there
+_spec.loader.exec_module(bq)
+
+
+@pytest.fixture(scope="module")
+def fake_ml100k(tmp_path_factory):
+    """u.data, u1.base and u1.test in MovieLens 100k's format, from planted synthetic ratings."""
+    raw, _ = planted_ratings(SyntheticConfig(num_users=60, num_items=40, ratings_per_user=15, seed=3))
+    lines = [
+        f"{u[1:]}\t{i[1:]}\t{r:.0f}\t{t}" for u, i, r, t in zip(raw.user_ids, raw.item_ids, raw.ratings, raw.timestamps)
+    ]
+    folder = tmp_path_factory.mktemp("ml-100k")
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    test = np.random.default_rng(0).random(len(lines)) < 0.2
+    (folder / "u1.base").write_text("".join(f"{line}\n" for line, t in zip(lines, test) if not t))
+    (folder / "u1.test").write_text("".join(f"{line}\n" for line, t in zip(lines, test) if t))
+    return folder
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_quality.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+@pytest.mark.slow
+def test_ours_on_both_tasks_writes_the_section(fake_ml100k, tmp_path):
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\n<!-- quality:begin -->\nstale section\n<!-- quality:end -->\n\ntail\n")
+    proc = run_bench("--data-dir", str(fake_ml100k), "--folds", "1", "--skip-peers", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "stale section" not in text and text.endswith("<!-- quality:end -->\n\ntail\n")
+    assert "### Rating prediction" in text and "### Top-10 ranking" in text and "failed" not in text
+    ours = [line for line in text.splitlines() if line.startswith("| ours")]
+    assert len(ours) == 2, text
+    assert "--skip-peers" in text and "cores" in text  # the command and the machine are recorded
+
+
+def test_a_failing_peer_is_a_failed_row_not_a_crash():
+    def broken():
+        raise RuntimeError("no such library")
+
+    failed = bq.guarded("peer", broken)
+    assert failed.error == "RuntimeError: no such library"
+    ok = bq.Result({"rmse": 0.9, "mae": 0.7}, fit_s=1.0)
+    lines = bq.rating_table(["u1", "u2"], {"ours": [ok, ok], "peer": [ok, failed]})
+    assert "| ours | 0.9000 | 0.9000 | 0.9000 | 0.7000 | 1.0 |" in lines[2]
+    assert lines[3].startswith("| peer | 0.9000 | failed | n/a |") and "no such library" in lines[3]
+    assert "failed" in bq.ranking_table({"peer": failed})[2]
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    proc = run_bench("--data-dir", str(tmp_path), "--skip-peers")
+    assert proc.returncode == 2 and "missing data files" in proc.stderr
+    proc = run_bench("--tasks", "speed")
+    assert proc.returncode == 2 and "--tasks" in proc.stderr
+    proc = run_bench("--folds", "7")
+    assert proc.returncode == 2 and "--folds" in proc.stderr
