@@ -50,6 +50,7 @@ class RankingMetrics:
     coverage: float
     users: int  # users with at least one relevant held-out item, i.e. evaluated
     skipped_users: int  # users with held-out rows but no relevant item left (all of them in training)
+    ndcg_se: float = float("nan")  # standard error of the mean nDCG over users: std (ddof=1) / sqrt(users)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -190,5 +191,8 @@ def evaluate_ranking(
     top = top_k_items(score, users, k, num_items, train, batch_size)
     per_user = per_user_metrics(hit_matrix(top, relevant, users, num_items), n_rel[users])
     means = {name: float(per_user[name].mean()) for name in METRIC_NAMES}
-    metrics = RankingMetrics(k=k, **means, coverage=coverage(top, num_items), users=len(users), skipped_users=skipped)
+    se = float(per_user["ndcg"].std(ddof=1) / np.sqrt(len(users))) if len(users) > 1 else float("nan")
+    metrics = RankingMetrics(
+        k=k, **means, coverage=coverage(top, num_items), users=len(users), skipped_users=skipped, ndcg_se=se
+    )
     return metrics, {"user_idx": users, **per_user}

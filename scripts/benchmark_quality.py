@@ -148,7 +148,7 @@ def ours_rating(base: Path, test: Path, workdir: Path) -> Result:
 def ours_ranking(train_file: Path, test_file: Path, workdir: Path) -> Result:
     result, report = run_ours(train_file, test_file, workdir)
     rank = report["ranking"]
-    result.metrics = {name: rank[name] for name in (*METRIC_NAMES, "coverage")}
+    result.metrics = {name: rank[name] for name in (*METRIC_NAMES, "coverage", "ndcg_se")}
     result.metrics["users"] = rank["users"]
     return result
 
@@ -248,9 +248,9 @@ def factor_scores(user_factors: np.ndarray, item_factors: np.ndarray) -> Callabl
 
 
 def rank_metrics(score, train: Interactions, test: Interactions) -> dict[str, float]:
-    metrics, per_user = evaluate_ranking(score, train.seen_csr(), test.seen_csr(), train.num_items, k=K)
+    metrics, _ = evaluate_ranking(score, train.seen_csr(), test.seen_csr(), train.num_items, k=K)
     out = {name: getattr(metrics, name) for name in (*METRIC_NAMES, "coverage")}
-    out["ndcg_se"] = float(per_user["ndcg"].std(ddof=1) / math.sqrt(metrics.users)) if metrics.users > 1 else 0.0
+    out["ndcg_se"] = metrics.ndcg_se
     out["users"] = metrics.users
     return out
 
@@ -412,7 +412,7 @@ def ranking_table(results: dict[str, Result]) -> list[str]:
             lines.append("| " + " | ".join([name, *["failed"] * len(names), "", "", r.error]) + " |")
             continue
         m = r.metrics
-        ndcg = cell(m["ndcg"]) + (f" ± {m['ndcg_se']:.4f}" if "ndcg_se" in m else "")
+        ndcg = cell(m["ndcg"]) + (f" ± {m['ndcg_se']:.4f}" if m.get("ndcg_se") is not None else "")
         cells = [ndcg, *(cell(m[k]) for k in ("precision", "recall", "map", "hit_rate", "coverage"))]
         lines.append("| " + " | ".join([name, *cells, cell(r.fit_s, 1), cell(r.tune_s, 1), r.note]) + " |")
     return lines

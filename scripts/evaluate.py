@@ -126,7 +126,8 @@ def render_text(report: dict, checkpoint_path: str) -> str:
         f"{rank['unknown_item_rows']} rows with unknown items dropped"
     )
     for name in (*METRIC_NAMES, "coverage"):
-        lines.append(f"  {name + '@' + str(k):<14} {rank[name]:.4f}")
+        se = f" ± {rank['ndcg_se']:.4f} (standard error over users)" if name == "ndcg" else ""
+        lines.append(f"  {name + '@' + str(k):<14} {rank[name]:.4f}{se}")
     return "\n".join(lines)
 
 

@@ -70,6 +70,9 @@ def test_every_metric_on_a_hand_computed_example():
     # u1 DCG = IDCG (3 hits in 3 positions) -> 1; u4 -> 0. Mean (0.3065736 + 1 + 0) / 3 = 0.4355245
     assert per_user["ndcg"].tolist() == pytest.approx([0.5 / (1 + 1 / math.log2(3)), 1.0, 0.0])
     assert metrics.ndcg == pytest.approx(0.4355245, abs=1e-7)
+    # standard error: sample std of (0.3065736, 1, 0) = sqrt(((-.1289509)^2 + .5644755^2 + (-.4355245)^2) / 2)
+    #   = sqrt((0.0166283 + 0.3186326 + 0.1896816) / 2) = sqrt(0.2624713) = 0.5123195; / sqrt(3) = 0.2957878
+    assert metrics.ndcg_se == pytest.approx(0.2957878, abs=1e-6)
     # AP: u0 = (precision@3 = 1/3) / min(3, 2) = 1/6; u1 = (1/1 + 2/2 + 3/3) / min(3, 4) = 1; u4 = 0.
     # MAP = (1/6 + 1 + 0) / 3 = 7/18
     assert metrics.map == pytest.approx(7 / 18)
