@@ -71,11 +71,14 @@ def _train(
     epochs: int,
     progress: bool,
     desc: str,
+    init=None,
 ) -> tuple[MFEnsemble, list[dict[str, float]], int]:
     """One training run on ``rows``: returns the network (best epoch restored when validating), history, best epoch."""
     torch.manual_seed(config.seed)
     members, member_dim = _members(config)
     network = MFEnsemble(rows.num_users, rows.num_items, members, member_dim, global_mean=float(rows.ratings.mean()))
+    if init is not None:  # warm start (model.warmstart): overwrite the rows an earlier model already knows
+        init(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     users, items = torch.from_numpy(rows.user_idx), torch.from_numpy(rows.item_idx)
     targets = torch.from_numpy(rows.ratings)
@@ -124,13 +127,14 @@ def _train(
     return network, history, best_epoch
 
 
-def fit(train: Interactions, config: TrainConfig, progress: bool = True) -> TrainResult:
+def fit(train: Interactions, config: TrainConfig, progress: bool = True, init=None) -> TrainResult:
     """Train ``config.model`` on ``train``.
 
     A ``val_fraction`` of the rows is held out for early stopping (restoring the best epoch); with
     ``refit`` the model is then retrained on every row for that many epochs. With ``val_fraction=0``
     every row trains and the loop runs all epochs. The ``dim`` factors are trained as an ensemble of
     ``dim / member_dim`` independent models whose mean is returned as one :class:`BiasedMF`.
+    ``init``, if given, is called with each freshly built network before training (warm start).
     """
     started = time.perf_counter()
     if config.val_fraction > 0:
@@ -139,7 +143,7 @@ def fit(train: Interactions, config: TrainConfig, progress: bool = True) -> Trai
         fit_part, val_part = train, None
     scale = (float(train.ratings.min()), float(train.ratings.max()))
     network, history, best_epoch = _train(
-        fit_part, val_part, config, scale, config.epochs, progress, f"train {config.model}"
+        fit_part, val_part, config, scale, config.epochs, progress, f"train {config.model}", init
     )
     metrics: dict[str, float] = {}
     if val_part is not None:
@@ -147,7 +151,7 @@ def fit(train: Interactions, config: TrainConfig, progress: bool = True) -> Trai
     trained_on = fit_part
     if val_part is not None and config.refit:
         # The validation rows only chose the number of epochs; retrain on all rows for that many.
-        network, _, _ = _train(train, None, config, scale, max(best_epoch, 1), progress, f"refit {config.model}")
+        network, _, _ = _train(train, None, config, scale, max(best_epoch, 1), progress, f"refit {config.model}", init)
         trained_on = train
     merged = network.merged().eval()
     metrics.update(

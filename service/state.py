@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint
+from model.store import CURRENT
 from service.ann import AnnConfig, maybe_ann
 from service.index import ServingIndex
 from service.topn import TopNCache, TopNConfig
@@ -34,10 +35,20 @@ class ModelState:
     error: str | None = None
 
 
+def checkpoint_target(path: Path) -> Path:
+    """The file to serve: ``path`` itself, or a model store's ``current`` pointer when ``path`` is a store
+    directory (:mod:`model.store`)."""
+    return path / CURRENT if path.is_dir() else path
+
+
 def _signature(path: Path) -> tuple | None:
-    """What identifies the file behind ``path`` right now; None when there is none."""
+    """What identifies the file behind ``path`` right now; None when there is none.
+
+    For a store this is the resolved target of ``current`` (path, inode, mtime, size), so moving the
+    pointer is a change, and so is replacing a plain file by rename.
+    """
     try:
-        real = path.resolve()
+        real = checkpoint_target(path).resolve(strict=True)
         st = real.stat()
     except OSError:
         return None
@@ -93,13 +104,17 @@ class ModelHolder:
         self.on_change = on_change or (lambda state, ok: None)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._signature = _signature(self.path)
-        self.state = load_state(self.path, self.ann, self.topn)
+        self.state = load_state(self._source(self._signature), self.ann, self.topn)
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
         else:
             log.info("serving %s from %s", self.state.info["model_version"], self.path)
         self.on_change(self.state, self.state.error is None)
         self._stop = threading.Event()
+
+    def _source(self, sig: tuple | None) -> Path:
+        """Load the very file the signature was taken of (a store's pointer may move meanwhile)."""
+        return Path(sig[0]) if sig is not None else checkpoint_target(self.path)
 
     def check(self) -> bool:
         """Reload if the checkpoint changed. Returns True when a new model was swapped in."""
@@ -108,7 +123,7 @@ class ModelHolder:
             if sig is None or sig == self._signature:
                 return False
             self._signature = sig
-            new = load_state(self.path, self.ann, self.topn)
+            new = load_state(self._source(sig), self.ann, self.topn)
             if new.error:
                 # Keep serving what we have; a later change of the file is tried again.
                 log.error("reload refused, still serving %s: %s", self.version, new.error)

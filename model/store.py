@@ -1,0 +1,253 @@
+"""A model store: versioned checkpoints plus a ``current`` pointer that is moved atomically.
+
+Layout of a store directory ``DIR``::
+
+    DIR/versions/<model_version>.ckpt   one checkpoint per version, written once, never modified
+    DIR/current -> versions/<v>.ckpt     the served version: a relative symlink
+    DIR/reports/<run>.json               retrain run reports (scripts/retrain.py)
+    DIR/.lock                            flock'ed by whoever changes the store (retrain, rollback)
+
+Why a symlink for ``current`` rather than a small ``CURRENT`` file naming the version: the pointer is
+moved by creating a temporary symlink and ``rename(2)``-ing it over ``current``, which is atomic, so a
+reader sees the old or the new target, never a half-written name; ``open(DIR/current)`` then reaches
+the checkpoint with no parsing step, so ``RECSYS_CHECKPOINT=DIR/current`` works like any checkpoint
+file, and ``ls -l DIR/current`` shows what is served. The service, given ``DIR`` itself, resolves the
+link and identifies the model by the target's path and inode (``service.state``).
+
+Version files are memory-mapped by every serving worker (``checkpoint.load``), so they are never
+truncated or rewritten in place: a version is written to a temporary file and renamed in once, and
+pruning only unlinks (a worker still mapping an unlinked file keeps its pages until it reloads).
+
+Order: versions are ordered by the time they were added (file mtime, then name). ``rollback`` without
+a target goes to the newest version added before the current one. ``prune`` keeps the ``keep`` newest
+versions and never deletes the current one or the one a rollback would go to.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from model import checkpoint
+
+VERSIONS, CURRENT, REPORTS, LOCK = "versions", "current", "reports", ".lock"
+SUFFIX = ".ckpt"
+DEFAULT_KEEP = 5
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+class StoreError(RuntimeError):
+    """The store is inconsistent or an operation on it is impossible (unknown version, ...)."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's lock (a retrain or rollback is running)."""
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str  # the model_version
+    path: Path
+    added_ns: int  # mtime of the file: when it was added to the store
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is a store directory (a directory with a ``versions/`` subdirectory or ``current``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / VERSIONS).is_dir() or (path / CURRENT).is_symlink())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    """A store directory (see the module docstring). Reading needs no lock; changing it should hold :meth:`lock`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.versions_dir = self.root / VERSIONS
+        self.reports_dir = self.root / REPORTS
+        self.current_link = self.root / CURRENT
+
+    def init(self) -> ModelStore:
+        """Create the directories (idempotent)."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def path_of(self, version: str) -> Path:
+        if not _VERSION.match(version):
+            raise StoreError(f"not a valid version name: {version!r}")
+        return self.versions_dir / f"{version}{SUFFIX}"
+
+    def versions(self) -> list[Version]:
+        """Every stored version, oldest first (by the time it was added)."""
+        found = []
+        for entry in self.versions_dir.glob(f"*{SUFFIX}") if self.versions_dir.is_dir() else []:
+            if entry.name.startswith("."):  # temporary files of a save in progress (or of a killed one)
+                continue
+            try:
+                found.append(Version(entry.name[: -len(SUFFIX)], entry, entry.stat().st_mtime_ns))
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+        return sorted(found, key=lambda v: (v.added_ns, v.name))
+
+    def current(self) -> str | None:
+        """The version ``current`` points at, or None when there is none yet."""
+        try:
+            target = os.readlink(self.current_link)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise StoreError(f"{self.current_link} is not a symlink") from None
+            raise
+        name = Path(target).name
+        return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+
+    def current_path(self) -> Path | None:
+        version = self.current()
+        return None if version is None else self.path_of(version)
+
+    def previous(self, version: str | None = None) -> str | None:
+        """The newest version added before ``version`` (default: the current one); None if there is none."""
+        version = version or self.current()
+        names = [v.name for v in self.versions()]
+        if version not in names:
+            return None
+        at = names.index(version)
+        return names[at - 1] if at > 0 else None
+
+    # --- changing ------------------------------------------------------------------------------------
+
+    def lock(self) -> StoreLock:
+        """The store's exclusive, non-blocking lock (a context manager); raises :class:`StoreLocked`."""
+        return StoreLock(self.root / LOCK)
+
+    def add(self, ckpt: checkpoint.Checkpoint) -> Path:
+        """Write ``ckpt`` as a new version (atomically); an existing version is never overwritten."""
+        self.init()
+        path = self.path_of(ckpt.model_version)
+        if path.exists():
+            raise StoreError(f"version {ckpt.model_version} is already in the store")
+        return checkpoint.save(ckpt, path)
+
+    def add_file(self, source: str | Path) -> str:
+        """Copy a checkpoint file in as a new version (validated first); returns its version."""
+        ckpt = checkpoint.load(source)
+        self.init()
+        path = self.path_of(ckpt.model_version)
+        if path.exists():
+            raise StoreError(f"version {ckpt.model_version} is already in the store")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.versions_dir)
+        return ckpt.model_version
+
+    def set_current(self, version: str) -> None:
+        """Point ``current`` at ``version`` atomically (temporary symlink renamed over it).
+
+        The version must load as a checkpoint: the service would refuse it anyway, and a pointer to a
+        bad file would leave freshly started workers with nothing to serve.
+        """
+        path = self.path_of(version)
+        if not path.is_file():
+            raise StoreError(f"no version {version} in {self.versions_dir}")
+        checkpoint.load(path)  # raises CheckpointError for a bad file
+        self._point(path)
+
+    def _point(self, path: Path) -> None:
+        """Move the pointer without validating (tests use it to aim ``current`` at a bad file)."""
+        tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(path, self.root), tmp)
+        os.replace(tmp, self.current_link)
+        _fsync_dir(self.root)
+
+    def rollback(self, to: str | None = None) -> tuple[str | None, str]:
+        """Point ``current`` at ``to`` (default: the version added before the current one).
+
+        Returns (the version served before, the version served now).
+        """
+        before = self.current()
+        target = to or self.previous()
+        if target is None:
+            raise StoreError(f"nothing to roll back to: {before} is the oldest version in {self.root}")
+        self.set_current(target)
+        return before, target
+
+    def prune(self, keep: int = DEFAULT_KEEP) -> list[str]:
+        """Delete all but the ``keep`` newest versions, never the current one or its predecessor.
+
+        Deletion is ``unlink`` only: workers still mapping a deleted file keep it until they reload.
+        Also removes ANN caches of deleted versions and stale temporary files (call it under the lock).
+        Returns the deleted versions.
+        """
+        current = self.current()
+        protected = {current, self.previous(current)}
+        versions = self.versions()
+        doomed = [v for v in versions[: max(len(versions) - max(keep, 1), 0)] if v.name not in protected]
+        for v in doomed:
+            v.path.unlink(missing_ok=True)
+            for cache in self.versions_dir.glob(f"{v.path.name}.*"):  # e.g. ANN indexes cached beside it
+                cache.unlink(missing_ok=True)
+        self.clean_temporary()
+        return [v.name for v in doomed]
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove temporary files left by killed writers (only safe while holding the lock)."""
+        stale = [*self.versions_dir.glob(".*.tmp"), *self.root.glob(f".{CURRENT}.*.tmp")]
+        stale += [*self.reports_dir.glob(".*.tmp")] if self.reports_dir.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
+
+class StoreLock:
+    """``fcntl.flock`` on ``DIR/.lock``, exclusive and non-blocking.
+
+    The kernel drops the lock when the holder's file descriptor closes, including when the process is
+    killed, so a crashed run never leaves a stale lock behind. The file holds the holder's pid, for the
+    message the next run prints.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> StoreLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(f"{self.path.parent} is locked by another run (pid {holder}); try again later") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None

@@ -1,0 +1,56 @@
+"""Point a model store's ``current`` back at an earlier version (the service follows by itself).
+
+    python scripts/rollback.py --store /srv/recsys/store            # to the version added before current
+    python scripts/rollback.py --store /srv/recsys/store --to mf-20260101T000000Z-1a2b3c4d
+    python scripts/rollback.py --store /srv/recsys/store --list     # versions, oldest first; * = current
+
+Takes the store's lock, so it never races a retrain. Exit codes (``model.retrain.ExitCode``):
+0 current moved (or listed), 2 no such store or version / nothing older to go back to, 11 locked,
+1 failed (e.g. the target version does not load: current is left as it was).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+
+from model.checkpoint import CheckpointError
+from model.retrain import ExitCode
+from model.store import ModelStore, StoreError, StoreLocked, is_store
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True, help="model store directory")
+    p.add_argument("--to", help="version to serve (default: the one added before the current one)")
+    p.add_argument("--list", action="store_true", help="list the versions and exit")
+    args = p.parse_args(argv)
+    if not is_store(args.store):
+        print(f"error: {args.store} is not a model store (no versions/ directory)", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    store = ModelStore(args.store)
+    if args.list:
+        current = store.current()
+        for v in store.versions():
+            added = datetime.fromtimestamp(v.added_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
+            print(f"{'*' if v.name == current else ' '} {v.name}  added {added}")
+        return ExitCode.PROMOTED
+    try:
+        with store.lock():
+            before, after = store.rollback(args.to)
+    except StoreLocked as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return ExitCode.LOCKED
+    except CheckpointError as exc:
+        print(f"error: not rolled back, {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    print(f"current: {before} -> {after}")
+    return ExitCode.PROMOTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The model store, the promotion rule, the holdout and warm start, without uWSGI."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from model import checkpoint
+from model.data import RawRatings
+from model.evaluate import predict_ratings, rmse
+from model.retrain import decide, split_holdout
+from model.store import ModelStore, StoreError, StoreLocked, is_store
+from model.train import TrainConfig, fit
+from model.warmstart import WarmStartError, warm_start
+from service.state import ModelHolder
+
+
+@pytest.fixture(scope="module")
+def versions(small_dataset) -> list[checkpoint.Checkpoint]:
+    """Four distinct small models of the same data (different seeds)."""
+    out = []
+    for seed in range(4):
+        result = fit(small_dataset.interactions, TrainConfig(dim=4, epochs=2, seed=seed), progress=False)
+        out.append(checkpoint.from_training(result, small_dataset))
+    return out
+
+
+def test_add_point_rollback_and_list(tmp_path, versions):
+    store = ModelStore(tmp_path / "store").init()
+    assert store.current() is None and store.previous() is None and is_store(store.root)
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+    names = [c.model_version for c in versions[:3]]
+    assert [v.name for v in store.versions()] == names
+    assert store.current() == names[2] and os.readlink(store.current_link) == f"versions/{names[2]}.ckpt"
+    assert checkpoint.load(store.current_link).model_version == names[2]  # the link works as a plain path
+    assert store.rollback() == (names[2], names[1])
+    assert store.rollback() == (names[1], names[0])
+    with pytest.raises(StoreError, match="nothing to roll back"):
+        store.rollback()
+    assert store.rollback(names[2]) == (names[0], names[2])
+    with pytest.raises(StoreError, match="already in the store"):
+        store.add(versions[0])  # a version file is never rewritten (it may be memory-mapped)
+    with pytest.raises(StoreError):
+        store.set_current("no-such-version")
+    with pytest.raises(StoreError, match="not a valid version"):
+        store.path_of("../escape")
+
+
+def test_a_bad_version_file_is_never_made_current(tmp_path, versions):
+    store = ModelStore(tmp_path / "store").init()
+    store.add(versions[0])
+    store.set_current(versions[0].model_version)
+    (store.versions_dir / "broken.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError):
+        store.set_current("broken")
+    assert store.current() == versions[0].model_version
+
+
+def test_prune_keeps_the_newest_and_never_current_or_its_predecessor(tmp_path, versions):
+    store = ModelStore(tmp_path / "store").init()
+    for ckpt in versions:
+        store.add(ckpt)
+    names = [c.model_version for c in versions]
+    store.set_current(names[1])  # rolled back far: current and its predecessor are old
+    (store.versions_dir / f"{names[2]}.ckpt.ann-x.faiss").write_bytes(b"cache")
+    (store.versions_dir / ".stale.ckpt.123.tmp").write_bytes(b"half")
+    assert store.prune(keep=1) == [names[2]]
+    assert [v.name for v in store.versions()] == [names[0], names[1], names[3]]
+    assert sorted(p.name for p in store.versions_dir.iterdir()) == sorted(f"{n}.ckpt" for n in (names[0], *names[1::2]))
+
+
+def test_lock_is_exclusive_and_released_on_exit(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    with store.lock():
+        with pytest.raises(StoreLocked, match=f"pid {os.getpid()}"):
+            with store.lock():
+                pass
+    with store.lock():  # released
+        pass
+
+
+def test_holder_follows_a_store_directory(tmp_path, versions):
+    store = ModelStore(tmp_path / "store").init()
+    holder = ModelHolder(store.root)
+    assert holder.state.index is None and "no such checkpoint" in holder.state.error
+    store.add(versions[0])
+    store.set_current(versions[0].model_version)
+    assert holder.check() and holder.version == versions[0].model_version
+    assert not holder.check()  # nothing moved
+    store.add(versions[1])
+    assert not holder.check()  # a new version alone is not served until current points at it
+    store.set_current(versions[1].model_version)
+    assert holder.check() and holder.version == versions[1].model_version
+    (store.versions_dir / "bad.ckpt").write_bytes(b"\x80\x02junk")
+    store._point(store.versions_dir / "bad.ckpt")
+    assert not holder.check() and holder.version == versions[1].model_version
+    store.rollback(versions[0].model_version)
+    assert holder.check() and holder.version == versions[0].model_version
+
+
+def test_decide():
+    cur, better, worse = {"rmse": 0.90}, {"rmse": 0.89}, {"rmse": 0.95}
+    assert decide(cur, better, 0.0, False).promote
+    assert decide(cur, {"rmse": 0.904}, 0.005, False).promote
+    assert not decide(cur, worse, 0.005, False).promote
+    assert decide(cur, worse, 0.0, True).promote and decide(None, worse, 0.0, False).promote
+    skipped = decide(cur, {"skipped": "implicit data"}, 0.0, False)
+    assert not skipped.promote and "implicit data" in skipped.reason
+
+
+def _raw(users, items) -> RawRatings:
+    n = len(users)
+    return RawRatings(
+        np.array(users, dtype=object), np.array(items, dtype=object), np.ones(n, np.float32),
+        np.zeros(n, np.int64), "fp", "test",
+    )  # fmt: skip
+
+
+def test_holdout_is_stable_as_the_data_grows():
+    rng = np.random.default_rng(0)
+    users, items = [f"u{k}" for k in rng.integers(0, 300, 5000)], [f"i{k}" for k in rng.integers(0, 200, 5000)]
+    _, held = split_holdout(_raw(users[:4000], items[:4000]), 0.1, seed=7)
+    _, held_more = split_holdout(_raw(users, items), 0.1, seed=7)
+    pairs = set(zip(held.user_ids, held.item_ids))
+    assert 300 < len(held) < 500 and pairs <= set(zip(held_more.user_ids, held_more.item_ids))
+    _, other_seed = split_holdout(_raw(users, items), 0.1, seed=8)
+    assert set(zip(other_seed.user_ids, other_seed.item_ids)) != set(zip(held_more.user_ids, held_more.item_ids))
+    train, held = split_holdout(_raw(["a", "b"], ["x", "y"]), 0.1, seed=0)
+    assert len(train) == 1 and len(held) == 1
+
+
+def test_warm_start_copies_known_rows_and_leaves_new_ones_fresh(versions, small_dataset):
+    old = versions[0]
+    # The new data drops the first user and adds one: ids shift, so rows must be matched by raw id.
+    user_ids = [*old.user_ids[1:], "newcomer"]
+    item_ids = list(old.item_ids)
+    init = warm_start(old, user_ids, item_ids)
+    assert init.matched == {"users": len(user_ids) - 1, "items": len(item_ids)}
+    from model.networks import MFEnsemble
+
+    net = MFEnsemble(len(user_ids), len(item_ids), members=1, member_dim=4, global_mean=old.global_mean)
+    fresh = net.user_factors.weight[-1].clone()
+    init(net)
+    net.global_bias.data.fill_(float(old.state_dict["global_bias"]))
+    users, items = torch.tensor([0, 5]), torch.tensor([3, 7])  # new index 0 = old index 1
+    old_net = old.network()
+    assert torch.allclose(net(users, items), old_net(users + 1, items), atol=1e-5)
+    assert torch.equal(net.user_factors.weight[-1], fresh)
+    with pytest.raises(WarmStartError, match="dim"):
+        init(MFEnsemble(len(user_ids), len(item_ids), members=1, member_dim=8))
+
+
+def test_warm_started_fit_begins_near_the_old_model(versions, small_dataset):
+    old = versions[0]
+    data = small_dataset.interactions
+    init = warm_start(old, small_dataset.user_map.ids, small_dataset.item_map.ids)
+    cfg = TrainConfig(dim=4, epochs=1, lr=1e-6, seed=5, val_fraction=0)
+    warm, cold = fit(data, cfg, progress=False, init=init), fit(data, cfg, progress=False)
+    old_rmse = rmse(np.clip(predict_ratings(old.network(), data), *old.rating_scale), data.ratings)
+    assert abs(warm.metrics["train_rmse"] - old_rmse) < 0.02  # lr ~ 0: the warm model is the old one
+    assert warm.metrics["train_rmse"] < cold.metrics["train_rmse"] - 0.03
