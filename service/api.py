@@ -41,8 +41,11 @@ def _model() -> ModelState:
 
 
 def _query_args() -> dict:
-    """Query parameters as a dict; list parameters may repeat and/or be comma-separated."""
+    """Query parameters as a dict; list parameters may repeat and/or be comma-separated, others may not repeat."""
     args = request.args.to_dict()
+    for name in args.keys() - set(LIST_PARAMS):
+        if len(request.args.getlist(name)) > 1:  # user_id=a&user_id=b: which one was meant? refuse, don't guess
+            raise ApiError(422, "validation_error", "request is invalid", name, "given more than once")
     for name in LIST_PARAMS:
         if name in args:
             args[name] = [part for value in request.args.getlist(name) for part in value.split(",") if part]
@@ -129,7 +132,7 @@ def recommend_history():
     responses={200: SimilarResponse, 404: ErrorResponse, 422: ErrorResponse},
 )
 def similar():
-    query = SimilarQuery.model_validate(request.args.to_dict())
+    query = SimilarQuery.model_validate(_query_args())
     index = _model().index
     try:
         rec = index.similar(query.item_id, query.k)

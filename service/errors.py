@@ -72,7 +72,11 @@ def register_error_handlers(app: Flask) -> None:
             _drain_body()
             limit = app.config.get("MAX_CONTENT_LENGTH")
             details = [{"field": "body", "reason": f"larger than the limit of {limit} bytes"}]
-        return error_response(exc.code or 500, code, exc.description or exc.name, details)
+        response, status = error_response(exc.code or 500, code, exc.description or exc.name, details)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405 (RFC 9110); the body stays ours
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -17,6 +17,12 @@ from pydantic.json_schema import models_json_schema
 from service.schemas import ErrorResponse
 
 REF = "#/components/schemas/{model}"
+DESCRIPTION = (
+    "Recommendations and rating predictions. Every error is JSON with the field and the reason. The request "
+    "line and headers must fit in 64 KiB (uWSGI's buffer): a longer head is refused with a closed connection "
+    "before it reaches the service, so the id lists of a GET must stay within it. Bodies over the service's limit "
+    "(RECSYS_MAX_BODY_BYTES, default 8 MiB) get 413."
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def build_document(title: str, version: str) -> dict[str, Any]:
         paths.setdefault(route.path, {})[route.method] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": DESCRIPTION},
         "paths": paths,
         "components": {"schemas": defs},
     }

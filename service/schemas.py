@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 MAX_K = 1000
 MAX_BATCH = 10_000
 MAX_ID_LENGTH = 256
 MAX_LIST = 10_000
+# exclude=/items= in a GET query: the request head must fit in uWSGI's 64 KiB buffer (uwsgi.ini), so a
+# query list cannot hold 10,000 ids; 1,000 short ones fit.
+MAX_QUERY_LIST = 1_000
 
 
 def _id_to_str(value: Any) -> Any:
@@ -19,10 +22,14 @@ def _id_to_str(value: Any) -> Any:
     return str(value)
 
 
+# What the document says an id is: what _id_to_str accepts (pydantic would document only the string).
+ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}, {"type": "integer"}]}
+
 RawId = Annotated[
     str,
     BeforeValidator(_id_to_str),
     StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    WithJsonSchema(ID_SCHEMA, mode="validation"),
 ]
 
 
@@ -30,19 +37,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Body(_Strict):
+    """A JSON body: types as JSON has them, no coercion (``"5"`` or ``true`` is not a number).
+
+    Query models stay lax: every query value arrives as a string."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 K = Annotated[int, Field(ge=1, le=MAX_K, description="number of items; clamped to what can be returned")]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer includes 1.0; strings and booleans stay invalid (strict body models)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+BodyK = Annotated[K, BeforeValidator(_integral)]
 IdList = Annotated[list[RawId], Field(max_length=MAX_LIST)]
+QueryIdList = Annotated[list[RawId], Field(max_length=MAX_QUERY_LIST)]
 
 
 class RecommendQuery(_Strict):
     user_id: RawId
     k: K = 10
     exclude_seen: bool = Field(True, description="drop items the user rated in training")
-    exclude: IdList = Field([], description="item ids never to return (repeat the parameter or comma-separate)")
-    items: IdList | None = Field(None, description="return only these item ids (repeat or comma-separate)")
+    exclude: QueryIdList = Field([], description="item ids never to return (repeat the parameter or comma-separate)")
+    items: QueryIdList | None = Field(None, description="return only these item ids (repeat or comma-separate)")
 
 
-class HistoryItem(_Strict):
+class HistoryItem(_Body):
     item_id: RawId
     rating: float | None = Field(None, allow_inf_nan=False, description="the user's rating, if known")
 
@@ -52,14 +76,36 @@ def _history_entry(value: Any) -> Any:
     return {"item_id": value} if isinstance(value, (str, int)) and not isinstance(value, bool) else value
 
 
-class RecommendHistoryRequest(_Strict):
+def _history_schema() -> dict[str, Any]:
+    """The history's documented shape, all-or-none ratings included: a list of bare ids or of objects without
+    a rating, or a list of objects that all have one (the validator below enforces the same)."""
+    unrated = {
+        "type": "object", "additionalProperties": False, "required": ["item_id"],
+        "properties": {"item_id": ID_SCHEMA, "rating": {"type": "null"}},
+    }  # fmt: skip
+    rated = {
+        "type": "object", "additionalProperties": False, "required": ["item_id", "rating"],
+        "properties": {"item_id": ID_SCHEMA, "rating": {"type": "number"}},
+    }  # fmt: skip
+    sizes = {"type": "array", "minItems": 1, "maxItems": MAX_LIST}
+    return {
+        "anyOf": [{**sizes, "items": {"anyOf": [*ID_SCHEMA["anyOf"], unrated]}}, {**sizes, "items": rated}],
+        "description": "item ids (or {item_id}), or {item_id, rating} objects: a rating for every item or none",
+    }
+
+
+class RecommendHistoryRequest(_Body):
     """A user the model has not seen, described by the items they interacted with.
 
     Entries are item ids or ``{"item_id", "rating"}``; either every entry has a rating or none has.
     """
 
-    history: list[Annotated[HistoryItem, BeforeValidator(_history_entry)]] = Field(min_length=1, max_length=MAX_LIST)
-    k: K = 10
+    history: Annotated[
+        list[Annotated[HistoryItem, BeforeValidator(_history_entry)]],
+        Field(min_length=1, max_length=MAX_LIST),
+        WithJsonSchema(_history_schema(), mode="validation"),
+    ]
+    k: BodyK = 10
     exclude: IdList = []
     items: IdList | None = None
 
@@ -94,12 +140,12 @@ class SimilarResponse(BaseModel):
     model_version: str
 
 
-class PredictPair(_Strict):
+class PredictPair(_Body):
     user_id: RawId
     item_id: RawId
 
 
-class PredictBatchRequest(_Strict):
+class PredictBatchRequest(_Body):
     pairs: list[PredictPair] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -125,7 +171,9 @@ class ModelInfo(BaseModel):
     num_users: int
     num_items: int
     dim: int
-    rating_scale: tuple[float, float]
+    # A list of two, not tuple[float, float]: a tuple becomes ``prefixItems``, which some OpenAPI tools
+    # (schemathesis among them) rewrite into the pre-3.1 array form of ``items`` and then reject.
+    rating_scale: list[float] = Field(min_length=2, max_length=2, description="[lowest, highest] training rating")
     metrics: dict[str, float]
     created_at: str
     data_fingerprint: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -134,6 +135,17 @@ def start_uwsgi(tmp_path):
     yield _start
     for server in servers:
         server.stop()
+
+
+FIGURES = REPO / "artifacts" / "reliability"
+
+
+def record_figures(name: str, figures: dict) -> None:
+    """Write a reliability test's figures (requests sent/failed, cases run...) to artifacts/reliability/NAME.json,
+    so they can be quoted; also printed (``pytest -s`` shows them)."""
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    (FIGURES / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"{name}: {json.dumps(figures)}")
 
 
 def write_lines(path: Path, lines: list[str] | bytes) -> Path:
