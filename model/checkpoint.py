@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,6 +185,9 @@ def load(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; without its end record torch's own error is cryptic
+        reason = "not a torch.save zip archive: truncated or another format"
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})")
     try:
         # mmap: tensors stay backed by the file's pages, shared by every process mapping it (copy-on-write
         # if anyone writes, which serving never does), instead of one private copy per uWSGI worker.

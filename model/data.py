@@ -43,6 +43,8 @@ FORMATS: dict[str, FileFormat] = {
     "tsv": FileFormat("tsv", "\t", None, (2, 3, 4)),
 }
 FORMAT_CHOICES = ("auto", *FORMATS)
+# Longer ids could be trained on but never asked for: the service refuses ids over this length.
+MAX_ID_LENGTH = 256
 ML_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 
 
@@ -102,6 +104,9 @@ def _parse_row(fields: list[str], fmt: FileFormat) -> tuple[str, str, float, int
         raise ValueError("empty user id")
     if not item:
         raise ValueError("empty item id")
+    for name, raw_id in (("user", user), ("item", item)):
+        if len(raw_id) > MAX_ID_LENGTH:
+            raise ValueError(f"{name} id longer than {MAX_ID_LENGTH} characters ({len(raw_id)})")
     rating = 1.0
     if len(fields) >= 3:
         try:

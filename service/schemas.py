@@ -6,9 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
+from model.data import MAX_ID_LENGTH  # one limit for the ids a model is trained on and the ids asked for
+
 MAX_K = 1000
 MAX_BATCH = 10_000
-MAX_ID_LENGTH = 256
 MAX_LIST = 10_000
 # exclude=/items= in a GET query: the request head must fit in uWSGI's 64 KiB buffer (uwsgi.ini), so a
 # query list cannot hold 10,000 ids; 1,000 short ones fit.
