@@ -1,0 +1,134 @@
+"""Bad input over HTTP against the real uWSGI (JSON 4xx naming the field), and the security defaults."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import urllib.parse
+
+import pytest
+
+from service.schemas import MAX_ID_LENGTH, MAX_QUERY_LIST
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, small_ckpt_path):
+    from tests.conftest import UwsgiServer
+
+    srv = UwsgiServer(small_ckpt_path, tmp_path_factory.mktemp("hard") / "uwsgi.log", RECSYS_ACCESS_LOG="0")
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def send(server, method: str, path: str, body: object | bytes | None = None):
+    """(status, headers, parsed JSON body) over one loopback connection."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    assert resp.getheader("Content-Type") == "application/json", raw[:200]
+    return resp.status, resp, json.loads(raw)
+
+
+def q(**params) -> str:
+    return urllib.parse.urlencode(params, doseq=True)
+
+
+LONG = "é" * (MAX_ID_LENGTH + 1)  # 257 characters, 514 bytes of UTF-8
+NON_ASCII = "ユーザー-Ünïcødé-👤"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "field"),
+    [
+        ("GET", "/recommend?" + q(user_id=LONG), None, 422, "user_id"),
+        ("GET", "/similar?" + q(item_id=LONG), None, 422, "item_id"),
+        ("POST", "/predict", {"user_id": "u1", "item_id": LONG}, 422, "item_id"),
+        ("POST", "/predict", {"pairs": [{"user_id": LONG, "item_id": "i1"}]}, 422, "pairs.0.user_id"),
+        ("POST", "/recommend", {"history": [LONG]}, 422, "history.0.item_id"),
+        ("GET", "/recommend?" + q(user_id="u1", k=1001), None, 422, "k"),
+        ("GET", "/similar?" + q(item_id="i1", k=0), None, 422, "k"),
+        ("POST", "/recommend", {"history": ["i1"], "k": 1001}, 422, "k"),
+        ("POST", "/recommend", {"history": ["i1"], "k": "5"}, 422, "k"),  # JSON bodies are not coerced
+        ("POST", "/recommend", {"history": [{"item_id": "i1", "rating": False}]}, 422, "history.0.rating"),
+        ("POST", "/recommend", {"history": ["i1"] * 10_001}, 422, "history"),
+        ("GET", "/recommend?" + q(user_id="u1", exclude=["i1"] * (MAX_QUERY_LIST + 1)), None, 422, "exclude"),
+        ("GET", "/recommend?" + q(user_id=["u1", "u2"]), None, 422, "user_id"),  # which one? refused
+    ],
+)
+def test_bad_input_is_json_4xx_naming_the_field(server, method, path, body, status, field):
+    got, _, err = send(server, method, path, body)
+    assert got == status and err["error"]["status"] == status
+    assert field in [d["field"] for d in err["error"]["details"]], err
+
+
+def test_non_ascii_ids_are_ordinary_ids(server):
+    status, _, body = send(server, "GET", "/recommend?" + q(user_id=NON_ASCII, k=2))
+    assert status == 200 and body["user_id"] == NON_ASCII and body["fallback"] == "popular"
+    status, _, body = send(server, "POST", "/predict", {"user_id": NON_ASCII, "item_id": "i1"})
+    assert status == 200 and body["user_id"] == NON_ASCII and body["fallback"] == "baseline"
+    status, _, body = send(server, "GET", "/similar?" + q(item_id=NON_ASCII))
+    assert status == 404 and body["error"]["details"][0]["field"] == "item_id"
+
+
+def test_oversized_history_body_is_413_json(server):
+    body = b'{"history": [' + b'"i1",' * 2_000_000 + b'"i1"]}'  # ~10 MB, over the 8 MiB default
+    status, _, err = send(server, "POST", "/recommend", body)
+    assert status == 413 and err["error"]["details"][0]["field"] == "body"
+
+
+def test_wrong_method_names_the_allowed_ones(server):
+    status, resp, err = send(server, "DELETE", "/predict")
+    assert status == 405 and err["error"]["code"] == "method_not_allowed"
+    assert "POST" in resp.getheader("Allow")
+
+
+# --- security defaults -----------------------------------------------------------------------------
+
+
+def test_no_endpoint_changes_state(app):
+    """Every route only reads: POST /recommend and POST /predict compute answers and store nothing.
+
+    A state-changing endpoint (a reload trigger, say) would need a token from the environment, compared
+    with hmac.compare_digest, and be off when the variable is unset; none exists, and this list makes
+    adding one a deliberate change.
+    """
+    routes = {(m, r.rule) for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}
+    assert routes == {
+        ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/model"), ("GET", "/recommend"), ("POST", "/recommend"),
+        ("GET", "/similar"), ("POST", "/predict"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+        ("GET", "/static/<path:filename>"),
+    }  # fmt: skip
+
+
+def _ini() -> list[tuple[str, str]]:
+    """(option, value) pairs in order (uwsgi.ini repeats keys, so configparser cannot read it)."""
+    lines = (REPO / "uwsgi.ini").read_text().splitlines()
+    return [tuple(p.strip() for p in ln.split("=", 1)) for ln in lines if "=" in ln and not ln.startswith(";")]
+
+
+def test_uwsgi_exposes_only_http_on_loopback_by_default_and_limits_bodies():
+    options = _ini()
+    names = [k for k, _ in options]
+    assert ("set-placeholder", "host=127.0.0.1") in options and ("http-socket", "%(host):%(port)") in options
+    # Never uWSGI's own protocol, nor its stats server, on a socket.
+    assert not {"socket", "uwsgi-socket", "shared-socket", "stats", "stats-server", "http"} & set(names)
+    limit_post = int(dict(options)["limit-post"])
+    from service.config import DEFAULTS
+
+    assert limit_post > DEFAULTS["MAX_BODY_BYTES"] > 0  # Flask answers 413 first; uWSGI is the backstop
+
+
+def test_docker_image_runs_as_a_non_root_user():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    users = re.findall(r"^USER\s+(\S+)", final_stage, flags=re.M)
+    assert users and users[-1] not in {"root", "0"}
