@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     report["outcome"], report["exit_code"] = code.name.lower(), int(code)
     targets = [Path(args.report)] if args.report else []
     if locked:  # only a run that held the lock writes into the store
-        targets.append(store.reports_dir / f"{began:%Y%m%dT%H%M%SZ}-{os.getpid()}-{code.name.lower()}.json")
+        targets.append(store.reports_dir / f"{began:%Y%m%dT%H%M%S.%fZ}-{os.getpid()}-{code.name.lower()}.json")
     for target in targets:
         try:
             write_report(report, target)

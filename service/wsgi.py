@@ -2,8 +2,30 @@
 
 import atexit
 import os
+import sys
 
 from service import create_app, metrics
 
 application = create_app()
 atexit.register(metrics.mark_worker_dead, os.getpid())
+
+try:
+    import uwsgi  # noqa: F401 - exists only inside a uWSGI worker
+except ImportError:
+    uwsgi = None
+
+if uwsgi is not None:
+
+    def _exit_now() -> None:
+        """End the worker once our own exit work is done (registered last, so it runs first).
+
+        torch's finalizers (``torch.library._del_library``) hang at interpreter exit in a uWSGI worker,
+        so every stop, reload and recycling waited out the 5 s mercy and ended in SIGKILL. A worker
+        holds nothing that needs them: drop its live metrics, flush the logs, and leave.
+        """
+        metrics.mark_worker_dead(os.getpid())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(_exit_now)
