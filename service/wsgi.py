@@ -17,11 +17,12 @@ except ImportError:
 if uwsgi is not None:
 
     def _exit_now() -> None:
-        """End the worker once our own exit work is done (registered last, so it runs first).
+        """End the worker once our own exit work is done (registered last, so ``atexit`` runs it first).
 
         torch's finalizers (``torch.library._del_library``) hang at interpreter exit in a uWSGI worker,
         so every stop, reload and recycling waited out the 5 s mercy and ended in SIGKILL. A worker
-        holds nothing that needs them: drop its live metrics, flush the logs, and leave.
+        holds nothing that needs them: drop its live metrics, flush the logs, and leave. (A worker
+        stopped while still loading the app is not helped: it never gets here, and the mercy ends it.)
         """
         metrics.mark_worker_dead(os.getpid())
         sys.stdout.flush()

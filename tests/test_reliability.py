@@ -207,6 +207,7 @@ def test_bad_checkpoints_are_refused_and_the_old_model_keeps_serving(via, start_
         target = tmp_path / "live.ckpt"
         target.write_bytes(six_versions[0].read_bytes())
     server = start_uwsgi(target, RECSYS_RELOAD_INTERVAL="0.2", RECSYS_PROCESSES="2", RECSYS_ACCESS_LOG="0")
+    wait_for(lambda: list(worker_versions(server.base).values()) == [good] * 2)  # both workers up, then faults
     figures: dict[str, dict] = {}
     for name, make in faults.items():
         before = server.log().count("reload refused")
