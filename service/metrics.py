@@ -53,3 +53,29 @@ def mark_worker_dead(pid: int) -> None:
     """Drop a finished worker's live gauges (uWSGI calls this through ``atexit`` in each worker)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
+
+
+def reap_dead_workers() -> list[int]:
+    """Drop the live gauges of workers that died without running ``atexit`` (SIGKILL, OOM kill, harakiri).
+
+    Called when a worker starts, typically the one respawned in a dead worker's place; otherwise
+    ``recsys_model_info`` would report the dead pid's model version forever. Returns the reaped pids.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or not os.path.isdir(directory):
+        return []
+    pids = set()
+    for name in os.listdir(directory):
+        stem = name.removesuffix(".db")
+        if stem.startswith("gauge_live") and stem.rsplit("_", 1)[-1].isdigit():
+            pids.add(int(stem.rsplit("_", 1)[-1]))
+    dead = []
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid)
+            dead.append(pid)
+        except PermissionError:  # alive, someone else's
+            pass
+    return dead

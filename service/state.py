@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint
-from model.store import CURRENT
+from model.store import CURRENT, ModelStore
 from service.ann import AnnConfig, maybe_ann
 from service.index import ServingIndex
 from service.topn import TopNCache, TopNConfig
@@ -107,7 +107,8 @@ class ModelHolder:
         self.state = load_state(self._source(self._signature), self.ann, self.topn)
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
-        else:
+            self.state = self._store_fallback(self.state)
+        if not self.state.error:
             log.info("serving %s from %s", self.state.info["model_version"], self.path)
         self.on_change(self.state, self.state.error is None)
         self._stop = threading.Event()
@@ -115,6 +116,26 @@ class ModelHolder:
     def _source(self, sig: tuple | None) -> Path:
         """Load the very file the signature was taken of (a store's pointer may move meanwhile)."""
         return Path(sig[0]) if sig is not None else checkpoint_target(self.path)
+
+    def _store_fallback(self, failed: ModelState) -> ModelState:
+        """With no model at all and a store whose ``current`` does not load: the newest version added before
+        ``current`` that does, else ``failed``.
+
+        A worker started (or respawned) while ``current`` points at a bad file would otherwise answer 503
+        while the others keep serving the model they had, which is, in the store's order, that one.
+        """
+        if not self.path.is_dir():
+            return failed
+        store = ModelStore(self.path)
+        names = [v.name for v in store.versions()]
+        current = store.current()
+        earlier = names[: names.index(current)] if current in names else []
+        for name in reversed(earlier):
+            state = load_state(store.path_of(name), self.ann, self.topn)
+            if state.index is not None:
+                log.warning("current version of %s does not load; serving %s, the one before it", self.path, name)
+                return state
+        return failed
 
     def check(self) -> bool:
         """Reload if the checkpoint changed. Returns True when a new model was swapped in."""
@@ -129,7 +150,8 @@ class ModelHolder:
                 log.error("reload refused, still serving %s: %s", self.version, new.error)
                 self.on_change(self.state, False)
                 if self.state.index is None:
-                    self.state = new
+                    self.state = self._store_fallback(new)
+                    return self.state.index is not None
                 return False
             old = self.version
             self.state = new  # one reference assignment: requests see the old or the new state, whole

@@ -8,6 +8,7 @@ from service import create_app, metrics
 
 application = create_app()
 atexit.register(metrics.mark_worker_dead, os.getpid())
+metrics.reap_dead_workers()  # e.g. the SIGKILLed worker this one replaces
 
 try:
     import uwsgi  # noqa: F401 - exists only inside a uWSGI worker

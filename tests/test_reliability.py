@@ -226,6 +226,14 @@ def test_bad_checkpoints_are_refused_and_the_old_model_keeps_serving(via, start_
         assert all(s == 200 and body["model_version"] == good for s, body in answers)
         assert f"still serving {good}" in line
     assert not marker.exists(), "a checkpoint ran code"
+    if via == "store":  # a worker respawned while current is bad serves the version before it, not 503
+        workers = _workers(server.proc.pid)
+        os.kill(min(workers), signal.SIGKILL)
+        wait_for(lambda: _workers(server.proc.pid) - workers)
+        wait_for(lambda: set(worker_versions(server.base)) == {str(p) for p in _workers(server.proc.pid)})
+        answers = [get_json(server.base, "/readyz") for _ in range(20)]
+        assert all(s == 200 and body["model_version"] == good for s, body in answers)
+        assert "serving " + good + ", the one before it" in server.log()
     log = server.log()
     assert "not a loadable checkpoint" in log  # truncated, random bytes, JSON
     assert "Weights only load failed" in log or "weights_only" in log.lower()  # the pickle, refused unexecuted
@@ -259,7 +267,8 @@ def test_a_worker_killed_under_load_is_respawned_and_only_its_request_fails(star
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         respawned = wait_for(lambda: (w := _workers(server.proc.pid)) - workers and len(w) == 2 and w)
-        wait_for(lambda: len(worker_versions(server.base)) == 2)  # the new worker has loaded the model
+        # The new worker has loaded the model, and the dead one's gauge is gone from /metrics.
+        wait_for(lambda: set(worker_versions(server.base)) == {str(p) for p in respawned})
         time.sleep(1.0)
     failed = load.failed()
     after = [r for r in load.results if r[0] > killed_at + 0.5]

@@ -164,3 +164,18 @@ def test_warm_started_fit_begins_near_the_old_model(versions, small_dataset):
     old_rmse = rmse(np.clip(predict_ratings(old.network(), data), *old.rating_scale), data.ratings)
     assert abs(warm.metrics["train_rmse"] - old_rmse) < 0.02  # lr ~ 0: the warm model is the old one
     assert warm.metrics["train_rmse"] < cold.metrics["train_rmse"] - 0.03
+
+
+def test_a_fresh_holder_falls_back_to_the_version_before_a_bad_current(tmp_path, versions):
+    store = ModelStore(tmp_path / "store").init()
+    for ckpt in versions[:2]:
+        store.add(ckpt)
+    (store.versions_dir / "bad.ckpt").write_bytes(b"\x80\x02junk")
+    store._point(store.versions_dir / "bad.ckpt")  # as a damaged store might be; set_current would refuse
+    holder = ModelHolder(store.root)  # a worker (re)started now
+    assert holder.version == versions[1].model_version and holder.state.error is None
+    store.set_current(versions[0].model_version)
+    assert holder.check() and holder.version == versions[0].model_version
+    plain = tmp_path / "plain.ckpt"
+    plain.write_bytes(b"junk")
+    assert ModelHolder(plain).state.index is None  # a plain file has nothing to fall back to
