@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from model.interactions import Dataset
-from model.networks import build_network
+from model.networks import build_network, parse_layers
 from model.train import TrainConfig, TrainResult
 
 FORMAT = "recsys-checkpoint"
@@ -78,25 +78,60 @@ class Checkpoint:
 
     def network(self) -> torch.nn.Module:
         """Rebuild the trained network in eval mode."""
-        net = build_network(self.kind, self.num_users, self.num_items, self.config.dim, self.global_mean)
+        net = build_network(self.kind, self.num_users, self.num_items, self.config, self.global_mean)
         net.load_state_dict(self.state_dict)
         return net.eval()
 
 
-def serving_arrays(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The arrays the serving index ranks with, derived from MF weights (all float32, C-contiguous).
+def ranks_by_dot_product(kind: str, config: TrainConfig) -> bool:
+    """Whether the ranking signal is ``user_vectors @ item_vectors.T`` (every kind but neumf)."""
+    return kind != "neumf"
+
+
+def ranking_prefix(kind: str, config: TrainConfig) -> str:
+    """State-dict prefix of the network that ranks: ``ranking.`` for an MF with a ranking head, else none."""
+    return "ranking." if kind == "mf" and config.loss == "mse" and config.rank_loss != "none" else ""
+
+
+def _np(state_dict: dict[str, torch.Tensor], name: str) -> np.ndarray:
+    return state_dict[name].detach().cpu().numpy().astype(np.float32)
+
+
+def serving_arrays(state_dict: dict[str, torch.Tensor], kind: str = "mf", config: TrainConfig | None = None,
+                   ) -> dict[str, np.ndarray]:  # fmt: skip
+    """The arrays the serving index ranks with, derived from the weights (all float32, C-contiguous).
 
     ``item_vectors`` (I, d+1) = ``[V_i, b_i]`` and ``user_vectors`` (U, d+1) = ``[U_u, 1]``, so a user's
-    ranking is one matrix-vector product; ``item_norms`` (I,) = ``|V_i|`` for cosine similarity.
+    ranking is one matrix-vector product; ``item_norms`` (I,) = ``|V_i|`` for cosine similarity. For an
+    MF with a ranking head they come from the head (``ranking.*``); for GMF the output neuron's weights
+    are folded into the user side (``[p_u * h, 1]``). NeuMF is not a dot product: its ``item_vectors``
+    (``[gmf q_i, mlp q_i, 0]``) serve /similar only, and ``user_vectors`` likewise hold its embeddings.
     """
-    item_factors = state_dict["item_factors.weight"].detach().cpu().numpy().astype(np.float32)  # (I, d)
-    user_factors = state_dict["user_factors.weight"].detach().cpu().numpy().astype(np.float32)  # (U, d)
-    item_bias = state_dict["item_bias.weight"].detach().cpu().numpy().reshape(-1, 1).astype(np.float32)  # (I, 1)
+    config = config or TrainConfig(loss="mse", rank_loss="none")
+    if kind == "neumf":
+        items = np.hstack([_np(state_dict, "gmf_item.weight"), _np(state_dict, "mlp_item.weight")])
+        users = np.hstack([_np(state_dict, "gmf_user.weight"), _np(state_dict, "mlp_user.weight")])
+        return _pack(users, items, np.zeros((len(items), 1), np.float32))
+    prefix = ranking_prefix(kind, config)
+    item_factors = _np(state_dict, f"{prefix}item_factors.weight")  # (I, d)
+    user_factors = _np(state_dict, f"{prefix}user_factors.weight")  # (U, d)
+    item_bias = _np(state_dict, f"{prefix}item_bias.weight").reshape(-1, 1)  # (I, 1)
+    if kind == "gmf":
+        user_factors = user_factors * _np(state_dict, "output.weight").reshape(1, -1)
+    return _pack(user_factors, item_factors, item_bias)
+
+
+def _pack(user_factors: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "item_vectors": np.ascontiguousarray(np.hstack([item_factors, item_bias])),
         "user_vectors": np.ascontiguousarray(np.hstack([user_factors, np.ones((len(user_factors), 1), np.float32)])),
         "item_norms": np.linalg.norm(item_factors, axis=1).astype(np.float32),
     }
+
+
+# Fields added after the first files were written, and what those files meant by their absence (a plain
+# biased MF on MSE ranking by predicted rating). Newer fields not listed take the dataclass default.
+LEGACY_CONFIG = {"loss": "mse", "rank_loss": "none"}
 
 
 def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
@@ -155,7 +190,9 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "model_version": ckpt.model_version,
         "history": [dict(row) for row in ckpt.history],
         # Always re-derived from state_dict, so it can never disagree with the weights it is saved with.
-        "serving": {k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict).items()},
+        "serving": {
+            k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config).items()
+        },
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -205,7 +242,7 @@ def load(path: str | Path) -> Checkpoint:
     known = {f.name for f in fields(TrainConfig)}
     ckpt = Checkpoint(
         kind=raw["kind"],
-        config=TrainConfig(**{k: v for k, v in raw["config"].items() if k in known}),
+        config=TrainConfig(**{**LEGACY_CONFIG, **{k: v for k, v in raw["config"].items() if k in known}}),
         state_dict=raw["state_dict"],
         user_ids=[str(u) for u in raw["user_ids"]],
         item_ids=[str(i) for i in raw["item_ids"]],
@@ -246,11 +283,11 @@ def _check_weight_shapes(ckpt: Checkpoint, path: Path) -> None:
     worker. So a tiny network with placeholder sizes (distinct from each other, from 1 and from ``dim``)
     gives the parameter names and shapes, and the placeholders are mapped back to the real sizes.
     """
-    dim = ckpt.config.dim
-    fake_users, fake_items = dim + 7, dim + 13
     try:
-        tiny = build_network(ckpt.kind, fake_users, fake_items, dim, ckpt.global_mean).state_dict()
-    except (RuntimeError, ValueError) as exc:
+        sizes = [ckpt.config.dim, ckpt.config.rank_dim, *parse_layers(ckpt.config.layers)]
+        fake_users, fake_items = max(sizes) + 7, max(sizes) + 13
+        tiny = build_network(ckpt.kind, fake_users, fake_items, ckpt.config, ckpt.global_mean).state_dict()
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit a {ckpt.kind} model: {exc}") from None
     real = {fake_users: ckpt.num_users, fake_items: ckpt.num_items}
     expected = {name: tuple(real.get(n, n) for n in t.shape) for name, t in tiny.items()}
@@ -263,7 +300,9 @@ def _check_weight_shapes(ckpt: Checkpoint, path: Path) -> None:
 
 def _check_serving(ckpt: Checkpoint, path: Path) -> None:
     """The stored ranking arrays have the right shapes and agree with the weights on a sample of rows."""
-    dim = ckpt.config.dim
+    # The column count follows from the kind's weights: compute it on one item row.
+    width = serving_arrays(_first_rows(ckpt.state_dict, ckpt.num_users, ckpt.num_items), ckpt.kind, ckpt.config)
+    dim = width["item_vectors"].shape[1] - 1
     expected = {
         "item_vectors": (ckpt.num_items, dim + 1),
         "user_vectors": (ckpt.num_users, dim + 1),
@@ -276,8 +315,23 @@ def _check_serving(ckpt: Checkpoint, path: Path) -> None:
             raise CheckpointError(f"{path}: serving array {name} is {got}, expected {shape} float32")
     # A sample, not everything: comparing all rows would read (and fault in) the whole file at load.
     rows = np.unique(np.linspace(0, ckpt.num_items - 1, min(ckpt.num_items, 256)).astype(np.int64))
-    factors = ckpt.state_dict["item_factors.weight"].numpy()[rows].astype(np.float32)  # as serving_arrays casts
-    bias = ckpt.state_dict["item_bias.weight"].numpy()[rows, 0].astype(np.float32)
-    vectors = ckpt.serving["item_vectors"][rows]
-    if not (np.array_equal(vectors[:, :-1], factors) and np.array_equal(vectors[:, -1], bias)):
+    sample = serving_arrays(_item_rows(ckpt.state_dict, ckpt.num_items, rows), ckpt.kind, ckpt.config)
+    if not np.array_equal(ckpt.serving["item_vectors"][rows], sample["item_vectors"]):
         raise CheckpointError(f"{path}: serving arrays disagree with the weights")
+
+
+def _item_rows(state_dict: dict[str, torch.Tensor], num_items: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """The state dict with every per-item table cut to ``rows`` (per-user tables cut to one row)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        if "item" in name.rsplit(".", 2)[-2] and tensor.ndim == 2 and tensor.shape[0] == num_items:
+            out[name] = tensor[torch.from_numpy(rows)]
+        elif "user" in name.rsplit(".", 2)[-2] and tensor.ndim == 2:
+            out[name] = tensor[:1]
+        else:
+            out[name] = tensor
+    return out
+
+
+def _first_rows(state_dict: dict[str, torch.Tensor], num_users: int, num_items: int) -> dict[str, torch.Tensor]:
+    return _item_rows(state_dict, num_items, np.zeros(1, dtype=np.int64))

@@ -1,42 +1,69 @@
-"""The training loop: mini-batch gradient descent with a validation split and early stopping."""
+"""``TrainConfig`` and ``fit``: what a run trains (kind, loss, heads) and the defaults that win.
+
+The epochs themselves run in :mod:`model.loop`; the per-epoch steps for ratings and for ranking live
+in :mod:`model.objectives`.
+"""
 
 from __future__ import annotations
 
-import copy
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from model.evaluate import mae, predict_ratings, rmse
+from model import objectives
 from model.interactions import Interactions, random_split
-from model.networks import MFEnsemble
+from model.loop import TrainingDiverged  # noqa: F401 - re-exported: callers catch it from here
+from model.losses import LOSSES, RANKING_LOSSES
+from model.networks import MODEL_KINDS, MFWithRanking, build_network, parse_layers
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; lower ``lr`` or raise ``reg``."""
+# Per-objective defaults for fields left as None. Ratings: the 16x16 MF ensemble (MovieLens u1..u5 RMSE
+# 0.905). Ranking: chosen on a validation split carved from MovieLens training data (docs/benchmarks.md).
+RATING_DEFAULTS = {"dim": 256, "epochs": 60, "lr": 0.005, "reg": 5.0, "batch_size": 256}
+RANKING_DEFAULTS = {
+    "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
+    "gmf": {"dim": 32, "epochs": 30, "lr": 0.005, "reg": 1.0, "batch_size": 256},
+    "neumf": {"dim": 32, "epochs": 30, "lr": 0.003, "reg": 1.0, "batch_size": 256},
+}
+FULL_SOFTMAX_USERS = 64  # users per step when the softmax runs over the whole catalogue
+FULL_SOFTMAX_MAX_ITEMS = 20_000  # above this, --loss softmax samples negatives instead of the whole catalogue
+SAMPLED_SOFTMAX_NEGATIVES = 200
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run. ``scripts/train.py`` flags map one to one onto fields."""
+    """Everything that decides a training run. ``scripts/train.py`` flags map one to one onto fields.
+
+    ``None`` means "the default for this kind and loss" (``RATING_DEFAULTS``, ``RANKING_DEFAULTS``);
+    :func:`resolve` fills them in and the checkpoint stores the resolved values.
+    """
 
     model: str = "mf"
-    dim: int = 256  # size of the saved model: members * member_dim
-    member_dim: int = 16  # factors per ensemble member; dim must be a multiple, else one member of size dim
-    epochs: int = 60
-    lr: float = 0.005
-    reg: float = 5.0  # L2 on every factor row, once per epoch: sum of squared errors + reg * |row|^2
-    reg_bias: float = 1.0  # the same for the biases
-    batch_size: int = 256
+    loss: str = "auto"  # mf: mse on explicit ratings, softmax on implicit data; gmf, neumf: bce
+    rank_loss: str = "softmax"  # the ranking head of a rating (mse) model; "none": rank by predicted rating
+    dim: int | None = None  # embedding size of the saved model (mf+mse: members * member_dim)
+    member_dim: int = 16  # mf+mse: factors per ensemble member; dim must be a multiple, else one member
+    layers: str = "64,32,16"  # neumf: MLP tower widths; the first is the concatenated user+item embedding
+    activation: str = "relu"  # neumf: relu, tanh or sigmoid
+    epochs: int | None = None
+    lr: float | None = None
+    reg: float | None = None  # L2 on every embedding row, once per epoch, relative to the summed loss
+    reg_bias: float = 1.0  # mf+mse: the same for the biases
+    negatives: int | None = None  # sampled negatives per positive (bce, bpr, softmax); 0: the whole catalogue
+    optimizer: str = "adam"  # sgd, adam or adagrad
+    momentum: float = 0.0  # sgd momentum; for adam, beta1 (0 = the usual 0.9)
+    weight_decay: float = 0.0  # the optimiser's own L2 on every parameter (dense layers included)
+    lr_schedule: str = "none"  # none, cosine or step (per epoch)
+    batch_size: int | None = None  # rows per step (softmax over the catalogue: users per step); 0 = full batch
     seed: int = 0
     val_fraction: float = 0.05
     patience: int = 5  # epochs without validation improvement before stopping
     refit: bool = True  # after early stopping, retrain on every row for the best number of epochs
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda or auto (cuda when available)
+    rank_dim: int = 64  # the ranking head of an mf+mse model: its size, L2, Adam lr and maximum epochs
+    rank_reg: float = 5.0
+    rank_lr: float = 0.003
+    rank_epochs: int = 100
 
 
 @dataclass
@@ -51,117 +78,101 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _clipped_rmse(network, inter: Interactions, scale: tuple[float, float]) -> tuple[float, float]:
-    pred = np.clip(predict_ratings(network, inter), *scale)
-    return rmse(pred, inter.ratings), mae(pred, inter.ratings)
+def resolve(config: TrainConfig, implicit: bool) -> TrainConfig:
+    """``config`` with ``loss="auto"`` and ``None`` fields replaced by this kind's defaults.
+
+    Raises:
+        ValueError: a combination that makes no sense (the CLI turns it into exit code 2).
+    """
+    if config.model not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {config.model!r}; choose one of {', '.join(MODEL_KINDS)}")
+    loss = config.loss
+    if loss == "auto":
+        loss = ("softmax" if implicit else "mse") if config.model == "mf" else "bce"
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose one of auto, {', '.join(LOSSES)}")
+    if loss == "mse" and config.model != "mf":
+        raise ValueError(f"--loss mse needs --model mf: {config.model} ends in a sigmoid, use bce, bpr or softmax")
+    if loss == "mse" and implicit:
+        raise ValueError("--loss mse needs ratings; this data has none (implicit), use bce, bpr or softmax")
+    if config.rank_loss not in ("none", *RANKING_LOSSES):
+        raise ValueError(f"unknown rank loss {config.rank_loss!r}; choose none, {', '.join(RANKING_LOSSES)}")
+    parse_layers(config.layers)
+    defaults = RATING_DEFAULTS if loss == "mse" else RANKING_DEFAULTS[config.model]
+    filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in defaults.items()}
+    out = replace(config, loss=loss, **filled)
+    if loss != "mse":
+        out = replace(out, rank_loss="none")  # the model itself is the ranker
+    if config.negatives == 0 and loss in ("bce", "bpr"):
+        raise ValueError(f"--loss {loss} needs sampled negatives: --negatives >= 1")
+    return out
 
 
-def _members(config: TrainConfig) -> tuple[int, int]:
-    """(members, member_dim): ``dim`` split into members of ``member_dim``, or one member if it does not divide."""
-    if 0 < config.member_dim < config.dim and config.dim % config.member_dim == 0:
-        return config.dim // config.member_dim, config.member_dim
-    return 1, config.dim
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu. Nothing requires a GPU; asking for a missing one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose cpu, cuda or auto")
+    return torch.device(name)
 
 
-def _train(
-    rows: Interactions,
-    val_part: Interactions | None,
-    config: TrainConfig,
-    scale: tuple[float, float],
-    epochs: int,
-    progress: bool,
-    desc: str,
-    init=None,
-) -> tuple[MFEnsemble, list[dict[str, float]], int]:
-    """One training run on ``rows``: returns the network (best epoch restored when validating), history, best epoch."""
-    torch.manual_seed(config.seed)
-    members, member_dim = _members(config)
-    network = MFEnsemble(rows.num_users, rows.num_items, members, member_dim, global_mean=float(rows.ratings.mean()))
-    if init is not None:  # warm start (model.warmstart): overwrite the rows an earlier model already knows
-        init(network)
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
-    users, items = torch.from_numpy(rows.user_idx), torch.from_numpy(rows.item_idx)
-    targets = torch.from_numpy(rows.ratings)
-    # 1 / rows per user (item): the per-batch penalty then adds up to plain L2 on every row once per epoch.
-    user_weight = 1.0 / torch.from_numpy(np.bincount(rows.user_idx, minlength=rows.num_users)).float().clamp(min=1)
-    item_weight = 1.0 / torch.from_numpy(np.bincount(rows.item_idx, minlength=rows.num_items)).float().clamp(min=1)
-    generator = torch.Generator().manual_seed(config.seed)
-    batch = len(rows) if config.batch_size <= 0 else config.batch_size
-    best_val, best_state, best_epoch, stale = math.inf, None, 0, 0
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress)
-    for epoch in bar:
-        network.train()
-        order = torch.randperm(len(rows), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            u, i, r = users[idx], items[idx], targets[idx]
-            out = network.member_outputs(u, i)  # (b, members)
-            # Each member's mean squared error, summed: the members train independently.
-            member_mse = (out - r[:, None]).pow(2).mean(0).sum()
-            loss = member_mse + network.penalty(u, i, user_weight, item_weight, config.reg, config.reg_bias)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}; lower --lr or raise --reg")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += (out.detach().mean(-1) - r).pow(2).sum().item()
-        row = {"epoch": epoch, "train_rmse": math.sqrt(total / len(rows))}
-        if val_part is not None:
-            row["val_rmse"], row["val_mae"] = _clipped_rmse(network, val_part, scale)
-        history.append(row)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "epoch"})
-        if val_part is None:
-            continue
-        if row["val_rmse"] < best_val - 1e-4:
-            best_val, best_epoch, stale = row["val_rmse"], epoch, 0
-            best_state = copy.deepcopy(network.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
-    return network, history, best_epoch
+def fit(train: Interactions, config: TrainConfig, progress: bool = True, implicit: bool = False) -> TrainResult:
+    """Train ``config.model`` on ``train`` (``implicit``: the data has no ratings, every row is a positive).
 
-
-def fit(train: Interactions, config: TrainConfig, progress: bool = True, init=None) -> TrainResult:
-    """Train ``config.model`` on ``train``.
-
-    A ``val_fraction`` of the rows is held out for early stopping (restoring the best epoch); with
-    ``refit`` the model is then retrained on every row for that many epochs. With ``val_fraction=0``
-    every row trains and the loop runs all epochs. The ``dim`` factors are trained as an ensemble of
-    ``dim / member_dim`` independent models whose mean is returned as one :class:`BiasedMF`.
-    ``init``, if given, is called with each freshly built network before training (warm start).
+    A ``val_fraction`` of the rows is held out for early stopping (validation RMSE for ratings, nDCG@10
+    for ranking); with ``refit`` the model is then retrained on every row for the best number of epochs.
+    A rating (mse) model also trains a ranking head (``rank_loss``) on the same rows, saved beside it.
     """
     started = time.perf_counter()
+    config = resolve(config, implicit)
+    device = resolve_device(config.device)
     if config.val_fraction > 0:
         fit_part, val_part = random_split(train, config.val_fraction, seed=config.seed)
     else:
         fit_part, val_part = train, None
     scale = (float(train.ratings.min()), float(train.ratings.max()))
-    network, history, best_epoch = _train(
-        fit_part, val_part, config, scale, config.epochs, progress, f"train {config.model}", init
-    )
     metrics: dict[str, float] = {}
-    if val_part is not None:
-        metrics["val_rmse"], metrics["val_mae"] = _clipped_rmse(network, val_part, scale)
-    trained_on = fit_part
-    if val_part is not None and config.refit:
-        # The validation rows only chose the number of epochs; retrain on all rows for that many.
-        network, _, _ = _train(train, None, config, scale, max(best_epoch, 1), progress, f"refit {config.model}", init)
-        trained_on = train
-    merged = network.merged().eval()
-    metrics.update(
-        {
-            "train_rmse": _clipped_rmse(merged, trained_on, scale)[0],
-            "epochs_run": float(len(history)),
-            "best_epoch": float(best_epoch or len(history)),
-            "fit_seconds": time.perf_counter() - started,
-            "num_train": float(len(trained_on)),
-        }
-    )
-    global_mean = float(trained_on.ratings.mean())
-    return TrainResult(merged, config, global_mean, scale, metrics, history)
+    if config.loss == "mse":
+        network, history, rating_metrics = objectives.fit_rating(train, fit_part, val_part, config, scale, device,
+                                                                 progress)  # fmt: skip
+        metrics.update(rating_metrics)
+        if config.rank_loss != "none":
+            negatives = _negatives(config.rank_loss, train.num_items, "mf", None)
+            head_config = replace(config, loss=config.rank_loss, rank_loss="none", dim=config.rank_dim,
+                                  reg=config.rank_reg, lr=config.rank_lr, epochs=config.rank_epochs,
+                                  batch_size=FULL_SOFTMAX_USERS if negatives == 0 else 256, negatives=negatives,
+                                  optimizer="adam", momentum=0.0, weight_decay=0.0, lr_schedule="none")  # fmt: skip
+            torch.manual_seed(config.seed)
+            head = build_network("mf", train.num_users, train.num_items, head_config)
+            head, head_history, head_metrics = objectives.fit_ranking(head, train, fit_part, val_part, head_config,
+                                                                      device, progress, "rank head")  # fmt: skip
+            combined = MFWithRanking(train.num_users, train.num_items, config.dim, config.rank_dim)
+            combined.load_state_dict({**network.state_dict(), **{f"ranking.{k}": v for k, v in head.state_dict().items()}})
+            network = combined.eval()
+            history = history + [{f"rank_{k}": v for k, v in row.items()} for row in head_history]
+            metrics.update({f"rank_{k}": v for k, v in head_metrics.items()})
+    else:
+        config = replace(config, negatives=_negatives(config.loss, train.num_items, config.model, config.negatives))
+        torch.manual_seed(config.seed)
+        network = build_network(config.model, train.num_users, train.num_items, config)
+        network, history, rank_metrics = objectives.fit_ranking(network, train, fit_part, val_part, config, device,
+                                                                progress, f"train {config.model}")  # fmt: skip
+        metrics.update(rank_metrics)
+    metrics.update({"fit_seconds": time.perf_counter() - started, "num_train": float(len(train))})
+    global_mean = float(train.ratings.mean())
+    return TrainResult(network.cpu().eval(), config, global_mean, scale, metrics, history)
+
+
+def _negatives(loss: str, num_items: int, kind: str, given: int | None) -> int:
+    """Negatives per positive: as given, else 4 for bce/bpr; softmax: the whole catalogue (0) when it is small
+    enough (and the network scores it as one product), else ``SAMPLED_SOFTMAX_NEGATIVES``."""
+    if given is not None and given > 0:
+        return given
+    if loss != "softmax":
+        return 4
+    if num_items <= FULL_SOFTMAX_MAX_ITEMS and (given == 0 or kind != "neumf"):
+        return 0
+    return SAMPLED_SOFTMAX_NEGATIVES

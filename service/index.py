@@ -1,10 +1,16 @@
-"""The serving index: numpy arrays precomputed from a checkpoint, so requests never touch torch.
+"""The serving index: numpy arrays precomputed from a checkpoint, so requests (but NeuMF's) never touch torch.
 
-Scores follow the biased MF form ``mu + b_u + b_i + U_u . V_i``. For ranking, the item bias is folded
-into the item vectors (``[V_i, b_i]``, shape (I, d+1)) and users get ``[U_u, 1]``, so a user's ranking
-is one matrix-vector product; ``mu + b_u`` is added only to report the score as a rating.
-Unknown users fall back to the most popular items; unknown users or items in predictions fall back to
-the baseline ``mu + known biases``.
+Ranking (``/recommend``, ``/similar``, :meth:`ServingIndex.score_users`) uses the checkpoint's ranking
+arrays: item vectors ``[V_i, b_i]`` (I, d+1) and user vectors ``[U_u, 1]``, so a user's ranking is one
+matrix-vector product. They come from the ranking head of a default MF (a softmax-trained MF beside
+the rating model), from GMF (output neuron folded into the user side), or, for an MF without a head,
+from the rating model itself (then ``mu + b_u`` is added so the score reads as a rating). NeuMF is not
+a dot product: it is scored by a torch forward pass over the catalogue, one thread per worker.
+
+Ratings (``/predict``) come from the rating model ``mu + b_u + b_i + U_u . V_i`` where there is one;
+a ranking-only model (gmf, neumf, mf on a ranking loss) reports ``low + (high - low) * sigmoid(logit)``,
+a preference on the data's scale rather than a calibrated rating. Unknown users fall back to the most
+popular items; unknown users or items in predictions fall back to the baseline ``mu + known biases``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.checkpoint import Checkpoint, serving_arrays
+from model.checkpoint import Checkpoint, ranking_prefix, ranks_by_dot_product, serving_arrays
 
 if TYPE_CHECKING:
     from service.ann import AnnIndex
@@ -67,14 +73,29 @@ class ServingIndex:
         # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
         # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
-        serving = ckpt.serving or serving_arrays(ckpt.state_dict)  # older files: derive (private copies)
+        serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)  # older files: derive
+        self.kind = ckpt.kind
         self.item_vectors = _frozen(serving["item_vectors"])  # (I, d+1) [V_i, b_i]
         self.user_vectors = _frozen(serving["user_vectors"])  # (U, d+1) [U_u, 1]
         self.item_norms = _frozen(serving["item_norms"])  # (I,) |V_i|, for /similar
-        self.user_bias = _frozen(np.asarray(state["user_bias.weight"], np.float32).reshape(-1))  # (U,)
-        self.item_bias = _frozen(np.asarray(state["item_bias.weight"], np.float32).reshape(-1))  # (I,)
-        self.global_bias = float(state["global_bias"])
         self.dim = self.item_vectors.shape[1] - 1
+        # Rating model: biased MF where there is one; ranking-only kinds report a squashed logit instead.
+        self.has_rating = ckpt.kind == "mf" and ckpt.config.loss in ("mse", "auto")
+        self.rank_is_rating = self.has_rating and not ranking_prefix(ckpt.kind, ckpt.config)
+        zeros_u, zeros_i = np.zeros(ckpt.num_users, np.float32), np.zeros(ckpt.num_items, np.float32)
+        if ckpt.kind == "mf":
+            self.rating_user = _frozen(np.asarray(state["user_factors.weight"], np.float32))  # (U, d)
+            self.rating_item = _frozen(np.asarray(state["item_factors.weight"], np.float32))  # (I, d)
+            self.user_bias = _frozen(np.asarray(state["user_bias.weight"], np.float32).reshape(-1))  # (U,)
+            self.item_bias = _frozen(np.asarray(state["item_bias.weight"], np.float32).reshape(-1))  # (I,)
+            self.global_bias = float(state["global_bias"])
+        else:
+            self.rating_user, self.rating_item = self.user_vectors[:, :-1], self.item_vectors[:, :-1]
+            self.user_bias, self.item_bias = _frozen(zeros_u), _frozen(self.item_vectors[:, -1])
+            # GMF's output bias; NeuMF's forward pass (TorchScorer.pairs) already includes its own.
+            self.global_bias = float(state["output.bias"].reshape(-1)[0]) if ckpt.kind == "gmf" else 0.0
+        self.dot = ranks_by_dot_product(ckpt.kind, ckpt.config)
+        self.torch_scorer = None if self.dot else TorchScorer(ckpt)
         self.seen_indptr, self.seen_indices = _frozen(ckpt.seen_indptr), _frozen(ckpt.seen_indices)
         self.popularity = _frozen(ckpt.item_popularity)  # (I,) int64
         self.popular_order = np.argsort(-ckpt.item_popularity, kind="stable")  # most popular first
@@ -82,10 +103,17 @@ class ServingIndex:
         self.item_index = {raw: idx for idx, raw in enumerate(ckpt.item_ids)}
         self.item_ids = np.array(ckpt.item_ids, dtype=object)
         self.low, self.high = ckpt.rating_scale
-        self.fold_in_reg = max(float(ckpt.config.reg), 1e-3)
+        self.fold_in_reg = max(float(ckpt.config.reg or 0.0), 1e-3)
+        # Ranking fold-in (dot kinds with a ranking objective): a new user's vector is the mean of their items'
+        # vectors, rescaled to a typical trained user's length (the median), so the personal part of the
+        # score weighs against the item biases (popularity) as it does for trained users.
+        norms = np.linalg.norm(self.user_vectors[:, :-1], axis=1)
+        self.typical_user_norm = float(np.median(norms)) if len(norms) else 1.0
         self.model_version = ckpt.model_version
-        self.ann = ann  # optional approximate index over item_vectors (service.ann), for large catalogues
-        self.topn = topn  # optional precomputed top-N unseen items per user (service.topn), for small models
+        # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
+        # would rank by something other than the model, so it always scores the catalogue.
+        self.ann = ann if self.dot else None  # optional approximate index over item_vectors (service.ann)
+        self.topn = topn if self.dot else None  # optional precomputed top-N unseen items per user (service.topn)
 
     @property
     def num_items(self) -> int:
@@ -107,21 +135,30 @@ class ServingIndex:
         (``scripts/evaluate.py``, ``model.metrics``) scores top-k lists through it, so what is measured is
         what is served.
         """
-        return self.user_vectors[np.asarray(user_idx, dtype=np.int64)] @ self.item_vectors.T
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        if not self.dot:
+            return self.torch_scorer.scores(self.torch_scorer.users(user_idx))
+        return self.user_vectors[user_idx] @ self.item_vectors.T
+
+    def _scores(self, query, items: np.ndarray | None = None) -> np.ndarray:
+        """Ranking scores of ``items`` (default: all) for one query (a (d+1,) vector, or NeuMF's embeddings)."""
+        if not self.dot:
+            return self.torch_scorer.scores(query, items)[0]
+        return (self.item_vectors if items is None else self.item_vectors[items]) @ query
 
     def _rank(
-        self, query: np.ndarray, offset: float, k: int, banned: np.ndarray, candidates: np.ndarray | None
+        self, query, offset: float, k: int, banned: np.ndarray, candidates: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items for a query vector (d+1,), without ``banned``; optionally among ``candidates``."""
+        """Top-k items for a query, without ``banned``; optionally among ``candidates``."""
         if candidates is not None:
             candidates = np.setdiff1d(candidates, banned, assume_unique=False)
-            scores = self.item_vectors[candidates] @ query
+            scores = self._scores(query, candidates)
             top = top_k(scores, k)
             return candidates[top], scores[top] + offset
         if self.ann is not None:
             idx, scores = self.ann.search(query, k, banned)
             return idx, scores + offset
-        scores = self.item_vectors @ query  # (I,)
+        scores = self._scores(query)  # (I,)
         scores[banned] = -np.inf
         top = top_k(scores, k)
         return top, scores[top] + offset
@@ -149,23 +186,34 @@ class ServingIndex:
             top = pool[:k]
             scores = self.popularity[top].astype(np.float32).tolist()
             return Recommendation(self.item_ids[top].tolist(), scores, "popular")
-        offset = self.global_bias + float(self.user_bias[user_idx])
+        # Reported score: the predicted rating when ranking by it, else the ranking model's own score.
+        offset = self.global_bias + float(self.user_bias[user_idx]) if self.rank_is_rating else 0.0
         if self.topn is not None and exclude_seen and cand is None:
             hit = self.topn.lookup(user_idx, k, banned)
             if hit is not None:  # exactly what the scan below would answer
                 return Recommendation(self.item_ids[hit[0]].tolist(), (hit[1] + offset).tolist(), None)
         if exclude_seen:
             banned = np.concatenate([banned, self.seen(user_idx)])
-        idx, scores = self._rank(self.user_vectors[user_idx], offset, k, banned, cand)
+        query = self.user_vectors[user_idx] if self.dot else self.torch_scorer.users(np.array([user_idx]))
+        idx, scores = self._rank(query, offset, k, banned, cand)
         return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
 
-    def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray | None = None) -> np.ndarray:
-        """A user vector ``[p, 1]`` (d+1,) for a history the model never trained on.
+    def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray | None = None):
+        """A query for a history the model never trained on: a user vector ``[p, 1]`` (d+1,) (NeuMF: embeddings).
 
-        Solves the MF objective for one new user with the items fixed (as implicit's
-        ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i - p.V_i)^2 + reg*|p|^2``.
-        Without ratings every history item counts as liked at the top of the rating scale.
+        Ranking by rating (an MF without a ranking head): solves the MF objective for one new user with the
+        items fixed (as implicit's ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i -
+        p.V_i)^2 + reg*|p|^2``; without ratings every history item counts as liked at the top of the
+        scale. Ranking models: the mean of the history's item vectors, at a typical user's length (ratings
+        are not used: the ranking objective treats every interaction as a positive). NeuMF: a few gradient
+        steps on a fresh user's embeddings (see :class:`TorchScorer`).
         """
+        if not self.dot:
+            return self.torch_scorer.fold_in(item_idx)
+        if not self.rank_is_rating:
+            mean = self.item_vectors[item_idx, :-1].mean(axis=0)
+            p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
+            return np.append(p, 1.0).astype(np.float32)
         factors = self.item_vectors[item_idx, :-1]  # (n, d)
         target = (np.full(len(item_idx), self.high) if ratings is None else ratings) - self.global_bias
         target = target - self.item_bias[item_idx]
@@ -191,7 +239,7 @@ class ServingIndex:
         query = self.fold_in(hist_idx, hist_r)
         banned = np.concatenate([self.item_indices(exclude), hist_idx])
         cand = None if candidates is None else self.item_indices(candidates)
-        idx, scores = self._rank(query, self.global_bias, k, banned, cand)
+        idx, scores = self._rank(query, self.global_bias if self.rank_is_rating else 0.0, k, banned, cand)
         return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
 
     def similar(self, item_id: str, k: int) -> Recommendation:
@@ -216,8 +264,72 @@ class ServingIndex:
         u, i = np.where(known_u, users, 0), np.where(known_i, items, 0)
         both = known_u & known_i
         # [U_u, 1] . [V_i, b_i] = U_u . V_i + b_i; zeroed where either side is unknown.
-        interaction = np.einsum("nd,nd->n", self.user_vectors[u, :-1], self.item_vectors[i, :-1]) * both
+        if self.dot:
+            interaction = np.einsum("nd,nd->n", self.rating_user[u], self.rating_item[i]) * both
+        else:
+            interaction = self.torch_scorer.pairs(u, i) * both
         rating = self.global_bias + self.user_bias[u] * known_u + self.item_bias[i] * known_i + interaction
+        if not self.has_rating:  # a logit: squash onto the scale (unknown ids: the midpoint-ish baseline)
+            rating = self.low + (self.high - self.low) / (1.0 + np.exp(-rating))
         rating = np.clip(rating, self.low, self.high)
         fallbacks = [None if ok else "baseline" for ok in both.tolist()]
         return Predictions(rating.astype(float).tolist(), fallbacks)
+
+
+class TorchScorer:
+    """NeuMF at serving time: batched forward passes over the catalogue, no gradients, on the CPU.
+
+    torch runs on the request path only here. Workers run one torch thread each (uwsgi.ini sets
+    ``OMP_NUM_THREADS=1``; ``service.wsgi`` calls ``torch.set_num_threads(1)``), so N workers use N cores.
+    """
+
+    def __init__(self, ckpt: Checkpoint, chunk: int = 65536):
+        import torch  # only this kind needs torch to answer requests
+
+        self.torch = torch
+        self.net = ckpt.network().requires_grad_(False)  # fold-in optimises new embeddings only
+        self.chunk = chunk
+        self.num_items = ckpt.num_items
+
+    def users(self, user_idx: np.ndarray):
+        """The query for known users: their (gmf, mlp) embeddings, (n, d) and (n, h)."""
+        idx = self.torch.from_numpy(np.asarray(user_idx, dtype=np.int64))
+        with self.torch.no_grad():
+            return self.net.gmf_user(idx), self.net.mlp_user(idx)
+
+    def scores(self, query, items: np.ndarray | None = None) -> np.ndarray:
+        """Logits (n, m) of ``items`` (default: all) for n queries."""
+        torch = self.torch
+        gmf_u, mlp_u = query
+        items_t = torch.arange(self.num_items) if items is None else torch.from_numpy(np.asarray(items, np.int64))
+        out = np.empty((len(gmf_u), len(items_t)), dtype=np.float32)
+        step = max(self.chunk // max(len(items_t), 1), 1)
+        with torch.no_grad():
+            for start in range(0, len(gmf_u), step):
+                out[start : start + step] = self.net.score_items(gmf_u[start : start + step],
+                                                                 mlp_u[start : start + step], items_t).numpy()  # fmt: skip
+        return out
+
+    def pairs(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """Logits (n,) for (user, item) pairs."""
+        torch = self.torch
+        with torch.no_grad():
+            return self.net(torch.from_numpy(user_idx), torch.from_numpy(item_idx)).numpy().astype(np.float32)
+
+    def fold_in(self, item_idx: np.ndarray, steps: int = 30):
+        """Embeddings for a new user: Adam steps on BCE (history = 1, every other item = 0, weighted to balance)."""
+        torch = self.torch
+        gmf = self.net.gmf_user.weight.detach().mean(0, keepdim=True).clone().requires_grad_(True)
+        mlp = self.net.mlp_user.weight.detach().mean(0, keepdim=True).clone().requires_grad_(True)
+        target = torch.zeros(self.num_items)
+        target[torch.from_numpy(np.asarray(item_idx, np.int64))] = 1.0
+        weight = torch.where(target > 0, 1.0 / target.sum(), 1.0 / (self.num_items - target.sum()).clamp(min=1))
+        opt = torch.optim.Adam([gmf, mlp], lr=0.05)
+        items = torch.arange(self.num_items)
+        for _ in range(steps):
+            logits = self.net.score_items(gmf, mlp, items)[0]
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return gmf.detach(), mlp.detach()

@@ -67,9 +67,13 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
     except checkpoint.CheckpointError as exc:
         return ModelState(error=str(exc))
     if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
-        ckpt.serving = checkpoint.serving_arrays(ckpt.state_dict)
+        ckpt.serving = checkpoint.serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
     try:
+        if not checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config):
+            raise LookupError("not a dot-product model")  # NeuMF: nothing for an inner-product index to search
         ann_index = maybe_ann(path, ckpt.model_version, ckpt.serving["item_vectors"], ann or AnnConfig())
+    except LookupError:
+        ann_index = None
     except Exception:  # noqa: BLE001 - ANN only accelerates: without it answers are exact, not wrong
         log.exception("ANN index unavailable for %s, ranking exactly", ckpt.model_version)
         ann_index = None
@@ -89,7 +93,8 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
     }
     topn = topn or TopNConfig()
     cache = None
-    if ann_index is None and topn.wants(ckpt.num_users, ckpt.num_items):
+    dot = checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config)  # NeuMF's lists would not be its ranking
+    if ann_index is None and dot and topn.wants(ckpt.num_users, ckpt.num_items):
         serving = ckpt.serving
         cache = TopNCache(serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n)
     return ModelState(index=ServingIndex(ckpt, ann=ann_index, topn=cache), info=info)

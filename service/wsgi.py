@@ -4,7 +4,12 @@ import atexit
 import os
 import sys
 
+import torch
+
 from service import create_app, metrics
+
+# One torch thread per worker (NeuMF scores with torch on the request path): N workers use N cores.
+torch.set_num_threads(1)
 
 application = create_app()
 atexit.register(metrics.mark_worker_dead, os.getpid())

@@ -1,0 +1,200 @@
+"""What one epoch does, per objective: ratings (the MF ensemble on MSE) and ranking (BCE, BPR, softmax).
+
+Both hand their epoch to :func:`model.loop.run_epochs` (early stopping, progress, divergence) and refit
+on every row for the best number of epochs afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from model import losses
+from model.interactions import Interactions
+from model.loop import check_finite, make_optimizer, run_epochs
+from model.networks import BiasedMF, MFEnsemble
+from model.sampling import uniform_negatives
+from model.validation import ndcg_at_k, rmse_mae
+
+
+def _members(config) -> tuple[int, int]:
+    """(members, member_dim): ``dim`` split into members of ``member_dim``, or one member if it does not divide."""
+    if 0 < config.member_dim < config.dim and config.dim % config.member_dim == 0:
+        return config.dim // config.member_dim, config.member_dim
+    return 1, config.dim
+
+
+def _inverse_counts(idx: np.ndarray, n: int, device: torch.device) -> torch.Tensor:
+    """1 / rows per index (n,), float32: per-row L2 weights that add up to one penalty per row per epoch."""
+    return (1.0 / torch.from_numpy(np.bincount(idx, minlength=n)).float().clamp(min=1)).to(device)
+
+
+def _batch(config, n: int) -> int:
+    return n if config.batch_size <= 0 else config.batch_size
+
+
+def _train_rating(rows: Interactions, val: Interactions | None, config, scale, device, epochs, progress, desc):
+    torch.manual_seed(config.seed)
+    members, member_dim = _members(config)
+    network = MFEnsemble(rows.num_users, rows.num_items, members, member_dim, global_mean=float(rows.ratings.mean()))
+    network.to(device)
+    optimizer = make_optimizer(config.optimizer, network.parameters(), config.lr, config.momentum, config.weight_decay)
+    users, items = torch.from_numpy(rows.user_idx).to(device), torch.from_numpy(rows.item_idx).to(device)
+    targets = torch.from_numpy(rows.ratings).to(device)
+    user_weight = _inverse_counts(rows.user_idx, rows.num_users, device)
+    item_weight = _inverse_counts(rows.item_idx, rows.num_items, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    batch = _batch(config, len(rows))
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        order = torch.randperm(len(rows), generator=generator).to(device)
+        total = 0.0
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            u, i, r = users[idx], items[idx], targets[idx]
+            out = network.member_outputs(u, i)  # (b, members)
+            # Each member's mean squared error, summed: the members train independently.
+            loss = (out - r[:, None]).pow(2).mean(0).sum()
+            loss = loss + network.penalty(u, i, user_weight, item_weight, config.reg, config.reg_bias)
+            check_finite(loss, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += (out.detach().mean(-1) - r).pow(2).sum().item()
+        return {"train_rmse": math.sqrt(total / len(rows))}
+
+    def validate() -> dict[str, float]:
+        got = rmse_mae(network, val, scale)
+        return {"val_rmse": got[0], "val_mae": got[1]}
+
+    history, best = run_epochs(network, optimizer, train_epoch, validate if val is not None else None,
+                               monitor="val_rmse", higher_is_better=False, epochs=epochs, patience=config.patience,
+                               schedule=config.lr_schedule, progress=progress, desc=desc)  # fmt: skip
+    return network, history, best
+
+
+def fit_rating(train, fit_part, val_part, config, scale, device, progress):
+    """The rating model: an ensemble of biased MFs on MSE, merged into one :class:`BiasedMF` (cpu)."""
+    network, history, best = _train_rating(fit_part, val_part, config, scale, device, config.epochs, progress,
+                                           f"train {config.model}")  # fmt: skip
+    metrics: dict[str, float] = {}
+    if val_part is not None:
+        metrics["val_rmse"], metrics["val_mae"] = rmse_mae(network, val_part, scale)
+    trained_on = fit_part
+    if val_part is not None and config.refit:
+        # The validation rows only chose the number of epochs; retrain on all rows for that many.
+        network, _, _ = _train_rating(train, None, config, scale, device, max(best, 1), progress,
+                                      f"refit {config.model}")  # fmt: skip
+        trained_on = train
+    merged = network.cpu().merged().eval()
+    metrics.update({"train_rmse": rmse_mae(merged, trained_on, scale)[0], "epochs_run": float(len(history)),
+                    "best_epoch": float(best or len(history))})  # fmt: skip
+    return merged, history, metrics
+
+
+def _positives_csr(rows: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
+    indptr, indices = rows.seen_csr()
+    return torch.from_numpy(indptr), torch.from_numpy(indices)
+
+
+def _train_ranking(network, rows: Interactions, val, config, device, epochs, progress, desc):
+    network.to(device)
+    optimizer = make_optimizer(config.optimizer, network.parameters(), config.lr, config.momentum, config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.negatives == 0:
+        epoch_fn = _full_softmax_epoch(network, optimizer, rows, config, device, generator)
+    else:
+        epoch_fn = _sampled_epoch(network, optimizer, rows, config, device, generator)
+
+    def validate() -> dict[str, float]:
+        return {"val_ndcg10": ndcg_at_k(network, rows, val, device, k=10, seed=config.seed)}
+
+    history, best = run_epochs(network, optimizer, epoch_fn, validate if val is not None else None,
+                               monitor="val_ndcg10", higher_is_better=True, epochs=epochs, patience=config.patience,
+                               schedule=config.lr_schedule, progress=progress, desc=desc)  # fmt: skip
+    return network, history, best
+
+
+def _full_softmax_epoch(network: BiasedMF, optimizer, rows: Interactions, config, device, generator):
+    """Batches of users; each user's positives against the whole catalogue (multinomial likelihood)."""
+    indptr, indices = _positives_csr(rows)
+    active = torch.nonzero(indptr[1:] > indptr[:-1]).squeeze(1)  # users with at least one positive
+    batch = _batch(config, len(active))
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        order = active[torch.randperm(len(active), generator=generator)]
+        total = 0.0
+        for start in range(0, len(order), batch):
+            users = order[start : start + batch]
+            counts = indptr[users + 1] - indptr[users]
+            rows_in_batch = torch.repeat_interleave(torch.arange(len(users)), counts)
+            cols = torch.cat([indices[indptr[u] : indptr[u + 1]] for u in users.tolist()])
+            positives = torch.zeros(len(users), rows.num_items)
+            positives[rows_in_batch, cols] = 1.0
+            users_d, positives = users.to(device), positives.to(device)
+            loss = losses.multinomial(network.score_all(users_d), positives)
+            user_rows, _ = network.rows(users_d, users_d[:0])
+            # Users once each per epoch; the whole item table a len(users)/U share of a penalty per step.
+            item_rows = [network.item_factors.weight]
+            penalty = losses.l2(user_rows, torch.ones(len(users), device=device))
+            penalty = penalty + losses.l2(item_rows, torch.full((rows.num_items,), len(users) / len(active),
+                                                                device=device))  # fmt: skip
+            step = (loss + config.reg * penalty) / len(users)
+            check_finite(step, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            step.backward()
+            optimizer.step()
+            total += loss.item()
+        return {"train_loss": total / len(rows)}
+
+    return train_epoch
+
+
+def _sampled_epoch(network, optimizer, rows: Interactions, config, device, generator):
+    """Batches of (user, positive) rows, each against ``negatives`` uniform draws (BCE, BPR, sampled softmax)."""
+    users, items = torch.from_numpy(rows.user_idx), torch.from_numpy(rows.item_idx)
+    user_weight = _inverse_counts(rows.user_idx, rows.num_users, device)
+    item_weight = _inverse_counts(rows.item_idx, rows.num_items, device)
+    batch, k = _batch(config, len(rows)), config.negatives
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        order = torch.randperm(len(rows), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            u, i = users[idx], items[idx]
+            neg = uniform_negatives(rows.num_items, (len(idx), k), generator)
+            u, i, neg = u.to(device), i.to(device), neg.to(device)
+            pos_logit = network(u, i)
+            neg_logit = network(u.repeat_interleave(k), neg.reshape(-1)).view(len(idx), k)
+            loss = losses.pairwise(config.loss, pos_logit, neg_logit)
+            user_rows, item_rows = network.rows(u, i)
+            # Negatives' rows are not penalised: they are drawn too often to weigh once per epoch.
+            penalty = losses.l2(user_rows, user_weight[u]) + losses.l2(item_rows, item_weight[i])
+            step = (loss + config.reg * penalty) / len(idx)
+            check_finite(step, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            step.backward()
+            optimizer.step()
+            total += loss.item()
+        return {"train_loss": total / len(rows)}
+
+    return train_epoch
+
+
+def fit_ranking(network, train, fit_part, val_part, config, device, progress, desc):
+    """Train ``network`` on a ranking loss; early stopping on validation nDCG@10, then refit on all rows."""
+    initial = {k: v.clone() for k, v in network.state_dict().items()}
+    network, history, best = _train_ranking(network, fit_part, val_part, config, device, config.epochs, progress, desc)
+    metrics: dict[str, float] = {}
+    if val_part is not None:
+        metrics["val_ndcg10"] = ndcg_at_k(network, fit_part, val_part, device, k=10, seed=config.seed)
+        if config.refit:
+            network.load_state_dict(initial)  # the same start as the validated run, now on every row
+            network, _, _ = _train_ranking(network, train, None, config, device, max(best, 1), progress,
+                                           desc.replace("train", "refit"))  # fmt: skip
+    metrics.update({"epochs_run": float(len(history)), "best_epoch": float(best or len(history))})
+    return network.cpu().eval(), history, metrics
+
