@@ -324,9 +324,10 @@ def _item_rows(state_dict: dict[str, torch.Tensor], num_items: int, rows: np.nda
     """The state dict with every per-item table cut to ``rows`` (per-user tables cut to one row)."""
     out = {}
     for name, tensor in state_dict.items():
-        if "item" in name.rsplit(".", 2)[-2] and tensor.ndim == 2 and tensor.shape[0] == num_items:
+        table = name.split(".")[-2] if "." in name else name  # "ranking.item_factors.weight" -> item_factors
+        if "item" in table and tensor.ndim == 2 and tensor.shape[0] == num_items:
             out[name] = tensor[torch.from_numpy(rows)]
-        elif "user" in name.rsplit(".", 2)[-2] and tensor.ndim == 2:
+        elif "user" in table and tensor.ndim == 2:
             out[name] = tensor[:1]
         else:
             out[name] = tensor

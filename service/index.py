@@ -310,11 +310,23 @@ class TorchScorer:
                                                                  mlp_u[start : start + step], items_t).numpy()  # fmt: skip
         return out
 
-    def pairs(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """Logits (n,) for (user, item) pairs."""
+    def pairs(self, user_idx: np.ndarray, item_idx: np.ndarray, block: int = 256) -> np.ndarray:
+        """Logits (n,) for (user, item) pairs.
+
+        Computed in zero-padded blocks of a fixed size: a matrix product's rounding can depend on how many
+        rows it has, and a pair must get the same answer alone as in a batch of 10,000.
+        """
         torch = self.torch
+        n = len(user_idx)
+        padded = -(-max(n, 1) // block) * block
+        users, items = np.zeros(padded, np.int64), np.zeros(padded, np.int64)
+        users[:n], items[:n] = user_idx, item_idx
+        out = np.empty(padded, np.float32)
         with torch.no_grad():
-            return self.net(torch.from_numpy(user_idx), torch.from_numpy(item_idx)).numpy().astype(np.float32)
+            for start in range(0, padded, block):
+                sl = slice(start, start + block)
+                out[sl] = self.net(torch.from_numpy(users[sl]), torch.from_numpy(items[sl])).numpy()
+        return out[:n]
 
     def fold_in(self, item_idx: np.ndarray, steps: int = 30):
         """Embeddings for a new user: Adam steps on BCE (history = 1, every other item = 0, weighted to balance)."""
