@@ -21,7 +21,7 @@ from model.loop import OPTIMIZERS, SCHEDULES
 from model.losses import LOSSES, RANKING_LOSSES
 from model.networks import ACTIVATIONS, MODEL_KINDS
 from model.synthetic import planted_ratings
-from model.train import TrainConfig, TrainingDiverged, fit, resolve
+from model.train import TrainConfig, TrainingDiverged, fit, resolve, resolve_device
 
 DEFAULT_OUT = "artifacts/model.ckpt"
 
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     try:
         resolve(config, dataset.implicit)
+        resolve_device(config.device)
     except ValueError as exc:  # a combination that needs this data to judge (e.g. mse on implicit data)
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+
+import pytest
+import torch
 
 from model import checkpoint
 from model.synthetic import SyntheticConfig, planted_ratings
@@ -49,3 +53,73 @@ def test_bad_flags_are_rejected(tmp_path):
     assert proc.returncode == 2 and "--dim" in proc.stderr
     proc = run_train("--model", "nope")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def _tiny_csv(tmp_path, implicit: bool = False):
+    raw, _ = planted_ratings(SyntheticConfig(num_users=40, num_items=25, ratings_per_user=8, seed=3))
+    if implicit:
+        lines = [f"{u},{i}" for u, i in zip(raw.user_ids, raw.item_ids)]
+    else:
+        lines = [f"{u},{i},{r:.2f}" for u, i, r in zip(raw.user_ids, raw.item_ids, raw.ratings)]
+    data = tmp_path / ("implicit.csv" if implicit else "ratings.csv")
+    data.write_text("\n".join(lines) + "\n")
+    return data
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "gmf", "--loss", "mse"], "--loss mse needs --model mf"),
+        (["--loss", "bpr", "--rank-loss", "softmax"], "--loss bpr already ranks"),
+        (["--model", "neumf", "--rank-loss", "bce"], "--rank-loss needs --model mf"),
+        (["--loss", "bce", "--negatives", "0"], "needs sampled negatives"),
+        (["--model", "neumf", "--layers", "64"], "layers needs at least two"),
+        (["--optimizer", "adagrad", "--momentum", "0.9"], "--momentum applies to sgd"),
+        (["--batch-size", "-3"], "--batch-size"),
+        (["--optimizer", "rmsprop"], "invalid choice"),
+    ],
+)
+def test_nonsensical_flag_combinations_exit_2(tmp_path, capsys, args, message):
+    """In-process (the CLI's main), so the many cases cost no interpreter start each."""
+    data = _tiny_csv(tmp_path)
+    try:
+        code = _train_module().main(["--quiet", "--data", str(data), "--out", str(tmp_path / "m.ckpt"), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mse_on_implicit_data_and_missing_gpu_exit_2(tmp_path):
+    data = _tiny_csv(tmp_path, implicit=True)
+    proc = run_train("--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--loss", "mse")
+    assert proc.returncode == 2 and "needs ratings" in proc.stderr
+    if not torch.cuda.is_available():
+        proc = run_train("--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--device", "cuda")
+        assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def test_implicit_data_trains_a_ranking_model_full_batch_with_curves(tmp_path):
+    data = _tiny_csv(tmp_path, implicit=True)
+    out = tmp_path / "m.ckpt"
+    proc = run_train("--data", str(data), "--out", str(out), "--dim", "4", "--epochs", "3", "--batch-size", "full",
+                     "--device", "auto", "--optimizer", "sgd", "--lr", "0.5", "--momentum", "0.9")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ckpt = checkpoint.load(out)
+    assert ckpt.kind == "mf" and ckpt.config.loss == "softmax" and ckpt.config.batch_size == 0
+    png = tmp_path / "m.ckpt.curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "validation nDCG@10" in proc.stdout
+
+
+def test_diverging_training_exits_3(tmp_path):
+    data = _tiny_csv(tmp_path)
+    proc = run_train("--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--model", "gmf", "--lr", "1e30",
+                     "--optimizer", "sgd")  # fmt: skip
+    assert proc.returncode == 3 and "training diverged" in proc.stderr and "lower --lr" in proc.stderr

@@ -103,3 +103,39 @@ def test_serving_features_over_http(server, small_ckpt):
     )
     assert float(line.split()[-1]) == n + 3  # every worker's requests, counted once
     assert f'recsys_model_info{{model_version="{small_ckpt.model_version}"' in text
+
+
+@pytest.fixture(scope="module")
+def kind_checkpoints(tmp_path_factory):
+    """One tiny checkpoint per kind (the checkerboard of tests/test_models.py)."""
+    from model import checkpoint
+    from model.interactions import build_dataset
+    from model.train import fit
+    from tests.test_models import KINDS, checkerboard
+
+    dataset = build_dataset(checkerboard())
+    paths = {}
+    for kind in ("mf", "gmf", "neumf"):
+        result = fit(dataset.interactions, KINDS[kind], progress=False)
+        paths[kind] = checkpoint.save(checkpoint.from_training(result, dataset), tmp_path_factory.mktemp(kind) / "m.ckpt")
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["mf", "gmf", "neumf"])
+def test_every_kind_is_served_by_uwsgi(start_uwsgi, kind_checkpoints, kind):
+    server = start_uwsgi(kind_checkpoints[kind], RECSYS_PROCESSES="1")
+    status, _, model = call(server.base, "/model")
+    assert status == 200 and model["kind"] == kind
+    status, _, rec = call(server.base, "/recommend?user_id=u0&k=3")
+    assert status == 200 and len(rec["items"]) == 3 and rec["fallback"] is None
+    from model import checkpoint
+    from service.index import ServingIndex
+
+    local = ServingIndex(checkpoint.load(kind_checkpoints[kind])).recommend("u0", 3)
+    assert [i["item_id"] for i in rec["items"]] == local.item_ids  # the worker serves what the model ranks
+    status, _, pred = call(server.base, "/predict", {"pairs": [{"user_id": "u0", "item_id": "i1"}] * 2})
+    assert status == 200 and 1.0 <= pred["predictions"][0]["rating"] <= 5.0
+    status, _, folded = call(server.base, "/recommend", {"history": ["i20", "i21", "i22"], "k": 2})
+    assert status == 200 and not {i["item_id"] for i in folded["items"]} & {"i20", "i21", "i22"}
+    status, _, sim = call(server.base, "/similar?item_id=i5&k=2")
+    assert status == 200 and len(sim["items"]) == 2
