@@ -190,9 +190,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "model_version": ckpt.model_version,
         "history": [dict(row) for row in ckpt.history],
         # Always re-derived from state_dict, so it can never disagree with the weights it is saved with.
-        "serving": {
-            k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config).items()
-        },
+        "serving": {k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config).items()},
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -69,28 +69,45 @@ def _train_rating(rows: Interactions, val: Interactions | None, config, scale, d
         got = rmse_mae(network, val, scale)
         return {"val_rmse": got[0], "val_mae": got[1]}
 
-    history, best = run_epochs(network, optimizer, train_epoch, validate if val is not None else None,
-                               monitor="val_rmse", higher_is_better=False, epochs=epochs, patience=config.patience,
-                               schedule=config.lr_schedule, progress=progress, desc=desc)  # fmt: skip
+    history, best = run_epochs(
+        network,
+        optimizer,
+        train_epoch,
+        validate if val is not None else None,
+        monitor="val_rmse",
+        higher_is_better=False,
+        epochs=epochs,
+        patience=config.patience,
+        schedule=config.lr_schedule,
+        progress=progress,
+        desc=desc,
+    )
     return network, history, best
 
 
 def fit_rating(train, fit_part, val_part, config, scale, device, progress):
     """The rating model: an ensemble of biased MFs on MSE, merged into one :class:`BiasedMF` (cpu)."""
-    network, history, best = _train_rating(fit_part, val_part, config, scale, device, config.epochs, progress,
-                                           f"train {config.model}")  # fmt: skip
+    network, history, best = _train_rating(
+        fit_part, val_part, config, scale, device, config.epochs, progress, f"train {config.model}"
+    )
     metrics: dict[str, float] = {}
     if val_part is not None:
         metrics["val_rmse"], metrics["val_mae"] = rmse_mae(network, val_part, scale)
     trained_on = fit_part
     if val_part is not None and config.refit:
         # The validation rows only chose the number of epochs; retrain on all rows for that many.
-        network, _, _ = _train_rating(train, None, config, scale, device, max(best, 1), progress,
-                                      f"refit {config.model}")  # fmt: skip
+        network, _, _ = _train_rating(
+            train, None, config, scale, device, max(best, 1), progress, f"refit {config.model}"
+        )
         trained_on = train
     merged = network.cpu().merged().eval()
-    metrics.update({"train_rmse": rmse_mae(merged, trained_on, scale)[0], "epochs_run": float(len(history)),
-                    "best_epoch": float(best or len(history))})  # fmt: skip
+    metrics.update(
+        {
+            "train_rmse": rmse_mae(merged, trained_on, scale)[0],
+            "epochs_run": float(len(history)),
+            "best_epoch": float(best or len(history)),
+        }
+    )
     return merged, history, metrics
 
 
@@ -111,9 +128,19 @@ def _train_ranking(network, rows: Interactions, val, config, device, epochs, pro
     def validate() -> dict[str, float]:
         return {"val_ndcg10": ndcg_at_k(network, rows, val, device, k=10, seed=config.seed)}
 
-    history, best = run_epochs(network, optimizer, epoch_fn, validate if val is not None else None,
-                               monitor="val_ndcg10", higher_is_better=True, epochs=epochs, patience=config.patience,
-                               schedule=config.lr_schedule, progress=progress, desc=desc)  # fmt: skip
+    history, best = run_epochs(
+        network,
+        optimizer,
+        epoch_fn,
+        validate if val is not None else None,
+        monitor="val_ndcg10",
+        higher_is_better=True,
+        epochs=epochs,
+        patience=config.patience,
+        schedule=config.lr_schedule,
+        progress=progress,
+        desc=desc,
+    )
     return network, history, best
 
 
@@ -139,8 +166,9 @@ def _full_softmax_epoch(network: BiasedMF, optimizer, rows: Interactions, config
             # Users once each per epoch; the whole item table a len(users)/U share of a penalty per step.
             item_rows = [network.item_factors.weight]
             penalty = losses.l2(user_rows, torch.ones(len(users), device=device))
-            penalty = penalty + losses.l2(item_rows, torch.full((rows.num_items,), len(users) / len(active),
-                                                                device=device))  # fmt: skip
+            penalty = penalty + losses.l2(
+                item_rows, torch.full((rows.num_items,), len(users) / len(active), device=device)
+            )
             step = (loss + config.reg * penalty) / len(users)
             check_finite(step, epoch)
             optimizer.zero_grad(set_to_none=True)
@@ -193,8 +221,8 @@ def fit_ranking(network, train, fit_part, val_part, config, device, progress, de
         metrics["val_ndcg10"] = ndcg_at_k(network, fit_part, val_part, device, k=10, seed=config.seed)
         if config.refit:
             network.load_state_dict(initial)  # the same start as the validated run, now on every row
-            network, _, _ = _train_ranking(network, train, None, config, device, max(best, 1), progress,
-                                           desc.replace("train", "refit"))  # fmt: skip
+            network, _, _ = _train_ranking(
+                network, train, None, config, device, max(best, 1), progress, desc.replace("train", "refit")
+            )
     metrics.update({"epochs_run": float(len(history)), "best_epoch": float(best or len(history))})
     return network.cpu().eval(), history, metrics
-

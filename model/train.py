@@ -136,21 +136,35 @@ def fit(train: Interactions, config: TrainConfig, progress: bool = True, implici
     scale = (float(train.ratings.min()), float(train.ratings.max()))
     metrics: dict[str, float] = {}
     if config.loss == "mse":
-        network, history, rating_metrics = objectives.fit_rating(train, fit_part, val_part, config, scale, device,
-                                                                 progress)  # fmt: skip
+        network, history, rating_metrics = objectives.fit_rating(
+            train, fit_part, val_part, config, scale, device, progress
+        )
         metrics.update(rating_metrics)
         if config.rank_loss != "none":
             negatives = _negatives(config.rank_loss, train.num_items, "mf", None)
-            head_config = replace(config, loss=config.rank_loss, rank_loss="none", dim=config.rank_dim,
-                                  reg=config.rank_reg, lr=config.rank_lr, epochs=config.rank_epochs,
-                                  batch_size=FULL_SOFTMAX_USERS if negatives == 0 else 256, negatives=negatives,
-                                  optimizer="adam", momentum=0.0, weight_decay=0.0, lr_schedule="none")  # fmt: skip
+            head_config = replace(
+                config,
+                loss=config.rank_loss,
+                rank_loss="none",
+                dim=config.rank_dim,
+                reg=config.rank_reg,
+                lr=config.rank_lr,
+                epochs=config.rank_epochs,
+                batch_size=FULL_SOFTMAX_USERS if negatives == 0 else 256,
+                negatives=negatives,
+                optimizer="adam",
+                momentum=0.0,
+                weight_decay=0.0,
+                lr_schedule="none",
+            )
             torch.manual_seed(config.seed)
             head = build_network("mf", train.num_users, train.num_items, head_config)
-            head, head_history, head_metrics = objectives.fit_ranking(head, train, fit_part, val_part, head_config,
-                                                                      device, progress, "rank head")  # fmt: skip
+            head, head_history, head_metrics = objectives.fit_ranking(
+                head, train, fit_part, val_part, head_config, device, progress, "rank head"
+            )
             combined = MFWithRanking(train.num_users, train.num_items, config.dim, config.rank_dim)
-            combined.load_state_dict({**network.state_dict(), **{f"ranking.{k}": v for k, v in head.state_dict().items()}})
+            head_state = {f"ranking.{k}": v for k, v in head.state_dict().items()}
+            combined.load_state_dict({**network.state_dict(), **head_state})
             network = combined.eval()
             history = history + [{f"rank_{k}": v for k, v in row.items()} for row in head_history]
             metrics.update({f"rank_{k}": v for k, v in head_metrics.items()})
@@ -158,8 +172,9 @@ def fit(train: Interactions, config: TrainConfig, progress: bool = True, implici
         config = replace(config, negatives=_negatives(config.loss, train.num_items, config.model, config.negatives))
         torch.manual_seed(config.seed)
         network = build_network(config.model, train.num_users, train.num_items, config)
-        network, history, rank_metrics = objectives.fit_ranking(network, train, fit_part, val_part, config, device,
-                                                                progress, f"train {config.model}")  # fmt: skip
+        network, history, rank_metrics = objectives.fit_ranking(
+            network, train, fit_part, val_part, config, device, progress, f"train {config.model}"
+        )
         metrics.update(rank_metrics)
     metrics.update({"fit_seconds": time.perf_counter() - started, "num_train": float(len(train))})
     global_mean = float(train.ratings.mean())

@@ -43,12 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="file format (default: detect)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"checkpoint to write (default: {DEFAULT_OUT})")
     p.add_argument("--model", default=d.model, choices=MODEL_KINDS, help="model kind (default: mf)")
-    p.add_argument("--loss", default=d.loss, choices=("auto", *LOSSES),
-                   help="auto: mf -> mse on ratings (softmax on implicit data); gmf, neumf -> bce")  # fmt: skip
-    p.add_argument("--rank-loss", default=None, choices=("none", *RANKING_LOSSES),
-                   help=f"ranking head of an mse model, used by /recommend (default: {d.rank_loss})")  # fmt: skip
+    p.add_argument(
+        "--loss",
+        default=d.loss,
+        choices=("auto", *LOSSES),
+        help="auto: mf -> mse on ratings (softmax on implicit data); gmf, neumf -> bce",
+    )
+    p.add_argument(
+        "--rank-loss",
+        default=None,
+        choices=("none", *RANKING_LOSSES),
+        help=f"ranking head of an mse model, used by /recommend (default: {d.rank_loss})",
+    )
     p.add_argument("--dim", type=int, help="embedding size (default: per kind, see README)")
-    p.add_argument("--member-dim", type=int, default=d.member_dim, help="mf+mse: train --dim as --dim/--member-dim models")
+    p.add_argument("--member-dim", type=int, default=d.member_dim, help="mf+mse: --dim as --dim/--member-dim models")
     p.add_argument("--layers", default=d.layers, help="neumf: MLP tower widths, e.g. 64,32,16")
     p.add_argument("--activation", default=d.activation, choices=tuple(ACTIVATIONS), help="neumf: tower activation")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: per kind)")
@@ -64,8 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same weights)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held out for early stopping")
     p.add_argument("--patience", type=int, default=d.patience, help="epochs without improvement")
-    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=d.refit,
-                   help="after early stopping, retrain on all rows for the best number of epochs")  # fmt: skip
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help="after early stopping, retrain on all rows for the best number of epochs",
+    )
     p.add_argument("--device", default=d.device, choices=("cpu", "cuda", "auto"), help="auto: cuda if available")
     p.add_argument("--rank-dim", type=int, default=d.rank_dim, help="ranking head: embedding size")
     p.add_argument("--rank-reg", type=float, default=d.rank_reg, help="ranking head: L2")
@@ -73,16 +85,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-epochs", type=int, default=d.rank_epochs, help="ranking head: maximum epochs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    positive = {"--dim": args.dim, "--epochs": args.epochs, "--member-dim": args.member_dim,
-                "--rank-dim": args.rank_dim, "--rank-epochs": args.rank_epochs, "--patience": args.patience}  # fmt: skip
+    positive = {
+        "--dim": args.dim,
+        "--epochs": args.epochs,
+        "--member-dim": args.member_dim,
+        "--rank-dim": args.rank_dim,
+        "--rank-epochs": args.rank_epochs,
+        "--patience": args.patience,
+    }
     for flag, value in positive.items():
         if value is not None and value < 1:
             p.error(f"{flag} must be >= 1")
     if (args.lr is not None and args.lr <= 0) or args.rank_lr <= 0:
         p.error("--lr and --rank-lr must be > 0")
-    negative = [f for f, v in {"--reg": args.reg, "--reg-bias": args.reg_bias, "--rank-reg": args.rank_reg,
-                               "--negatives": args.negatives, "--momentum": args.momentum,
-                               "--weight-decay": args.weight_decay}.items() if v is not None and v < 0]  # fmt: skip
+    negative = [
+        f
+        for f, v in {
+            "--reg": args.reg,
+            "--reg-bias": args.reg_bias,
+            "--rank-reg": args.rank_reg,
+            "--negatives": args.negatives,
+            "--momentum": args.momentum,
+            "--weight-decay": args.weight_decay,
+        }.items()
+        if v is not None and v < 0
+    ]
     if negative:
         p.error(f"{', '.join(negative)} must be >= 0")
     if not 0 <= args.val_fraction < 1:

@@ -82,7 +82,7 @@ class ServingIndex:
         # Rating model: biased MF where there is one; ranking-only kinds report a squashed logit instead.
         self.has_rating = ckpt.kind == "mf" and ckpt.config.loss in ("mse", "auto")
         self.rank_is_rating = self.has_rating and not ranking_prefix(ckpt.kind, ckpt.config)
-        zeros_u, zeros_i = np.zeros(ckpt.num_users, np.float32), np.zeros(ckpt.num_items, np.float32)
+        zeros_u = np.zeros(ckpt.num_users, np.float32)
         if ckpt.kind == "mf":
             self.rating_user = _frozen(np.asarray(state["user_factors.weight"], np.float32))  # (U, d)
             self.rating_item = _frozen(np.asarray(state["item_factors.weight"], np.float32))  # (I, d)
@@ -306,8 +306,9 @@ class TorchScorer:
         step = max(self.chunk // max(len(items_t), 1), 1)
         with torch.no_grad():
             for start in range(0, len(gmf_u), step):
-                out[start : start + step] = self.net.score_items(gmf_u[start : start + step],
-                                                                 mlp_u[start : start + step], items_t).numpy()  # fmt: skip
+                out[start : start + step] = self.net.score_items(
+                    gmf_u[start : start + step], mlp_u[start : start + step], items_t
+                ).numpy()
         return out
 
     def pairs(self, user_idx: np.ndarray, item_idx: np.ndarray, block: int = 256) -> np.ndarray:
@@ -340,7 +341,8 @@ class TorchScorer:
         items = torch.arange(self.num_items)
         for _ in range(steps):
             logits = self.net.score_items(gmf, mlp, items)[0]
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            loss = (bce * weight).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -33,7 +33,9 @@ def small_dataset():
 @pytest.fixture(scope="session")
 def small_ckpt_path(tmp_path_factory, small_dataset) -> Path:
     """A quickly trained MF checkpoint on :data:`SMALL` (shared by the whole session, read-only)."""
-    result = fit(small_dataset.interactions, TrainConfig(dim=8, epochs=15, lr=0.01, seed=0, rank_loss="none"), progress=False)
+    # rank_loss="none": ranks by predicted rating, the behaviour the API tests were written against.
+    config = TrainConfig(dim=8, epochs=15, lr=0.01, seed=0, rank_loss="none")
+    result = fit(small_dataset.interactions, config, progress=False)
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
     checkpoint.save(checkpoint.from_training(result, small_dataset), path)
     return path

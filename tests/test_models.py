@@ -21,8 +21,9 @@ GROUPS, USERS_PER_GROUP, BLOCK = 4, 12, 10
 
 KINDS = {
     # the default: a rating MF (MSE ensemble) with a softmax ranking head
-    "mf": TrainConfig(dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_dim=8, rank_lr=0.05, rank_epochs=40,
-                      rank_reg=0.1),  # fmt: skip
+    "mf": TrainConfig(
+        dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_dim=8, rank_lr=0.05, rank_epochs=40, rank_reg=0.1
+    ),  # fmt: skip
     "mf-by-rating": TrainConfig(dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_loss="none"),
     "mf-bpr": TrainConfig(loss="bpr", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "gmf": TrainConfig(model="gmf", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
@@ -42,8 +43,14 @@ def checkerboard(seed: int = 0) -> RawRatings:
         for i in other:
             users.append(f"u{u}"), items.append(f"i{i}"), ratings.append(rng.choice([1.0, 2.0]))
     n = len(users)
-    return RawRatings(np.array(users, dtype=object), np.array(items, dtype=object), np.array(ratings, np.float32),
-                      np.arange(n, dtype=np.int64), "checkerboard", "checkerboard")  # fmt: skip
+    return RawRatings(
+        np.array(users, dtype=object),
+        np.array(items, dtype=object),
+        np.array(ratings, np.float32),
+        np.arange(n, dtype=np.int64),
+        "checkerboard",
+        "checkerboard",
+    )
 
 
 def block(item_id: str) -> int:
@@ -134,7 +141,16 @@ def test_diverging_loss_is_reported_for_every_kind(name):
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
 def test_other_optimizers_and_full_batch_train(optimizer):
     dataset = build_dataset(checkerboard(3))
-    cfg = TrainConfig(model="gmf", dim=4, epochs=3, lr=0.1, optimizer=optimizer, momentum=0.5 * (optimizer == "sgd"),
-                      batch_size=0, lr_schedule="cosine", weight_decay=1e-4)  # fmt: skip
+    cfg = TrainConfig(
+        model="gmf",
+        dim=4,
+        epochs=3,
+        lr=0.1,
+        optimizer=optimizer,
+        momentum=0.5 * (optimizer == "sgd"),
+        batch_size=0,
+        lr_schedule="cosine",
+        weight_decay=1e-4,
+    )
     result = fit(dataset.interactions, cfg, progress=False)
     assert result.config.batch_size == 0 and len(result.history) >= 1

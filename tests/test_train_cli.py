@@ -109,8 +109,26 @@ def test_mse_on_implicit_data_and_missing_gpu_exit_2(tmp_path):
 def test_implicit_data_trains_a_ranking_model_full_batch_with_curves(tmp_path):
     data = _tiny_csv(tmp_path, implicit=True)
     out = tmp_path / "m.ckpt"
-    proc = run_train("--data", str(data), "--out", str(out), "--dim", "4", "--epochs", "3", "--batch-size", "full",
-                     "--device", "auto", "--optimizer", "sgd", "--lr", "0.5", "--momentum", "0.9")  # fmt: skip
+    proc = run_train(
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--dim",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "full",
+        "--device",
+        "auto",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--momentum",
+        "0.9",
+    )
     assert proc.returncode == 0, proc.stderr
     ckpt = checkpoint.load(out)
     assert ckpt.kind == "mf" and ckpt.config.loss == "softmax" and ckpt.config.batch_size == 0
@@ -120,6 +138,7 @@ def test_implicit_data_trains_a_ranking_model_full_batch_with_curves(tmp_path):
 
 def test_diverging_training_exits_3(tmp_path):
     data = _tiny_csv(tmp_path)
-    proc = run_train("--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--model", "gmf", "--lr", "1e30",
-                     "--optimizer", "sgd")  # fmt: skip
+    proc = run_train(
+        "--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--model", "gmf", "--lr", "1e30", "--optimizer", "sgd"
+    )
     assert proc.returncode == 3 and "training diverged" in proc.stderr and "lower --lr" in proc.stderr

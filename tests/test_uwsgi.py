@@ -117,7 +117,8 @@ def kind_checkpoints(tmp_path_factory):
     paths = {}
     for kind in ("mf", "gmf", "neumf"):
         result = fit(dataset.interactions, KINDS[kind], progress=False)
-        paths[kind] = checkpoint.save(checkpoint.from_training(result, dataset), tmp_path_factory.mktemp(kind) / "m.ckpt")
+        path = tmp_path_factory.mktemp(kind) / "m.ckpt"
+        paths[kind] = checkpoint.save(checkpoint.from_training(result, dataset), path)
     return paths
 
 
