@@ -69,7 +69,7 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
     )
     dataset = build_dataset(raw)
     cfg = TrainConfig(dim=DIM)
-    net = build_network("mf", dataset.interactions.num_users, dataset.interactions.num_items, DIM, 3.5)
+    net = build_network("mf", dataset.interactions.num_users, dataset.interactions.num_items, cfg, 3.5)
     result = TrainResult(net, cfg, 3.5, (1.0, 5.0), {"val_rmse": 0.0})
     return checkpoint.save(checkpoint.from_training(result, dataset), path)
 
