@@ -85,3 +85,21 @@ def test_crash_while_saving_keeps_the_old_file(small_ckpt, tmp_path, monkeypatch
         checkpoint.save(small_ckpt, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]  # no temporary left behind
+
+
+def test_files_from_before_the_model_family_still_load(small_ckpt_path, tmp_path):
+    """A v1 file's config has none of the new fields: it means a plain MF on MSE ranking by rating."""
+    from service.index import ServingIndex
+
+    raw = torch.load(small_ckpt_path, weights_only=True)
+    new_fields = {"loss", "rank_loss", "layers", "activation", "negatives", "optimizer", "momentum", "weight_decay",
+                  "lr_schedule", "rank_dim", "rank_reg", "rank_lr", "rank_epochs"}  # fmt: skip
+    raw["config"] = {k: v for k, v in raw["config"].items() if k not in new_fields}
+    old = tmp_path / "v1.ckpt"
+    torch.save(raw, old)
+    ckpt = checkpoint.load(old)
+    assert ckpt.config.loss == "mse" and ckpt.config.rank_loss == "none"
+    before, after = ServingIndex(checkpoint.load(small_ckpt_path)), ServingIndex(ckpt)
+    user = ckpt.user_ids[0]
+    assert before.recommend(user, 5) == after.recommend(user, 5)
+    assert before.predict([user], [ckpt.item_ids[0]]) == after.predict([user], [ckpt.item_ids[0]])
