@@ -35,10 +35,14 @@ def _batch(config, n: int) -> int:
     return n if config.batch_size <= 0 else config.batch_size
 
 
-def _train_rating(rows: Interactions, val: Interactions | None, config, scale, device, epochs, progress, desc):
+def _train_rating(
+    rows: Interactions, val: Interactions | None, config, scale, device, epochs, progress, desc, init=None
+):
     torch.manual_seed(config.seed)
     members, member_dim = _members(config)
     network = MFEnsemble(rows.num_users, rows.num_items, members, member_dim, global_mean=float(rows.ratings.mean()))
+    if init is not None:  # warm start (model.warmstart): overwrite the rows an earlier model already knows
+        init(network)
     network.to(device)
     optimizer = make_optimizer(config.optimizer, network.parameters(), config.lr, config.momentum, config.weight_decay)
     users, items = torch.from_numpy(rows.user_idx).to(device), torch.from_numpy(rows.item_idx).to(device)
@@ -85,10 +89,10 @@ def _train_rating(rows: Interactions, val: Interactions | None, config, scale, d
     return network, history, best
 
 
-def fit_rating(train, fit_part, val_part, config, scale, device, progress):
+def fit_rating(train, fit_part, val_part, config, scale, device, progress, init=None):
     """The rating model: an ensemble of biased MFs on MSE, merged into one :class:`BiasedMF` (cpu)."""
     network, history, best = _train_rating(
-        fit_part, val_part, config, scale, device, config.epochs, progress, f"train {config.model}"
+        fit_part, val_part, config, scale, device, config.epochs, progress, f"train {config.model}", init
     )
     metrics: dict[str, float] = {}
     if val_part is not None:
@@ -97,7 +101,7 @@ def fit_rating(train, fit_part, val_part, config, scale, device, progress):
     if val_part is not None and config.refit:
         # The validation rows only chose the number of epochs; retrain on all rows for that many.
         network, _, _ = _train_rating(
-            train, None, config, scale, device, max(best, 1), progress, f"refit {config.model}"
+            train, None, config, scale, device, max(best, 1), progress, f"refit {config.model}", init
         )
         trained_on = train
     merged = network.cpu().merged().eval()

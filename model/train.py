@@ -119,8 +119,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fit(train: Interactions, config: TrainConfig, progress: bool = True, implicit: bool = False) -> TrainResult:
+def fit(
+    train: Interactions, config: TrainConfig, progress: bool = True, implicit: bool = False, init=None
+) -> TrainResult:
     """Train ``config.model`` on ``train`` (``implicit``: the data has no ratings, every row is a positive).
+
+    ``init``, if given, is called with each freshly built rating network (the :class:`MFEnsemble` of an
+    mse model) before training: a warm start (:mod:`model.warmstart`). A ranking head starts cold.
 
     A ``val_fraction`` of the rows is held out for early stopping (validation RMSE for ratings, nDCG@10
     for ranking); with ``refit`` the model is then retrained on every row for the best number of epochs.
@@ -137,7 +142,7 @@ def fit(train: Interactions, config: TrainConfig, progress: bool = True, implici
     metrics: dict[str, float] = {}
     if config.loss == "mse":
         network, history, rating_metrics = objectives.fit_rating(
-            train, fit_part, val_part, config, scale, device, progress
+            train, fit_part, val_part, config, scale, device, progress, init
         )
         metrics.update(rating_metrics)
         if config.rank_loss != "none":
@@ -171,6 +176,8 @@ def fit(train: Interactions, config: TrainConfig, progress: bool = True, implici
             history = history + [{f"rank_{k}": v for k, v in row.items()} for row in head_history]
             metrics.update({f"rank_{k}": v for k, v in head_metrics.items()})
     else:
+        if init is not None:
+            raise ValueError(f"warm start supports mf on mse only, not {config.model} on {config.loss}")
         config = replace(config, negatives=_negatives(config.loss, train.num_items, config.model, config.negatives))
         torch.manual_seed(config.seed)
         network = build_network(config.model, train.num_users, train.num_items, config)

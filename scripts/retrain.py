@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import traceback
+import typing
 from dataclasses import asdict, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +31,7 @@ from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.interactions import build_dataset
 from model.retrain import ExitCode, decide, file_fingerprint, rmse_figures, split_holdout, write_report
 from model.store import DEFAULT_KEEP, ModelStore, StoreLocked
-from model.train import TrainConfig, TrainingDiverged, fit
+from model.train import TrainConfig, TrainingDiverged, fit, resolve
 from model.warmstart import WarmStartError, warm_start
 from service.index import ServingIndex
 
@@ -58,16 +59,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if isinstance(f.default, bool):
             group.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None)
         else:
-            group.add_argument(flag, dest=f"cfg_{f.name}", type=type(f.default), default=None, metavar="X")
+            group.add_argument(flag, dest=f"cfg_{f.name}", type=_field_type(f.name), default=None, metavar="X")
     args = p.parse_args(argv)
     if args.tolerance < 0 or not 0 < args.holdout < 1 or args.keep < 2:
         p.error("--tolerance must be >= 0, --holdout in (0, 1), --keep >= 2")
     return args
 
 
-def train_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+def _field_type(name: str) -> type:
+    """The field's type; for ``X | None`` fields (``None`` = the kind's default), ``X``."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
+def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = False) -> TrainConfig:
     overrides = {f.name: getattr(args, f"cfg_{f.name}") for f in fields(TrainConfig)}
     config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    try:  # fill the kind's defaults (fields left None), as scripts/train.py does
+        config = resolve(config, implicit)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     if config.dim < 1 or config.epochs < 1 or config.lr <= 0 or not 0 <= config.val_fraction < 1:
         raise BadInput("need --dim >= 1, --epochs >= 1, --lr > 0, --val-fraction in [0, 1)")
     return config
@@ -96,7 +107,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
         except checkpoint.CheckpointError as exc:  # the service cannot serve it either
             report["current"] = {"version": current_version, "error": str(exc)}
             print(f"warning: current model unreadable, treating the store as empty: {exc}", file=sys.stderr)
-    config = train_config(args, current.config if current else TrainConfig())
+    config = train_config(args, current.config if current else TrainConfig(), raw.implicit)
     report["config"] = asdict(config)
     try:
         train_raw, hold_raw = split_holdout(raw, args.holdout, args.holdout_seed)
@@ -119,7 +130,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
 
     print(f"training candidate on {len(train_raw)} rows (holding out {len(hold_raw)})", flush=True)
     started = time.perf_counter()
-    result = fit(dataset.interactions, config, progress=not args.quiet, init=init)
+    result = fit(dataset.interactions, config, progress=not args.quiet, implicit=raw.implicit, init=init)
     timings["train_s"] = round(time.perf_counter() - started, 3)
     candidate = checkpoint.from_training(result, dataset)
     candidate.data.update(holdout_fraction=args.holdout, holdout_seed=args.holdout_seed, holdout_rows=len(hold_raw))
