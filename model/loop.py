@@ -64,9 +64,11 @@ def run_epochs(
     schedule: str = "none",
     progress: bool = True,
     desc: str = "train",
+    min_epochs: int = 0,
 ) -> tuple[list[dict[str, float]], int]:
     """Run up to ``epochs`` epochs; with ``validate``, stop after ``patience`` epochs without improving
-    ``monitor`` and restore the best epoch's weights. Returns (history rows, best epoch or 0)."""
+    ``monitor`` (but not before ``min_epochs``) and restore the best epoch's weights.
+    Returns (history rows, best epoch or 0)."""
     scheduler = make_schedule(schedule, optimizer, epochs)
     sign = 1.0 if higher_is_better else -1.0
     best, best_state, best_epoch, stale = -math.inf, None, 0, 0
@@ -91,7 +93,7 @@ def run_epochs(
             best_state = copy.deepcopy(network.state_dict())
         else:
             stale += 1
-            if stale >= patience:
+            if stale >= patience and epoch >= min_epochs:
                 break
     bar.close()
     if best_state is not None:

@@ -158,8 +158,6 @@ def fit(
                 batch_size=FULL_SOFTMAX_USERS if negatives == 0 else 256,
                 negatives=negatives,
                 optimizer="adam",
-                # nDCG@10 on 5% of the rows is noisier than RMSE, and the head's curve is long and flat.
-                patience=2 * config.patience,
                 momentum=0.0,
                 weight_decay=0.0,
                 lr_schedule="none",
