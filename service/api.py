@@ -42,13 +42,14 @@ def _model() -> ModelState:
 
 def _query_args() -> dict:
     """Query parameters as a dict; list parameters may repeat and/or be comma-separated, others may not repeat."""
-    args = request.args.to_dict()
-    for name in args.keys() - set(LIST_PARAMS):
-        if len(request.args.getlist(name)) > 1:  # user_id=a&user_id=b: which one was meant? refuse, don't guess
+    args = {}
+    for name, values in request.args.lists():  # one pass over the parsed MultiDict (this runs on every GET)
+        if name in LIST_PARAMS:
+            args[name] = [part for value in values for part in value.split(",") if part]
+        elif len(values) > 1:  # user_id=a&user_id=b: which one was meant? refuse, don't guess
             raise ApiError(422, "validation_error", "request is invalid", name, "given more than once")
-    for name in LIST_PARAMS:
-        if name in args:
-            args[name] = [part for value in request.args.getlist(name) for part in value.split(",") if part]
+        else:
+            args[name] = values[0]
     return args
 
 

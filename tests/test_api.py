@@ -173,6 +173,16 @@ def test_unexpected_error_is_json_500(app, monkeypatch):
     assert resp.status_code == 500 and resp.get_json()["error"]["code"] == "internal_error"
 
 
+def test_json_writer_matches_the_standard_encoder_and_falls_back_for_what_orjson_cannot_write(app):
+    import json
+
+    doc = {"items": [{"item_id": "i\u00e9", "score": 3.852109909057617}], "fallback": None, "k": 5}
+    assert json.loads(app.json.dumps(doc)) == doc
+    assert app.json.dumps({"n": 2**70}) == '{"n": 1180591620717411303424}'  # beyond 64 bits: stdlib json
+    with pytest.raises(TypeError):
+        app.json.dumps({"x": object()})
+
+
 def test_recommend_exclude_and_candidate_items(client, small_ckpt):
     user = small_ckpt.user_ids[2]
     full = [it["item_id"] for it in client.get(f"/recommend?user_id={user}&k=6").get_json()["items"]]
