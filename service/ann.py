@@ -36,7 +36,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,11 +186,16 @@ def _locked(path: Path) -> Iterator[bool]:
 
 
 def _write(index: Any, path: Path) -> None:
-    """Atomically write ``index`` to ``path`` (temporary file in the same directory, fsync, rename)."""
+    """Atomically write ``index`` to ``path``."""
+    _atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write`` a temporary file in the same directory, fsync it and rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        faiss.write_index(index, tmp)
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -201,8 +206,8 @@ def _write(index: Any, path: Path) -> None:
 
 def _remove_stale(path: Path, checkpoint: Path) -> None:
     """Delete cache files of other model versions of this checkpoint (workers mapping them keep their inode)."""
-    for other in checkpoint.parent.glob(f"{glob.escape(checkpoint.name)}.ann-*.faiss"):
-        if other != path:
+    for other in checkpoint.parent.glob(f"{glob.escape(checkpoint.name)}.ann-*"):
+        if other.suffix in (".faiss", ".npy") and not other.name.startswith(path.name.removesuffix(".faiss")):
             other.unlink(missing_ok=True)
 
 
@@ -230,6 +235,99 @@ def load_or_build(checkpoint: str | Path, model_version: str, vectors: np.ndarra
     return AnnIndex(index, vectors, config.ef_search)
 
 
+def lists_path(index_path: Path, n: int, ef_search: int) -> Path:
+    """Where the top-``n`` lists searched from the index at ``index_path`` are cached."""
+    return index_path.with_name(index_path.name.removesuffix(".faiss") + f".top{n}-ef{ef_search}.npy")
+
+
+def build_lists(
+    ann: AnnIndex, user_vectors: np.ndarray, seen_indptr: np.ndarray, seen_indices: np.ndarray, n: int, threads: int = 0
+) -> np.ndarray:
+    """Every user's best ``n`` unseen items, (U, n) int32, best first, ``-1`` past a short list's end.
+
+    One batched HNSW search per block of users (users sorted by history length, each block asking for
+    ``n`` + its longest history, so ``n`` unseen items survive removing the seen ones), the candidates
+    re-scored exactly and sorted. A user the graph walk leaves short of ``n`` unseen items is ranked
+    exactly, so a list shorter than ``n`` always holds every unseen item.
+    """
+    num_users, num_items = len(user_vectors), len(ann.vectors)
+    n = min(n, num_items)
+    out = np.full((num_users, n), -1, dtype=np.int32)
+    counts = np.diff(seen_indptr)
+    order = np.argsort(counts, kind="stable")
+    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        for start in range(0, num_users, 1024):
+            users = order[start : start + 1024]
+            k = min(num_items, n + int(counts[users].max()))
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(ann.ef_search, k)
+            queries = np.ascontiguousarray(user_vectors[users], dtype=np.float32)
+            _, labels = ann.index.search(queries, k, params=params)
+            for row, user in enumerate(users):
+                query, seen = user_vectors[user], seen_indices[seen_indptr[user] : seen_indptr[user + 1]]
+                cand = labels[row][labels[row] >= 0]
+                cand = cand[~np.isin(cand, seen)]
+                want = min(n, num_items - len(np.unique(seen)))
+                if len(cand) < want:
+                    scores = ann.vectors @ query
+                    scores[seen] = -np.inf
+                    cand = top_k(scores, want)
+                scores = ann.vectors[cand] @ query
+                best = cand[np.argsort(-scores, kind="stable")[:n]]
+                out[user, : len(best)] = best
+    finally:
+        faiss.omp_set_num_threads(1)
+    return out
+
+
+def load_or_build_lists(
+    checkpoint: str | Path,
+    model_version: str,
+    ann: AnnIndex,
+    user_vectors: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_indices: np.ndarray,
+    n: int,
+    config: AnnConfig,
+) -> np.ndarray:
+    """The cached top-``n`` lists for this model (memory-mapped, shared by every worker), built once under
+    a lock like the index itself."""
+    path = lists_path(cache_path(checkpoint, model_version, config), n, ann.ef_search)
+    shape = (len(user_vectors), min(n, len(ann.vectors)))
+
+    def read() -> np.ndarray | None:
+        try:
+            items = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if items.shape == shape and items.dtype == np.int32:
+            return items
+        log.warning("top-N list cache %s does not match the model, rebuilding", path)
+        return None
+
+    items = read()
+    if items is None:
+        with _locked(path.with_name(path.name + ".lock")) as locked:
+            items = read() if locked else None
+            if items is None:
+                started = time.perf_counter()
+                built = build_lists(ann, user_vectors, seen_indptr, seen_indices, n, config.build_threads)
+                log.info("built top-%d lists for %d users in %.1fs", shape[1], shape[0], time.perf_counter() - started)
+                try:
+
+                    def save(tmp: str) -> None:
+                        with open(tmp, "wb") as fh:
+                            np.save(fh, built, allow_pickle=False)
+
+                    _atomic_write(path, save)
+                    items = read()
+                except OSError as exc:
+                    log.warning("top-N lists not cached (%s); kept in memory for this worker only", exc)
+                items = built if items is None else items
+    return items
+
+
 def maybe_ann(checkpoint: str | Path, model_version: str, vectors: np.ndarray, config: AnnConfig) -> AnnIndex | None:
     """An :class:`AnnIndex` when the catalogue is large enough and faiss is installed; else None (exact)."""
     if config.min_items <= 0 or len(vectors) < config.min_items:
@@ -241,7 +339,7 @@ def maybe_ann(checkpoint: str | Path, model_version: str, vectors: np.ndarray, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m service.ann CHECKPOINT``: build (or verify) the cached index before serving."""
+    """``python -m service.ann CHECKPOINT``: build (or verify) the cached index and top-N lists before serving."""
     from model import checkpoint as ckpt_io
     from model.checkpoint import serving_arrays
     from service.config import load_settings
@@ -254,11 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     if _import_faiss() is None:
         print("error: faiss is not installed (pip install -e '.[ann]')", file=sys.stderr)
         return 2
+    from service.topn import TopNConfig
+
     ckpt = ckpt_io.load(args[0])
-    vectors = (ckpt.serving or serving_arrays(ckpt.state_dict))["item_vectors"]
-    config = AnnConfig.from_settings(load_settings())
-    load_or_build(args[0], ckpt.model_version, vectors, config)
+    serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
+    settings = load_settings()
+    config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)
+    ann = load_or_build(args[0], ckpt.model_version, serving["item_vectors"], config)
     print(cache_path(args[0], ckpt.model_version, config))
+    if topn.with_ann and topn.n > 0 and ckpt_io.ranks_by_dot_product(ckpt.kind, ckpt.config):
+        load_or_build_lists(
+            args[0], ckpt.model_version, ann, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices,
+            topn.n, config,
+        )  # fmt: skip
+        print(lists_path(cache_path(args[0], ckpt.model_version, config), topn.n, config.ef_search))
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from model import checkpoint
 from model.store import CURRENT, ModelStore
-from service.ann import AnnConfig, maybe_ann
+from service.ann import AnnConfig, load_or_build_lists, maybe_ann
 from service.index import ServingIndex
 from service.topn import TopNCache, TopNConfig
 
@@ -60,7 +60,8 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
 
     ``ann`` decides whether an approximate index is attached (default :class:`AnnConfig`: at 100,000
     items or more, when faiss is installed); ``topn`` whether every known user's top-N list is
-    precomputed instead (default :class:`TopNConfig`: up to 1e8 user x item scores, and no ANN).
+    precomputed (default :class:`TopNConfig`: by scanning, up to 1e8 user x item scores and no ANN; with
+    an ANN index, searched from it and cached beside it).
     """
     try:
         ckpt = checkpoint.load(path)
@@ -94,9 +95,18 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
     topn = topn or TopNConfig()
     cache = None
     dot = checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config)  # NeuMF's lists would not be its ranking
+    serving = ckpt.serving
     if ann_index is None and dot and topn.wants(ckpt.num_users, ckpt.num_items):
-        serving = ckpt.serving
         cache = TopNCache(serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n)
+    elif ann_index is not None and topn.with_ann and topn.n > 0:
+        try:
+            items = load_or_build_lists(
+                path, ckpt.model_version, ann_index, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices,
+                topn.n, ann or AnnConfig(),
+            )  # fmt: skip
+            cache = TopNCache.from_ranked(items, serving["user_vectors"], serving["item_vectors"])
+        except Exception:  # noqa: BLE001 - the lists only accelerate: without them each request searches
+            log.exception("top-N lists unavailable for %s, searching per request", ckpt.model_version)
     return ModelState(index=ServingIndex(ckpt, ann=ann_index, topn=cache), info=info)
 
 

@@ -22,10 +22,15 @@ class TopNConfig:
 
     max_cells: int = 100_000_000  # RECSYS_TOPN_MAX_CELLS
     n: int = 100  # RECSYS_TOPN_N
+    with_ann: bool = True  # RECSYS_TOPN_WITH_ANN: with an ANN index, lists searched from it and cached on disk
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> TopNConfig:
-        return cls(max_cells=int(settings.get("TOPN_MAX_CELLS", cls.max_cells)), n=int(settings.get("TOPN_N", cls.n)))
+        return cls(
+            max_cells=int(settings.get("TOPN_MAX_CELLS", cls.max_cells)),
+            n=int(settings.get("TOPN_N", cls.n)),
+            with_ann=bool(int(settings.get("TOPN_WITH_ANN", 1))),
+        )
 
     def wants(self, num_users: int, num_items: int) -> bool:
         return self.max_cells > 0 and self.n > 0 and num_users * num_items <= self.max_cells
@@ -64,13 +69,31 @@ class TopNCache:
             self.scores[start:stop] = np.take_along_axis(top_scores, order, axis=1)
             self.valid[start:stop] = np.isfinite(self.scores[start:stop]).sum(axis=1)
 
+    @classmethod
+    def from_ranked(cls, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray) -> TopNCache:
+        """Lists ranked elsewhere (``service.ann.load_or_build_lists``): ``items`` (U, n) int32, best first,
+        ``-1`` past the end of a short list (which then holds every unseen item). Scores are not stored;
+        :meth:`lookup` computes the exact ``item_vectors[i] . user_vectors[u]`` of the k items it returns."""
+        cache = cls.__new__(cls)
+        cache.n = items.shape[1]
+        # A plain ndarray view of a memory-mapped file: same shared pages, without np.memmap's per-slice cost.
+        cache.items, cache.scores = items.view(np.ndarray), None
+        cache.valid = (items >= 0).sum(axis=1).astype(np.int32)
+        cache.user_vectors, cache.item_vectors = user_vectors, item_vectors
+        return cache
+
     def lookup(self, user_idx: int, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Top-k without ``banned`` from the list, or None when the list cannot answer exactly."""
         valid = int(self.valid[user_idx])
-        items, scores = self.items[user_idx, :valid], self.scores[user_idx, :valid]
-        if len(banned):
-            keep = ~np.isin(items, banned)
-            items, scores = items[keep], scores[keep]
+        items = self.items[user_idx, :valid]
+        keep = ~np.isin(items, banned) if len(banned) else slice(None)
+        if self.scores is None:
+            items = items[keep][:k].astype(np.int64)
+            if len(items) < k and valid == self.n:
+                return None
+            return items, self.item_vectors[items] @ self.user_vectors[user_idx]
+        scores = self.scores[user_idx, :valid][keep]
+        items = items[keep]
         if len(items) >= k:
             return items[:k].astype(np.int64), scores[:k]
         # Fewer than k left: exact only if the list already held every unseen item.

@@ -226,6 +226,79 @@ def test_app_serves_through_ann(ckpt_path):
     assert len(body["items"]) == 10 and not seen & {item["item_id"] for item in body["items"]}
 
 
+def test_lists_searched_from_the_index_match_exact_ranking_and_are_cached(ckpt_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from service import ann as ann_mod
+    from service.topn import TopNConfig
+
+    index = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
+    exact = load_state(ckpt_path, ann_config(min_items=0), TopNConfig(max_cells=0)).index
+    assert index.topn is not None and index.topn.scores is None and index.topn.items.shape == (NUM_USERS, 30)
+    lists = list(ckpt_path.parent.glob("model.ckpt.ann-*.top30-ef128.npy"))
+    assert len(lists) == 1 and isinstance(index.topn.items.base, np.memmap)  # shared by workers, not copied
+    hits = 0
+    for u in range(NUM_USERS):
+        row = index.topn.items[u]
+        assert (row >= 0).all() and not set(row.tolist()) & set(exact.seen(u).tolist())
+        got = index.recommend(f"u{u}", 10)
+        want = exact.recommend(f"u{u}", 10)
+        assert got.scores == sorted(got.scores, reverse=True)
+        full = exact.recommend(f"u{u}", NUM_ITEMS)
+        lookup = dict(zip(full.item_ids, full.scores))
+        assert np.allclose(got.scores, [lookup[i] for i in got.item_ids], rtol=0, atol=1e-5)
+        hits += len(set(got.item_ids) & set(want.item_ids))
+    assert hits / (10 * NUM_USERS) >= 0.97
+    # k beyond the list and exclusions that empty it fall through to the live search, still correct.
+    long = index.recommend("u0", 50)
+    assert len(long.item_ids) == 50 and not {f"i{i}" for i in exact.seen(0)} & set(long.item_ids)
+    row0 = [f"i{i}" for i in index.topn.items[0]]
+    rest = index.recommend("u0", 5, exclude=row0)
+    assert len(rest.item_ids) == 5 and not set(row0) & set(rest.item_ids)
+
+    def no_build(*a, **kw):
+        raise AssertionError("lists rebuilt although a valid cache exists")
+
+    monkeypatch.setattr(ann_mod, "build_lists", no_build)
+    assert load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index.topn is not None
+
+
+def test_list_cache_of_the_wrong_shape_is_rebuilt_and_short_lists_hold_every_unseen_item(ckpt_path, caplog):
+    pytest.importorskip("faiss")
+    from service import ann as ann_mod
+    from service.topn import TopNConfig
+
+    index = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
+    path = ann_mod.lists_path(ann_mod.cache_path(ckpt_path, index.model_version, ann_config()), 30, 128)
+    np.save(path, np.zeros((3, 30), np.int32))
+    with caplog.at_level(logging.WARNING, logger="service.ann"):
+        again = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
+    assert "does not match the model" in caplog.text and again.topn.items.shape == (NUM_USERS, 30)
+    # A user who has seen all but 4 items: their list holds exactly those 4, and k=10 answers them.
+    ann = again.ann
+    seen_all = np.arange(4, NUM_ITEMS, dtype=np.int64)
+    lists = ann_mod.build_lists(ann, again.user_vectors[:1], np.array([0, len(seen_all)]), seen_all, 30, threads=1)
+    assert sorted(lists[0][lists[0] >= 0].tolist()) == [0, 1, 2, 3] and (lists[0][4:] == -1).all()
+
+
+def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read(ckpt_path, monkeypatch, capsys):
+    pytest.importorskip("faiss")
+    from service import ann as ann_mod
+
+    monkeypatch.setenv("RECSYS_ANN_BUILD_THREADS", "1")
+    assert ann_mod.main([str(ckpt_path)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 2 and printed[0].endswith(".faiss") and printed[1].endswith(".top100-ef128.npy")
+    assert all(Path(p).is_file() for p in printed)
+
+    def no_build(*a, **kw):
+        raise AssertionError("built although pre-built")
+
+    monkeypatch.setattr(ann_mod.AnnIndex, "build", staticmethod(no_build))
+    monkeypatch.setattr(ann_mod, "build_lists", no_build)
+    index = load_state(ckpt_path, ann_config()).index
+    assert index.ann is not None and index.topn is not None and index.topn.items.shape == (NUM_USERS, 100)
+
+
 # --- without faiss ------------------------------------------------------------------------------
 
 
