@@ -51,6 +51,14 @@ def check_finite(loss: torch.Tensor, epoch: int) -> None:
         raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}; lower --lr or raise --reg")
 
 
+def take_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, epoch: int) -> None:
+    """One optimisation step on ``loss``, after checking it is finite."""
+    check_finite(loss, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def run_epochs(
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

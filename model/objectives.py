@@ -13,7 +13,7 @@ import torch
 
 from model import losses
 from model.interactions import Interactions
-from model.loop import check_finite, make_optimizer, run_epochs
+from model.loop import make_optimizer, run_epochs, take_step
 from model.networks import BiasedMF, MFEnsemble
 from model.sampling import uniform_negatives
 from model.validation import ndcg_at_k, rmse_mae
@@ -62,10 +62,7 @@ def _train_rating(
             # Each member's mean squared error, summed: the members train independently.
             loss = (out - r[:, None]).pow(2).mean(0).sum()
             loss = loss + network.penalty(u, i, user_weight, item_weight, config.reg, config.reg_bias)
-            check_finite(loss, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            take_step(optimizer, loss, epoch)
             total += (out.detach().mean(-1) - r).pow(2).sum().item()
         return {"train_rmse": math.sqrt(total / len(rows))}
 
@@ -177,10 +174,7 @@ def _full_softmax_epoch(network: BiasedMF, optimizer, rows: Interactions, config
                 item_rows, torch.full((rows.num_items,), len(users) / len(active), device=device)
             )
             step = (loss + config.reg * penalty) / len(users)
-            check_finite(step, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            step.backward()
-            optimizer.step()
+            take_step(optimizer, step, epoch)
             total += loss.item()
         return {"train_loss": total / len(rows)}
 
@@ -209,10 +203,7 @@ def _sampled_epoch(network, optimizer, rows: Interactions, config, device, gener
             # Negatives' rows are not penalised: they are drawn too often to weigh once per epoch.
             penalty = losses.l2(user_rows, user_weight[u]) + losses.l2(item_rows, item_weight[i])
             step = (loss + config.reg * penalty) / len(idx)
-            check_finite(step, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            step.backward()
-            optimizer.step()
+            take_step(optimizer, step, epoch)
             total += loss.item()
         return {"train_loss": total / len(rows)}
 

@@ -16,7 +16,8 @@ files and scored by the same code (``model.metrics``), with the same rules.
   seed 0). Each user's training items are excluded from their list, every held-out item is relevant,
   metrics at k=10 as defined in ``model/metrics.py``. Peers: implicit ALS and BPR (tuned on a validation
   split carved from the 75%: a second per-user 75/25 split, best nDCG@10, then refitted on all of the 75%),
-  Surprise SVD ranking by predicted rating, and item popularity.
+  EASE (closed-form item-item, a reference: lambda tuned on the same split), Surprise SVD ranking by
+  predicted rating, and item popularity.
 
 A peer that fails is reported as failed in the table. The section between ``<!-- quality:begin -->`` and
 ``<!-- quality:end -->`` of ``--output`` is replaced. Relative paths are taken from the repo root. Peers need
@@ -70,6 +71,7 @@ ALS_GRID = {
     "alpha": [1.0, 2.0, 0.5, 5.0],
     "iterations": [15, 30],
 }
+EASE_LAMBDAS = [100.0, 200.0, 300.0, 500.0, 800.0, 1200.0]
 BPR_GRID = {
     "factors": [32, 100],
     "learning_rate": [0.01, 0.05],
@@ -296,6 +298,41 @@ def svd_ranker(train_file: Path, dataset: Dataset, test: Interactions) -> Result
     return Result(rank_metrics(factor_scores(user_vec, item_vec), train, test), fit_s, note="defaults, random_state=0")
 
 
+def fit_ease(train: Interactions, lam: float) -> tuple[np.ndarray, float]:
+    """EASE (Steck 2019): ``B = I - P / diag(P)`` with ``P = (X'X + lam I)^-1`` and a zero diagonal; scores ``X B``.
+
+    A closed-form item-item model with no user embeddings (nothing this service could serve at 1M items:
+    B is items x items), measured as the strong simple reference on small catalogues."""
+    started = time.perf_counter()
+    x = user_items(train)
+    gram = (x.T @ x).toarray().astype(np.float64) + lam * np.eye(train.num_items)
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32), time.perf_counter() - started
+
+
+def _ease_scores(x, weights: np.ndarray, users: np.ndarray) -> np.ndarray:
+    return np.asarray(x[users] @ weights)
+
+
+def ease(train: Interactions, test: Interactions, seed: int) -> Result:
+    """EASE with its L2 chosen on the same validation split as implicit's grids, then refitted on ``train``."""
+    fit_part, val_part = stratified_split(train, 0.25, seed=seed + 1)
+    started, best, best_ndcg = time.perf_counter(), None, -1.0
+    x = user_items(fit_part)
+    for lam in EASE_LAMBDAS:
+        weights, _ = fit_ease(fit_part, lam)
+        ndcg = rank_metrics(functools.partial(_ease_scores, x, weights), fit_part, val_part)["ndcg"]
+        if ndcg > best_ndcg:
+            best, best_ndcg = lam, ndcg
+    tune_s = time.perf_counter() - started
+    weights, fit_s = fit_ease(train, best)
+    note = f"lambda={best:g} (validation nDCG {best_ndcg:.4f}); closed form, item x item, no embeddings"
+    metrics = rank_metrics(functools.partial(_ease_scores, user_items(train), weights), train, test)
+    return Result(metrics, fit_s, tune_s, note)
+
+
 def popularity(train: Interactions, test: Interactions) -> Result:
     started = time.perf_counter()
     counts = train.item_counts().astype(np.float64)
@@ -352,6 +389,7 @@ def ranking_task(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
                 "implicit ALS (defaults)": lambda: default_implicit("als", train, test),
                 "implicit BPR (tuned)": lambda: tuned_implicit("bpr", train, test, args.quick, args.seed),
                 "implicit BPR (defaults)": lambda: default_implicit("bpr", train, test),
+                "EASE (reference, tuned)": lambda: ease(train, test, args.seed),
                 "Surprise SVD as ranker": lambda: svd_ranker(train_file, dataset, test),
                 "popularity": lambda: popularity(train, test),
             }
@@ -474,7 +512,7 @@ def render(args, command: str, load_start: str, rating, ranking) -> str:
             *ranking_table(ranking),
             "",
             f"implicit grids, tuned on a per-user 75/25 split of the training part: ALS `{ALS_GRID}`;"
-            f" BPR `{BPR_GRID}`.",
+            f" BPR `{BPR_GRID}`; EASE lambda `{EASE_LAMBDAS}` on the same split.",
             "",
         ]
     lines += [*verdicts(rating, ranking), END]

@@ -72,3 +72,19 @@ def test_bad_arguments_exit_2(tmp_path):
     assert proc.returncode == 2 and "--tasks" in proc.stderr
     proc = run_bench("--folds", "7")
     assert proc.returncode == 2 and "--folds" in proc.stderr
+
+
+def test_ease_reference_recovers_the_held_out_item_of_a_checkerboard():
+    from model.interactions import Interactions
+
+    # Users of group g (u % 2) like every item of group g (i % 2); each has one of those held out.
+    pairs = [(u, i) for u in range(20) for i in range(10) if i % 2 == u % 2]
+    held = {u: 2 * ((u // 2) % 5) + u % 2 for u in range(20)}
+    train = [(u, i) for u, i in pairs if held[u] != i]
+    users, items = (np.array(col, dtype=np.int64) for col in zip(*train))
+    inter = Interactions(users, items, np.ones(len(users), np.float32), np.zeros(len(users), np.int64), 20, 10)
+    weights, _ = bq.fit_ease(inter, lam=1.0)
+    assert np.allclose(np.diag(weights), 0.0)
+    scores = bq.user_items(inter) @ weights
+    scores[users, items] = -np.inf
+    assert [int(np.argmax(scores[u])) for u in range(20)] == [held[u] for u in range(20)]
