@@ -279,6 +279,44 @@ def summarize(samples: list[dict[str, float]], healthz: list[dict[str, float]]) 
     }
 
 
+def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """The issue's targets against this run: met, or by how much they are missed."""
+
+    def check(label: str, got: float, target: float, higher: bool, unit: str = "", digits: int = 2) -> str:
+        ok = got >= target if higher else got < target
+        sign = ">=" if higher else "<"
+        miss = "" if ok else f", missed by {abs(got - target):.{digits}f}{unit}"
+        return f"{label} {got:.{digits}f}{unit} (target {sign} {target:g}{unit}: {'met' if ok else 'NOT met'}{miss})"
+
+    out = []
+    small = results.get(10_000, {}).get("recommend")
+    if small:
+        out.append(
+            "- 10,000 items, `/recommend`: "
+            + check("throughput", small["ratio"], 0.8, True, "x")
+            + "; "
+            + check("p99", small["p99_ms"], 5.0, False, " ms")
+            + "."
+        )
+    big = results.get(1_000_000, {})
+    for route, what in (
+        ("recommend", "known users (top-100 lists searched from HNSW)"),
+        ("recommend_history", "fold-in (a live HNSW search per request)"),
+    ):
+        r = big.get(route)
+        if r:
+            out.append(
+                f"- 1,000,000 items, {what}: "
+                + check("p99", r["p99_ms"], 3.0, False, " ms")
+                + "; "
+                + check("recall@10", r["recall10"], 0.97, True, digits=4)
+                + "; "
+                + check("throughput", r["ratio"], 0.7, True, "x")
+                + "."
+            )
+    return out
+
+
 def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) -> str:
     lines = [
         "<!-- serving:begin -->",
@@ -316,7 +354,7 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
                 f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {int(r['requests']):,} | {fails} | {recall} |"
             )
-    lines += ["", "<!-- serving:end -->"]
+    lines += ["", *verdicts(results), "", "<!-- serving:end -->"]
     return "\n".join(lines)
 
 
