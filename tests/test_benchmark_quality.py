@@ -85,6 +85,6 @@ def test_ease_reference_recovers_the_held_out_item_of_a_checkerboard():
     inter = Interactions(users, items, np.ones(len(users), np.float32), np.zeros(len(users), np.int64), 20, 10)
     weights, _ = bq.fit_ease(inter, lam=1.0)
     assert np.allclose(np.diag(weights), 0.0)
-    scores = bq.user_items(inter) @ weights
+    scores = bq.binary_matrix(inter) @ weights
     scores[users, items] = -np.inf
     assert [int(np.argmax(scores[u])) for u in range(20)] == [held[u] for u in range(20)]
