@@ -204,10 +204,24 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def _remove_stale(path: Path, checkpoint: Path) -> None:
-    """Delete cache files of other model versions of this checkpoint (workers mapping them keep their inode)."""
+def _remove_stale(keep: Path, checkpoint: Path) -> None:
+    """Delete cache files of other model versions or build parameters of this checkpoint: every index and
+    top-N list file beside it but ``keep`` and the lists searched from ``keep`` (workers mapping a deleted
+    file keep its inode). Lock files stay (see the module docstring)."""
+    lists_prefix = keep.name.removesuffix(".faiss") + ".top"
     for other in checkpoint.parent.glob(f"{glob.escape(checkpoint.name)}.ann-*"):
-        if other.suffix in (".faiss", ".npy") and not other.name.startswith(path.name.removesuffix(".faiss")):
+        if other.suffix not in (".faiss", ".npy") or other == keep:
+            continue
+        if other.suffix == ".npy" and other.name.startswith(lists_prefix):
+            continue  # this index's lists (of any N): _remove_stale_lists handles them
+        other.unlink(missing_ok=True)
+
+
+def _remove_stale_lists(keep: Path) -> None:
+    """Delete lists searched from the same index with another N or efSearch than ``keep``."""
+    prefix = keep.name[: keep.name.rindex(".top") + len(".top")]
+    for other in keep.parent.glob(f"{glob.escape(prefix)}*.npy"):
+        if other != keep:
             other.unlink(missing_ok=True)
 
 
@@ -235,6 +249,9 @@ def load_or_build(checkpoint: str | Path, model_version: str, vectors: np.ndarra
     return AnnIndex(index, vectors, config.ef_search)
 
 
+LONG_HISTORY = 2000  # build_lists: users with more seen items than this are ranked exactly
+
+
 def lists_path(index_path: Path, n: int, ef_search: int) -> Path:
     """Where the top-``n`` lists searched from the index at ``index_path`` are cached."""
     return index_path.with_name(index_path.name.removesuffix(".faiss") + f".top{n}-ef{ef_search}.npy")
@@ -255,9 +272,18 @@ def build_lists(
     out = np.full((num_users, n), -1, dtype=np.int32)
     counts = np.diff(seen_indptr)
     order = np.argsort(counts, kind="stable")
+    # Users with a very long history would make a block's search ask for n + that many results (memory
+    # blocks x k, and slow walks): past LONG_HISTORY they are ranked exactly, one scan each.
+    order = order[counts[order] <= LONG_HISTORY]
     faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     try:
-        for start in range(0, num_users, 1024):
+        for user in np.flatnonzero(counts > LONG_HISTORY):
+            seen = seen_indices[seen_indptr[user] : seen_indptr[user + 1]]
+            scores = ann.vectors @ user_vectors[user]
+            scores[seen] = -np.inf
+            best = top_k(scores, n)
+            out[user, : len(best)] = best
+        for start in range(0, len(order), 1024):
             users = order[start : start + 1024]
             k = min(num_items, n + int(counts[users].max()))
             params = faiss.SearchParametersHNSW()
@@ -299,9 +325,12 @@ def load_or_build_lists(
     def read() -> np.ndarray | None:
         try:
             items = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - missing, empty (EOFError), truncated or not .npy: rebuild
             return None
-        if items.shape == shape and items.dtype == np.int32:
+        # Right shape and type, and every entry an item or the -1 padding (one pass over the mapped file).
+        if items.shape == shape and items.dtype == np.int32 and (not items.size or (
+            int(items.min()) >= -1 and int(items.max()) < len(ann.vectors)
+        )):  # fmt: skip
             return items
         log.warning("top-N list cache %s does not match the model, rebuilding", path)
         return None
@@ -321,6 +350,7 @@ def load_or_build_lists(
                             np.save(fh, built, allow_pickle=False)
 
                     _atomic_write(path, save)
+                    _remove_stale_lists(path)
                     items = read()
                 except OSError as exc:
                     log.warning("top-N lists not cached (%s); kept in memory for this worker only", exc)

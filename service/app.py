@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -36,7 +37,18 @@ class OrjsonProvider(DefaultJSONProvider):
         try:
             return orjson.dumps(obj, default=self.default).decode()
         except orjson.JSONEncodeError:
-            return super().dumps(obj, **kwargs)
+            return super().dumps(_finite(obj), **kwargs)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None, as orjson writes them (json would write invalid ``NaN``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
 
 
 def _track_model(previous: list[str | None]):

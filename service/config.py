@@ -14,7 +14,8 @@ DEFAULTS: dict[str, Any] = {
     "RELOAD_INTERVAL": 1.0,  # RECSYS_RELOAD_INTERVAL: seconds between checkpoint checks; 0 = never reload
     "ACCESS_LOG": 1,  # RECSYS_ACCESS_LOG: 1 = one JSON line per request on stderr, 0 = none
     # Precomputed top-N unseen items per known user (service/topn.py), built in each worker at load when
-    # users x items is at most this many scores (the build is one users x items matrix product); 0 = off.
+    # users x items is at most this many scores (the build is one users x items matrix product); 0 = no
+    # lists at all, the ones searched from an ANN index included (TOPN_WITH_ANN).
     "TOPN_MAX_CELLS": 100_000_000,  # RECSYS_TOPN_MAX_CELLS
     "TOPN_N": 100,  # RECSYS_TOPN_N: list length per user (requests for more k scan); costs 8 bytes x N per user
     # With an ANN index (too many cells to build the lists at load): lists searched from the index once per

@@ -69,15 +69,12 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
         return ModelState(error=str(exc))
     if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
         ckpt.serving = checkpoint.serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
-    try:
-        if not checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config):
-            raise LookupError("not a dot-product model")  # NeuMF: nothing for an inner-product index to search
-        ann_index = maybe_ann(path, ckpt.model_version, ckpt.serving["item_vectors"], ann or AnnConfig())
-    except LookupError:
-        ann_index = None
-    except Exception:  # noqa: BLE001 - ANN only accelerates: without it answers are exact, not wrong
-        log.exception("ANN index unavailable for %s, ranking exactly", ckpt.model_version)
-        ann_index = None
+    ann_index = None
+    if checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config):  # NeuMF: nothing for an inner-product index
+        try:
+            ann_index = maybe_ann(path, ckpt.model_version, ckpt.serving["item_vectors"], ann or AnnConfig())
+        except Exception:  # noqa: BLE001 - ANN only accelerates: without it answers are exact, not wrong
+            log.exception("ANN index unavailable for %s, ranking exactly", ckpt.model_version)
     if ann_index is not None:
         log.info("ANN (HNSW, efSearch=%d) over %d items for %s", ann_index.ef_search, ckpt.num_items, path)
     info = {
@@ -98,7 +95,7 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
     serving = ckpt.serving
     if ann_index is None and dot and topn.wants(ckpt.num_users, ckpt.num_items):
         cache = TopNCache(serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n)
-    elif ann_index is not None and topn.with_ann and topn.n > 0:
+    elif ann_index is not None and topn.with_ann and topn.n > 0 and topn.max_cells > 0:
         try:
             items = load_or_build_lists(
                 path, ckpt.model_version, ann_index, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices,

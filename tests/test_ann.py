@@ -262,22 +262,46 @@ def test_lists_searched_from_the_index_match_exact_ranking_and_are_cached(ckpt_p
     assert load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index.topn is not None
 
 
-def test_list_cache_of_the_wrong_shape_is_rebuilt_and_short_lists_hold_every_unseen_item(ckpt_path, caplog):
+@pytest.mark.parametrize("damage", ["shape", "out_of_range", "empty", "garbage"])
+def test_damaged_list_cache_is_rebuilt_and_short_lists_hold_every_unseen_item(ckpt_path, damage):
     pytest.importorskip("faiss")
     from service import ann as ann_mod
     from service.topn import TopNConfig
 
     index = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
     path = ann_mod.lists_path(ann_mod.cache_path(ckpt_path, index.model_version, ann_config()), 30, 128)
-    np.save(path, np.zeros((3, 30), np.int32))
-    with caplog.at_level(logging.WARNING, logger="service.ann"):
-        again = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
-    assert "does not match the model" in caplog.text and again.topn.items.shape == (NUM_USERS, 30)
+    good = np.load(path)
+    if damage == "shape":
+        np.save(path, np.zeros((3, 30), np.int32))
+    elif damage == "out_of_range":
+        np.save(path, np.full((NUM_USERS, 30), NUM_ITEMS, np.int32))
+    else:
+        path.write_bytes(b"" if damage == "empty" else b"garbage" * 100)
+    again = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
+    assert np.array_equal(np.asarray(again.topn.items), good) and np.array_equal(np.load(path), good)
     # A user who has seen all but 4 items: their list holds exactly those 4, and k=10 answers them.
     ann = again.ann
     seen_all = np.arange(4, NUM_ITEMS, dtype=np.int64)
     lists = ann_mod.build_lists(ann, again.user_vectors[:1], np.array([0, len(seen_all)]), seen_all, 30, threads=1)
     assert sorted(lists[0][lists[0] >= 0].tolist()) == [0, 1, 2, 3] and (lists[0][4:] == -1).all()
+
+
+def test_long_histories_are_ranked_exactly_and_lists_of_other_sizes_are_removed(ckpt_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from service import ann as ann_mod
+    from service.topn import TopNConfig
+
+    load_state(ckpt_path, ann_config(), TopNConfig(n=20))
+    small = list(ckpt_path.parent.glob("*.top20-ef128.npy"))
+    assert len(small) == 1
+    monkeypatch.setattr(ann_mod, "LONG_HISTORY", 30)  # every user has seen 30-40 items: most go the exact way
+    index = load_state(ckpt_path, ann_config(), TopNConfig(n=25)).index
+    assert not small[0].exists() and len(list(ckpt_path.parent.glob("*.top25-ef128.npy"))) == 1
+    exact = load_state(ckpt_path, ann_config(min_items=0), TopNConfig(max_cells=0)).index
+    long_users = [u for u in range(NUM_USERS) if len(exact.seen(u)) > 30]
+    assert len(long_users) > NUM_USERS // 2
+    for u in long_users:
+        assert index.topn.items[u].tolist() == exact_top(exact, u, 25, exact.seen(u)).tolist()
 
 
 def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read(ckpt_path, monkeypatch, capsys):

@@ -179,6 +179,9 @@ def test_json_writer_matches_the_standard_encoder_and_falls_back_for_what_orjson
     doc = {"items": [{"item_id": "i\u00e9", "score": 3.852109909057617}], "fallback": None, "k": 5}
     assert json.loads(app.json.dumps(doc)) == doc
     assert app.json.dumps({"n": 2**70}) == '{"n": 1180591620717411303424}'  # beyond 64 bits: stdlib json
+    # Non-finite floats are null on both paths, never the invalid NaN/Infinity.
+    assert json.loads(app.json.dumps({"a": float("nan"), "b": [float("inf")]})) == {"a": None, "b": [None]}
+    assert json.loads(app.json.dumps({"a": float("nan"), "n": 2**70})) == {"a": None, "n": 2**70}
     with pytest.raises(TypeError):
         app.json.dumps({"x": object()})
 
