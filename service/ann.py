@@ -85,6 +85,13 @@ class AnnConfig:
         )
 
 
+def exact_top(vectors: np.ndarray, query: np.ndarray, banned: np.ndarray, k: int) -> np.ndarray:
+    """The best ``k`` rows of ``vectors`` for ``query`` by exact inner product, never ``banned``, best first."""
+    scores = vectors @ query
+    scores[banned] = -np.inf
+    return top_k(scores, k)
+
+
 class AnnIndex:
     """Top-k by inner product over ``vectors`` (I, d+1) float32, approximately, via faiss HNSW."""
 
@@ -127,9 +134,7 @@ class AnnIndex:
         idx = labels[0][labels[0] >= 0].astype(np.int64)
         if len(idx) < k:
             # The walk ran out of reachable allowed items (a huge banned set): answer exactly instead.
-            scores = self.vectors @ query
-            scores[banned] = -np.inf
-            idx = top_k(scores, k)
+            idx = exact_top(self.vectors, query, banned, k)
         scores = self.vectors[idx] @ query  # exact, the same numbers as the numpy path
         order = np.argsort(-scores, kind="stable")
         return idx[order], scores[order]
@@ -279,9 +284,7 @@ def build_lists(
     try:
         for user in np.flatnonzero(counts > LONG_HISTORY):
             seen = seen_indices[seen_indptr[user] : seen_indptr[user + 1]]
-            scores = ann.vectors @ user_vectors[user]
-            scores[seen] = -np.inf
-            best = top_k(scores, n)
+            best = exact_top(ann.vectors, user_vectors[user], seen, n)
             out[user, : len(best)] = best
         for start in range(0, len(order), 1024):
             users = order[start : start + 1024]
@@ -296,9 +299,7 @@ def build_lists(
                 cand = cand[~np.isin(cand, seen)]
                 want = min(n, num_items - len(np.unique(seen)))
                 if len(cand) < want:
-                    scores = ann.vectors @ query
-                    scores[seen] = -np.inf
-                    cand = top_k(scores, want)
+                    cand = exact_top(ann.vectors, query, seen, want)
                 scores = ann.vectors[cand] @ query
                 best = cand[np.argsort(-scores, kind="stable")[:n]]
                 out[user, : len(best)] = best
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)
     ann = load_or_build(args[0], ckpt.model_version, serving["item_vectors"], config)
     print(cache_path(args[0], ckpt.model_version, config))
-    if topn.with_ann and topn.n > 0 and ckpt_io.ranks_by_dot_product(ckpt.kind, ckpt.config):
+    if topn.wants_from_ann() and ckpt_io.ranks_by_dot_product(ckpt.kind, ckpt.config):
         load_or_build_lists(
             args[0], ckpt.model_version, ann, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices,
             topn.n, config,

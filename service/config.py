@@ -17,7 +17,7 @@ DEFAULTS: dict[str, Any] = {
     # users x items is at most this many scores (the build is one users x items matrix product); 0 = no
     # lists at all, the ones searched from an ANN index included (TOPN_WITH_ANN).
     "TOPN_MAX_CELLS": 100_000_000,  # RECSYS_TOPN_MAX_CELLS
-    "TOPN_N": 100,  # RECSYS_TOPN_N: list length per user (requests for more k scan); costs 8 bytes x N per user
+    "TOPN_N": 100,  # RECSYS_TOPN_N: list length per user (requests for more k scan); costs 4 bytes x N per user
     # With an ANN index (too many cells to build the lists at load): lists searched from the index once per
     # model (all cores) and cached beside it, memory-mapped and shared by the workers (4 bytes x N per user).
     "TOPN_WITH_ANN": 1,  # RECSYS_TOPN_WITH_ANN: 1 = on, 0 = every request searches the index

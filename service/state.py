@@ -94,14 +94,16 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
     dot = checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config)  # NeuMF's lists would not be its ranking
     serving = ckpt.serving
     if ann_index is None and dot and topn.wants(ckpt.num_users, ckpt.num_items):
-        cache = TopNCache(serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n)
-    elif ann_index is not None and topn.with_ann and topn.n > 0 and topn.max_cells > 0:
+        cache = TopNCache.scan(
+            serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n
+        )
+    elif ann_index is not None and topn.wants_from_ann():
         try:
             items = load_or_build_lists(
                 path, ckpt.model_version, ann_index, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices,
                 topn.n, ann or AnnConfig(),
             )  # fmt: skip
-            cache = TopNCache.from_ranked(items, serving["user_vectors"], serving["item_vectors"])
+            cache = TopNCache(items, serving["user_vectors"], serving["item_vectors"])
         except Exception:  # noqa: BLE001 - the lists only accelerate: without them each request searches
             log.exception("top-N lists unavailable for %s, searching per request", ckpt.model_version)
     return ModelState(index=ServingIndex(ckpt, ann=ann_index, topn=cache), info=info)

@@ -1,10 +1,11 @@
 """Precomputed top-N lists for every known user, so a plain ``/recommend`` is a slice, not a scan.
 
 Built once per loaded model (in blocks of users: one matrix product, seen items masked, one
-``argpartition`` per block) when ``users x items`` is small enough (``RECSYS_TOPN_MAX_CELLS``); for
-larger models the index scans (or asks the ANN index) per request instead. A request that the list
-cannot answer exactly (``k`` above N, ``exclude_seen=false``, candidate ``items=``, or so many
-``exclude=`` hits that fewer than ``k`` remain) falls through to the scan, so answers are identical.
+``argpartition`` per block) when ``users x items`` is small enough (``RECSYS_TOPN_MAX_CELLS``); with an
+ANN index the lists are searched from it instead (``service.ann``); otherwise the index scans per
+request. A request that the list cannot answer exactly (``k`` above N, ``exclude_seen=false``, candidate
+``items=``, or so many ``exclude=`` hits that fewer than ``k`` remain) falls through to the scan (or the
+ANN search), so answers are the same.
 """
 
 from __future__ import annotations
@@ -33,26 +34,44 @@ class TopNConfig:
         )
 
     def wants(self, num_users: int, num_items: int) -> bool:
+        """Scan for the lists at load (no ANN index)."""
         return self.max_cells > 0 and self.n > 0 and num_users * num_items <= self.max_cells
+
+    def wants_from_ann(self) -> bool:
+        """Search the lists from an ANN index (``service.ann.load_or_build_lists``) once per model."""
+        return self.with_ann and self.n > 0 and self.max_cells > 0
 
 
 class TopNCache:
-    """Best ``n`` unseen items per user: ``items`` (U, n) int32, ``scores`` (U, n) float32, best first."""
+    """Best ``n`` unseen items per user: ``items`` (U, n) int32, best first, ``-1`` past the end of a short
+    list (which then holds every unseen item). Scores are not stored: :meth:`lookup` computes the exact
+    ``item_vectors[i] . user_vectors[u]`` of the k items it returns (4 bytes x n per user).
 
-    def __init__(
-        self,
+    The lists come from a scan at load (:meth:`scan`, small models) or from an ANN index, searched once
+    and memory-mapped from a cache file (``service.ann.load_or_build_lists``)."""
+
+    def __init__(self, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray):
+        self.n = items.shape[1]
+        # A plain ndarray view of a memory-mapped file: same shared pages, without np.memmap's per-slice cost.
+        self.items = items.view(np.ndarray)
+        self.valid = (items >= 0).sum(axis=1).astype(np.int32)  # entries that are real items
+        self.user_vectors, self.item_vectors = user_vectors, item_vectors
+
+    @classmethod
+    def scan(
+        cls,
         user_vectors: np.ndarray,
         item_vectors: np.ndarray,
         seen_indptr: np.ndarray,
         seen_indices: np.ndarray,
         n: int = 100,
         block: int = 512,
-    ):
+    ) -> TopNCache:
+        """Every user's list by exact scores, in blocks of users: one matrix product, seen items masked, one
+        ``argpartition`` per block."""
         num_users, num_items = len(user_vectors), len(item_vectors)
-        self.n = n = min(n, num_items)
-        self.items = np.empty((num_users, n), dtype=np.int32)
-        self.scores = np.empty((num_users, n), dtype=np.float32)
-        self.valid = np.empty(num_users, dtype=np.int32)  # entries that are real items (not masked -inf)
+        n = min(n, num_items)
+        items = np.empty((num_users, n), dtype=np.int32)
         for start in range(0, num_users, block):
             stop = min(start + block, num_users)
             scores = user_vectors[start:stop] @ item_vectors.T  # (b, I)
@@ -65,36 +84,18 @@ class TopNCache:
             )
             top_scores = np.take_along_axis(scores, top, axis=1)
             order = np.argsort(-top_scores, axis=1, kind="stable")
-            self.items[start:stop] = np.take_along_axis(top, order, axis=1)
-            self.scores[start:stop] = np.take_along_axis(top_scores, order, axis=1)
-            self.valid[start:stop] = np.isfinite(self.scores[start:stop]).sum(axis=1)
-
-    @classmethod
-    def from_ranked(cls, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray) -> TopNCache:
-        """Lists ranked elsewhere (``service.ann.load_or_build_lists``): ``items`` (U, n) int32, best first,
-        ``-1`` past the end of a short list (which then holds every unseen item). Scores are not stored;
-        :meth:`lookup` computes the exact ``item_vectors[i] . user_vectors[u]`` of the k items it returns."""
-        cache = cls.__new__(cls)
-        cache.n = items.shape[1]
-        # A plain ndarray view of a memory-mapped file: same shared pages, without np.memmap's per-slice cost.
-        cache.items, cache.scores = items.view(np.ndarray), None
-        cache.valid = (items >= 0).sum(axis=1).astype(np.int32)
-        cache.user_vectors, cache.item_vectors = user_vectors, item_vectors
-        return cache
+            ranked = np.take_along_axis(top, order, axis=1)
+            items[start:stop] = np.where(np.isfinite(np.take_along_axis(top_scores, order, axis=1)), ranked, -1)
+        return cls(items, user_vectors, item_vectors)
 
     def lookup(self, user_idx: int, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Top-k without ``banned`` from the list, or None when the list cannot answer exactly."""
         valid = int(self.valid[user_idx])
         items = self.items[user_idx, :valid]
-        keep = ~np.isin(items, banned) if len(banned) else slice(None)
-        if self.scores is None:
-            items = items[keep][:k].astype(np.int64)
-            if len(items) < k and valid == self.n:
-                return None
-            return items, self.item_vectors[items] @ self.user_vectors[user_idx]
-        scores = self.scores[user_idx, :valid][keep]
-        items = items[keep]
-        if len(items) >= k:
-            return items[:k].astype(np.int64), scores[:k]
+        if len(banned):
+            items = items[~np.isin(items, banned)]
+        items = items[:k].astype(np.int64)
         # Fewer than k left: exact only if the list already held every unseen item.
-        return (items.astype(np.int64), scores) if valid < self.n else None
+        if len(items) < k and valid == self.n:
+            return None
+        return items, self.item_vectors[items] @ self.user_vectors[user_idx]

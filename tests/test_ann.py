@@ -233,7 +233,7 @@ def test_lists_searched_from_the_index_match_exact_ranking_and_are_cached(ckpt_p
 
     index = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
     exact = load_state(ckpt_path, ann_config(min_items=0), TopNConfig(max_cells=0)).index
-    assert index.topn is not None and index.topn.scores is None and index.topn.items.shape == (NUM_USERS, 30)
+    assert index.topn is not None and index.topn.items.dtype == np.int32 and index.topn.items.shape == (NUM_USERS, 30)
     lists = list(ckpt_path.parent.glob("model.ckpt.ann-*.top30-ef128.npy"))
     assert len(lists) == 1 and isinstance(index.topn.items.base, np.memmap)  # shared by workers, not copied
     hits = 0

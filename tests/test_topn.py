@@ -20,7 +20,7 @@ def test_lookup_equals_scan_with_and_without_bans():
     users, items = rng.normal(size=(50, 9)).astype(np.float32), rng.normal(size=(300, 9)).astype(np.float32)
     seen = [rng.choice(300, rng.integers(0, 40), replace=False) for _ in range(50)]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen])])
-    cache = TopNCache(users, items, indptr, np.concatenate(seen).astype(np.int64), n=20, block=7)
+    cache = TopNCache.scan(users, items, indptr, np.concatenate(seen).astype(np.int64), n=20, block=7)
     for user in range(50):
         for k, banned in [(10, np.empty(0, np.int64)), (20, np.empty(0, np.int64)), (5, cache.items[user, :3])]:
             got = cache.lookup(user, k, banned.astype(np.int64))
@@ -33,7 +33,7 @@ def test_lookup_equals_scan_with_and_without_bans():
 
 def test_small_catalogue_lists_every_unseen_item():
     users, items = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
-    cache = TopNCache(users, items, np.array([0, 1, 1, 4]), np.array([0, 0, 1, 2]), n=100)
+    cache = TopNCache.scan(users, items, np.array([0, 1, 1, 4]), np.array([0, 0, 1, 2]), n=100)
     assert cache.n == 4
     got = cache.lookup(0, 10, np.empty(0, np.int64))
     assert got[0].tolist() == [3, 1, 2]  # item 0 seen; item 3 equals user 0's vector
