@@ -6,6 +6,7 @@ It is the built-in default data set (``scripts/train.py`` without ``--data``) an
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -54,3 +55,22 @@ def planted_ratings(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[RawRating
         source=f"synthetic(seed={cfg.seed})",
     )
     return raw, truth
+
+
+def clustered_factors(
+    rng: np.random.Generator, dim: int = 64, rank: int = 16, clusters: int = 1024
+) -> Callable[..., np.ndarray]:
+    """A generator of embedding rows shaped like trained MF factors, for serving benchmarks: clustered
+    rank-``rank`` structure in ``dim`` dimensions, a little isotropic noise, log-normal norms.
+
+    Draws the shared basis and cluster centres from ``rng`` now; ``factors(n, scale=0.3)`` then draws
+    ``n`` rows (float32) from the same ``rng``."""
+    basis = rng.normal(size=(rank, dim)).astype(np.float32) / np.sqrt(rank)
+    centers = rng.normal(size=(clusters, rank)).astype(np.float32)
+
+    def factors(n: int, scale: float = 0.3) -> np.ndarray:
+        latent = centers[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, rank)).astype(np.float32)
+        out = latent @ basis + 0.05 * rng.normal(size=(n, dim)).astype(np.float32)
+        return (out * scale * rng.lognormal(0, 0.3, size=(n, 1))).astype(np.float32)
+
+    return factors

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from model import checkpoint  # noqa: E402
 from model.checkpoint import Checkpoint  # noqa: E402
+from model.synthetic import clustered_factors  # noqa: E402
 from model.train import TrainConfig  # noqa: E402
 from service.ann import AnnConfig, load_or_build  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
@@ -52,14 +53,7 @@ def synthetic_checkpoint(num_items: int, num_users: int, num_queries: int, seed:
     """Clustered rank-16 factors in 64-d; query users (the first ``num_queries``) have seen 25 of their
     exact top-100 plus 25 random items, the others 50 random items."""
     rng = np.random.default_rng(seed)
-    basis = rng.normal(size=(RANK, DIM)).astype(np.float32) / np.sqrt(RANK)
-    centers = rng.normal(size=(CLUSTERS, RANK)).astype(np.float32)
-
-    def factors(n: int, scale: float) -> np.ndarray:
-        latent = centers[rng.integers(0, CLUSTERS, n)] + 0.5 * rng.normal(size=(n, RANK)).astype(np.float32)
-        out = latent @ basis + 0.05 * rng.normal(size=(n, DIM)).astype(np.float32)
-        return (out * scale * rng.lognormal(0, 0.3, size=(n, 1))).astype(np.float32)
-
+    factors = clustered_factors(rng, DIM, RANK, CLUSTERS)
     items, users = factors(num_items, 0.3), factors(num_users, 0.3)
     item_bias = (0.3 * rng.normal(size=(num_items, 1))).astype(np.float32)
     vectors = np.hstack([items, item_bias])

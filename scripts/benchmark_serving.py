@@ -38,6 +38,7 @@ from model import checkpoint  # noqa: E402
 from model.data import RawRatings  # noqa: E402
 from model.interactions import build_dataset  # noqa: E402
 from model.networks import build_network  # noqa: E402
+from model.synthetic import clustered_factors  # noqa: E402
 from model.train import TrainConfig, TrainResult  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
@@ -74,17 +75,10 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
     dataset = build_dataset(raw)
     cfg = TrainConfig(dim=DIM)
     net = build_network("mf", dataset.interactions.num_users, dataset.interactions.num_items, cfg, 3.5)
-    basis = rng.normal(size=(16, DIM)).astype(np.float32) / 4.0
-    centers = rng.normal(size=(1024, 16)).astype(np.float32)
-
-    def factors(n: int) -> torch.Tensor:
-        latent = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.normal(size=(n, 16)).astype(np.float32)
-        out = latent @ basis + 0.05 * rng.normal(size=(n, DIM)).astype(np.float32)
-        return torch.from_numpy((out * 0.3 * rng.lognormal(0, 0.3, size=(n, 1))).astype(np.float32))
-
+    factors = clustered_factors(rng, DIM)  # the recipe of scripts/benchmark_ann.py
     with torch.no_grad():
-        net.user_factors.weight.copy_(factors(dataset.interactions.num_users))
-        net.item_factors.weight.copy_(factors(dataset.interactions.num_items))
+        net.user_factors.weight.copy_(torch.from_numpy(factors(dataset.interactions.num_users)))
+        net.item_factors.weight.copy_(torch.from_numpy(factors(dataset.interactions.num_items)))
         net.item_bias.weight.copy_(torch.from_numpy(0.3 * rng.normal(size=(num_items, 1)).astype(np.float32)))
     result = TrainResult(net, cfg, 3.5, (1.0, 5.0), {"val_rmse": 0.0})
     return checkpoint.save(checkpoint.from_training(result, dataset), path)
