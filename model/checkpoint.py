@@ -24,14 +24,17 @@ import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from model.config import TrainConfig
 from model.interactions import Dataset
 from model.networks import build_network, parse_layers
-from model.train import TrainConfig, TrainResult
+
+if TYPE_CHECKING:  # the training stack (optimisers, progress bar) is never imported to read a checkpoint
+    from model.train import TrainResult
 
 FORMAT = "recsys-checkpoint"
 FORMAT_VERSION = 1

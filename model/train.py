@@ -1,4 +1,4 @@
-"""``TrainConfig`` and ``fit``: what a run trains (kind, loss, heads) and the defaults that win.
+"""``fit``: what a run trains (kind, loss, heads) and the defaults that win (``TrainConfig``: :mod:`model.config`).
 
 The epochs themselves run in :mod:`model.loop`; the per-epoch steps for ratings and for ranking live
 in :mod:`model.objectives`.
@@ -12,59 +12,15 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from model import objectives
+from model.config import RANKING_DEFAULTS, RATING_DEFAULTS, TrainConfig  # noqa: F401 - TrainConfig re-exported
 from model.interactions import Interactions, random_split
 from model.loop import TrainingDiverged  # noqa: F401 - re-exported: callers catch it from here
 from model.losses import LOSSES, RANKING_LOSSES
 from model.networks import MODEL_KINDS, MFWithRanking, build_network, parse_layers
 
-# Per-objective defaults for fields left as None. Ratings: the 16x16 MF ensemble (MovieLens u1..u5 RMSE
-# 0.901). Ranking: chosen by nDCG@10 on MovieLens 100k with the training part of a per-user 75/25 split
-# split 75/25 again per user (the test part never used for choosing).
-RATING_DEFAULTS = {"dim": 256, "epochs": 60, "lr": 0.005, "reg": 5.0, "batch_size": 256}
-RANKING_DEFAULTS = {
-    "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
-    "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
-    "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
-}
 FULL_SOFTMAX_USERS = 64  # users per step when the softmax runs over the whole catalogue
 FULL_SOFTMAX_MAX_ITEMS = 20_000  # above this, --loss softmax samples negatives instead of the whole catalogue
 SAMPLED_SOFTMAX_NEGATIVES = 200
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run. ``scripts/train.py`` flags map one to one onto fields.
-
-    ``None`` means "the default for this kind and loss" (``RATING_DEFAULTS``, ``RANKING_DEFAULTS``);
-    :func:`resolve` fills them in and the checkpoint stores the resolved values.
-    """
-
-    model: str = "mf"
-    loss: str = "auto"  # mf: mse on explicit ratings, softmax on implicit data; gmf, neumf: bce
-    rank_loss: str = "softmax"  # the ranking head of a rating (mse) model; "none": rank by predicted rating
-    dim: int | None = None  # embedding size of the saved model (mf+mse: members * member_dim)
-    member_dim: int = 16  # mf+mse: factors per ensemble member; dim must be a multiple, else one member
-    layers: str = "64,32,16"  # neumf: MLP tower widths; the first is the concatenated user+item embedding
-    activation: str = "relu"  # neumf: relu, tanh or sigmoid
-    epochs: int | None = None
-    lr: float | None = None
-    reg: float | None = None  # L2 on every embedding row, once per epoch, relative to the summed loss
-    reg_bias: float = 1.0  # mf+mse: the same for the biases
-    negatives: int | None = None  # sampled negatives per positive (bce, bpr, softmax); 0: the whole catalogue
-    optimizer: str = "adam"  # sgd, adam or adagrad
-    momentum: float = 0.0  # sgd momentum; for adam, beta1 (0 = the usual 0.9)
-    weight_decay: float = 0.0  # the optimiser's own L2 on every parameter (dense layers included)
-    lr_schedule: str = "none"  # none, cosine or step (per epoch)
-    batch_size: int | None = None  # rows per step (softmax over the catalogue: users per step); 0 = full batch
-    seed: int = 0
-    val_fraction: float = 0.05
-    patience: int = 5  # epochs without validation improvement before stopping
-    refit: bool = True  # after early stopping, retrain on every row for the best number of epochs
-    device: str = "cpu"  # cpu, cuda or auto (cuda when available)
-    rank_dim: int = 64  # the ranking head of an mf+mse model: its size, L2, Adam lr and maximum epochs
-    rank_reg: float = 5.0
-    rank_lr: float = 0.003
-    rank_epochs: int = 100
 
 
 @dataclass

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 
 from model import checkpoint  # noqa: E402
 from model.checkpoint import Checkpoint  # noqa: E402
+from model.config import TrainConfig  # noqa: E402
 from model.synthetic import clustered_factors  # noqa: E402
-from model.train import TrainConfig  # noqa: E402
 from service.ann import AnnConfig, load_or_build  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 

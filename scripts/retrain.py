@@ -21,17 +21,17 @@ import os
 import sys
 import time
 import traceback
-import typing
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from model import checkpoint
+from model.config import TrainConfig, config_flags, overrides, validate
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.interactions import build_dataset
 from model.retrain import ExitCode, decide, file_fingerprint, rmse_figures, split_holdout, write_report
 from model.store import DEFAULT_KEEP, ModelStore, StoreLocked
-from model.train import TrainConfig, TrainingDiverged, fit, resolve
+from model.train import TrainingDiverged, fit, resolve
 from model.warmstart import WarmStartError, warm_start
 from service.index import ServingIndex
 
@@ -53,35 +53,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"versions to keep (default {DEFAULT_KEEP})")
     p.add_argument("--report", help="also write the JSON run report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    group = p.add_argument_group("training overrides (default: the current model's TrainConfig)")
-    for f in fields(TrainConfig):  # one flag per field, so new TrainConfig fields are overridable too
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            group.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None)
-        else:
-            group.add_argument(flag, dest=f"cfg_{f.name}", type=_field_type(f.name), default=None, metavar="X")
+    group = p.add_argument_group("training overrides (default: the current model's TrainConfig; as scripts/train.py)")
+    for names, kwargs in config_flags():  # one flag per field, so new TrainConfig fields are overridable too
+        group.add_argument(*names, **kwargs)
     args = p.parse_args(argv)
     if args.tolerance < 0 or not 0 < args.holdout < 1 or args.keep < 2:
         p.error("--tolerance must be >= 0, --holdout in (0, 1), --keep >= 2")
     return args
 
 
-def _field_type(name: str) -> type:
-    """The field's type; for ``X | None`` fields (``None`` = the kind's default), ``X``."""
-    hint = typing.get_type_hints(TrainConfig)[name]
-    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
-
-
 def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = False) -> TrainConfig:
-    overrides = {f.name: getattr(args, f"cfg_{f.name}") for f in fields(TrainConfig)}
-    config = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    try:  # fill the kind's defaults (fields left None), as scripts/train.py does
-        config = resolve(config, implicit)
+    """The base config with the flags given applied, checked as scripts/train.py checks it, then resolved."""
+    given = overrides(args)
+    try:
+        return resolve(validate(replace(base, **given), given), implicit)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    if config.dim < 1 or config.epochs < 1 or config.lr <= 0 or not 0 <= config.val_fraction < 1:
-        raise BadInput("need --dim >= 1, --epochs >= 1, --lr > 0, --val-fraction in [0, 1)")
-    return config
 
 
 def score(ckpt: checkpoint.Checkpoint, holdout, implicit: bool) -> dict:

@@ -1,0 +1,81 @@
+"""TrainConfig's one table of flags (train.py and retrain.py alike), and the service importing no training code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from model.config import TrainConfig, config_flags, validate
+from model.synthetic import SyntheticConfig, planted_ratings
+from tests.conftest import REPO
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_cfg_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _modules_after(statement: str) -> set[str]:
+    code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout))
+
+
+def test_importing_the_service_imports_no_training_code():
+    # torch itself loads some of tqdm and torch.optim; the service must add none of the training stack.
+    torch_only = _modules_after("import torch")
+    added = _modules_after("import service") - torch_only
+    training = {"model.train", "model.loop", "model.objectives", "model.validation", "model.warmstart"}
+    assert not added & training, sorted(added & training)
+    assert not {m for m in added if m == "tqdm" or m.startswith(("tqdm.", "torch.optim"))}
+    assert "model.config" in added  # what a checkpoint needs of the configuration
+
+
+def test_every_field_has_a_flag_and_both_scripts_share_them():
+    names = {names[0] for names, _ in config_flags()}
+    assert names >= {"--" + f.name.replace("_", "-") for f in fields(TrainConfig)}
+    train, retrain = _script("train"), _script("retrain")
+    args = train.parse_args(["--dim", "7", "--no-refit", "--batch-size", "full"])
+    assert (args.config.dim, args.config.refit, args.config.batch_size) == (7, False, 0)
+    args = retrain.parse_args(["--data", "x", "--store", "s", "--dim", "7", "--no-refit", "--batch-size", "full"])
+    assert retrain.train_config(args, TrainConfig()).dim == 7 and not retrain.train_config(args, TrainConfig()).refit
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dim": 0}, "--dim must be >= 1"),
+        ({"lr": 0.0}, "--lr must be > 0"),
+        ({"val_fraction": 1.0}, "--val-fraction must be < 1"),
+        ({"optimizer": "rmsprop"}, "--optimizer 'rmsprop': choose one of sgd, adam, adagrad"),
+        ({"optimizer": "adagrad", "momentum": 0.9}, "--momentum applies to sgd"),
+        ({"rank_reg": -1.0}, "--rank-reg must be >= 0"),
+    ],
+)
+def test_validate_names_the_flag(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate(TrainConfig(**overrides), overrides)
+
+
+def test_retrain_applies_train_validation(tmp_path, capsys):
+    """Before the shared table, retrain skipped train.py's checks (adagrad with momentum trained anyway)."""
+    raw, _ = planted_ratings(SyntheticConfig(40, 20, 2, 8, seed=1))
+    data = tmp_path / "r.csv"
+    data.write_text("".join(f"{u},{i},{r:.2f}\n" for u, i, r in zip(raw.user_ids, raw.item_ids, raw.ratings)))
+    retrain = _script("retrain")
+    for flags, message in (
+        (["--optimizer", "adagrad", "--momentum", "0.9"], "--momentum applies to sgd"),
+        (["--patience", "0"], "--patience must be >= 1"),
+        (["--loss", "bpr", "--rank-loss", "softmax"], "--loss bpr already ranks"),
+    ):
+        code = retrain.main(["--data", str(data), "--store", str(tmp_path / "store"), "--quiet", *flags])
+        assert code == 2 and message in capsys.readouterr().err
+    assert not list((tmp_path / "store" / "versions").glob("*.ckpt"))
