@@ -24,10 +24,10 @@ def predict_ratings(network: nn.Module, inter: Interactions, batch_size: int = 6
 
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Root mean squared error; shapes (n,)."""
-    return float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - actual) ** 2)))
+    """Root mean squared error; shapes (n,). The one RMSE: validation, evaluation and the retrain gate use it."""
+    return float(np.sqrt(np.mean((np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)) ** 2)))
 
 
 def mae(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Mean absolute error; shapes (n,)."""
-    return float(np.mean(np.abs(np.asarray(predicted, np.float64) - actual)))
+    return float(np.mean(np.abs(np.asarray(predicted, np.float64) - np.asarray(actual, np.float64))))

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from model.topk import top_k_rows
+
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """``score(user_idx (n,) int64) -> (n, num_items) float``: higher ranks first."""
 
@@ -91,7 +93,6 @@ def top_k_items(
         raise ValueError(f"k must be >= 1, got {k}")
     user_idx = np.asarray(user_idx, dtype=np.int64)
     batch_size = batch_size or max(1, _BATCH_BYTES // (8 * max(num_items, 1)))
-    kk = min(k, num_items)
     out = np.full((len(user_idx), k), -1, dtype=np.int64)
     for start in range(0, len(user_idx), batch_size):
         users = user_idx[start : start + batch_size]
@@ -102,16 +103,7 @@ def top_k_items(
             raise ValueError("score returned NaN")
         if exclude is not None:
             scores[csr_rows(exclude, users)] = -np.inf
-        # argpartition finds the k best in O(I) per user; only those k are then sorted.
-        if kk < num_items:
-            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        else:
-            part = np.tile(np.arange(num_items, dtype=np.int64), (len(users), 1))
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-part_scores, axis=1, kind="stable")
-        best = np.take_along_axis(part, order, axis=1)
-        best[np.take_along_axis(part_scores, order, axis=1) == -np.inf] = -1  # excluded: nothing left to offer
-        out[start : start + len(users), :kk] = best
+        out[start : start + len(users)] = top_k_rows(scores, k)  # excluded (-inf): -1, nothing left to offer
     return out
 
 
@@ -171,6 +163,7 @@ def evaluate_ranking(
     num_items: int,
     k: int = 10,
     batch_size: int | None = None,
+    users: np.ndarray | None = None,
 ) -> tuple[RankingMetrics, dict[str, np.ndarray]]:
     """Rank for every user with held-out items and compute all metrics (see the module docstring).
 
@@ -178,13 +171,16 @@ def evaluate_ranking(
         score: see :data:`ScoreFn`.
         train: each user's training items, excluded from their lists (``None``: nothing excluded).
         test: each user's held-out items (distinct per user, as ``Interactions.seen_csr`` gives them).
+        users: evaluate only these users (a sample); default every user with a relevant item.
     Returns:
         (the means, per-user arrays of shape (users,) plus ``"user_idx"``, for confidence intervals).
     """
     relevant = relevant_items(test, train, num_items)
     n_test, n_rel = np.diff(test[0]), np.diff(relevant[0])
-    users = np.flatnonzero(n_rel > 0).astype(np.int64)
-    skipped = int(np.count_nonzero((n_test > 0) & (n_rel == 0)))
+    candidates = np.zeros(len(n_rel), dtype=bool)
+    candidates[np.arange(len(n_rel)) if users is None else np.asarray(users, dtype=np.int64)] = True
+    users = np.flatnonzero(candidates & (n_rel > 0)).astype(np.int64)
+    skipped = int(np.count_nonzero(candidates & (n_test > 0) & (n_rel == 0)))
     if not len(users):
         nan = float("nan")
         return RankingMetrics(k, nan, nan, nan, nan, nan, nan, 0, skipped), {"user_idx": users}

@@ -29,6 +29,7 @@ import torch
 
 from model import checkpoint
 from model.data import load_ratings
+from model.evaluate import mae, rmse
 from service.index import ServingIndex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def errors(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """(RMSE, MAE) in float64."""
-    diff = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
-    return float(np.sqrt(np.mean(diff**2))), float(np.mean(np.abs(diff)))
+    truth = np.asarray(truth, dtype=np.float64)
+    return rmse(pred, truth), mae(pred, truth)
 
 
 def run_ours(base: Path, test: Path, workdir: Path) -> Score:

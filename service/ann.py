@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from service.index import top_k
+from model.topk import order_by_score, top_k
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,7 @@ class AnnIndex:
         if len(idx) < k:
             # The walk ran out of reachable allowed items (a huge banned set): answer exactly instead.
             idx = exact_top(self.vectors, query, banned, k)
-        scores = self.vectors[idx] @ query  # exact, the same numbers as the numpy path
-        order = np.argsort(-scores, kind="stable")
-        return idx[order], scores[order]
+        return order_by_score(idx, self.vectors[idx] @ query)  # exact scores, the numpy path's numbers and order
 
 
 def cache_path(checkpoint: str | Path, model_version: str, config: AnnConfig) -> Path:
@@ -300,8 +298,7 @@ def build_lists(
                 want = min(n, num_items - len(np.unique(seen)))
                 if len(cand) < want:
                     cand = exact_top(ann.vectors, query, seen, want)
-                scores = ann.vectors[cand] @ query
-                best = cand[np.argsort(-scores, kind="stable")[:n]]
+                best = order_by_score(cand, ann.vectors[cand] @ query)[0][:n]
                 out[user, : len(best)] = best
     finally:
         faiss.omp_set_num_threads(1)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model.checkpoint import Checkpoint, ranking_prefix, ranks_by_dot_product, serving_arrays
+from model.topk import top_k
 
 if TYPE_CHECKING:
     from service.ann import AnnIndex
@@ -47,16 +48,6 @@ class Recommendation:
 class Predictions:
     ratings: list[float]
     fallbacks: list[str | None]
-
-
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest finite scores, best first (``argpartition`` then a sort of k)."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return top[np.isfinite(scores[top])]
 
 
 def _frozen(arr: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from model.topk import top_k_rows
+
 
 @dataclass(frozen=True)
 class TopNConfig:
@@ -67,8 +69,8 @@ class TopNCache:
         n: int = 100,
         block: int = 512,
     ) -> TopNCache:
-        """Every user's list by exact scores, in blocks of users: one matrix product, seen items masked, one
-        ``argpartition`` per block."""
+        """Every user's list by exact scores, in blocks of users: one matrix product, seen items masked, then
+        the shared top-k (``model.topk``: ties by lower item index, as the per-request scan)."""
         num_users, num_items = len(user_vectors), len(item_vectors)
         n = min(n, num_items)
         items = np.empty((num_users, n), dtype=np.int32)
@@ -77,15 +79,7 @@ class TopNCache:
             scores = user_vectors[start:stop] @ item_vectors.T  # (b, I)
             rows = np.repeat(np.arange(stop - start), np.diff(seen_indptr[start : stop + 1]))
             scores[rows, seen_indices[seen_indptr[start] : seen_indptr[stop]]] = -np.inf
-            top = (
-                np.argpartition(-scores, n - 1, axis=1)[:, :n]
-                if n < num_items
-                else np.tile(np.arange(num_items), (stop - start, 1))
-            )
-            top_scores = np.take_along_axis(scores, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            ranked = np.take_along_axis(top, order, axis=1)
-            items[start:stop] = np.where(np.isfinite(np.take_along_axis(top_scores, order, axis=1)), ranked, -1)
+            items[start:stop] = top_k_rows(scores, n)
         return cls(items, user_vectors, item_vectors)
 
     def lookup(self, user_idx: int, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,0 +1,66 @@
+"""The one top-k: the ``k`` best items by score, with a defined tie rule.
+
+Order: higher score first; among equal scores, the lower item index first. Items scored ``-inf`` (the
+way callers exclude items) or NaN are never returned. Every ranked list in the project comes from here:
+training validation, offline metrics, the serving index, the top-N lists and the ANN fallback, so "the
+cached list equals the scan" holds with ties too.
+
+``argpartition`` alone picks among items tied at the k-th score by its internals; :func:`top_k_rows`
+therefore takes every item strictly better than the k-th score and fills the rest with the tied items of
+lowest index, then sorts the k by (score descending, index ascending). Cost: one ``argpartition`` and a
+few O(I) passes per row, the same order as the scan that produced the scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` best columns, best first (see the module docstring for the order).
+
+    Args:
+        scores: shape (n, I), float; ``-inf`` (or NaN) marks columns never to return.
+        k: list length, >= 0.
+    Returns:
+        shape (n, k) int64 column indices; ``-1`` pads rows with fewer than ``k`` returnable columns.
+    """
+    scores = np.asarray(scores)
+    n, num_items = scores.shape
+    out = np.full((n, k), -1, dtype=np.int64)
+    kk = min(k, num_items)
+    if kk <= 0 or n == 0:
+        return out
+    clean = np.where(np.isnan(scores), -np.inf, scores)
+    if kk < num_items:
+        part = np.argpartition(-clean, kk - 1, axis=1)[:, :kk]
+        kth = np.take_along_axis(clean, part, 1).min(axis=1)  # (n,) the k-th best score of each row
+        # Rows with more items tied at the k-th score than slots left: argpartition chose among them freely.
+        # (A row whose k-th score is -inf already holds all its returnable items.)
+        ambiguous = np.flatnonzero(((clean >= kth[:, None]).sum(axis=1) > kk) & np.isfinite(kth))
+        for row in ambiguous:
+            better = np.flatnonzero(clean[row] > kth[row])
+            tied = np.flatnonzero(clean[row] == kth[row])[: kk - len(better)]  # the lowest indices
+            part[row] = np.concatenate([better, tied])
+    else:
+        part = np.broadcast_to(np.arange(num_items, dtype=np.int64), (n, num_items))
+    part = np.sort(part, axis=1)  # ascending index, so the stable sort below breaks ties by index
+    part_scores = np.take_along_axis(clean, part, 1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, 1)
+    best[np.take_along_axis(part_scores, order, 1) == -np.inf] = -1
+    out[:, :kk] = best
+    return out
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best positions of one score vector (I,), best first; fewer when fewer are returnable. int64."""
+    best = top_k_rows(np.asarray(scores)[None, :], k)[0]
+    return best[best >= 0]
+
+
+def order_by_score(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``items`` (n,) and their ``scores`` (n,) sorted by the same rule (score descending, then item index)."""
+    items = np.asarray(items, dtype=np.int64)
+    order = np.lexsort((items, -np.asarray(scores)))
+    return items[order], np.asarray(scores)[order]
