@@ -1,28 +1,30 @@
-"""Reading rating files: MovieLens (100k ``u.data``, 1M/10M ``ratings.dat``, ``ratings.csv``) and
-generic CSV/TSV, with or without a header.
+"""Reading rating files: MovieLens (100k ``u.data``, 1M/10M ``ratings.dat``, ``ratings.csv``), generic
+CSV/TSV with or without a header, and Parquet.
 
 Every row is ``user, item[, rating[, timestamp]]``. A row without a rating is an implicit interaction
 (rating 1.0). Any malformed line raises :class:`DataFormatError` naming the file, the line number and
 what is wrong; nothing is returned half-read.
+
+Two readers give the same result: the columnar one (``model.columnar``, pyarrow, no Python object per
+row) runs first; when it cannot vouch for the file, the line-by-line one here reads it and names the bad
+line. Parquet files (recognised by their magic bytes) have columns named as the text headers are:
+``userId``/``user_id``/``user``/``uid``, ``movieId``/``item_id``/``item``/``iid``, optional ``rating``
+and ``timestamp`` (any case; see ``model.columnar.PARQUET_COLUMNS``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model import columnar
+from model.raw import MAX_ID_LENGTH, DataFormatError, RawRatings, sorted_vocab
 
-class DataFormatError(ValueError):
-    """A rating file could not be parsed. ``str()`` reads ``FILE:LINE: reason``."""
-
-    def __init__(self, path: str | Path, line: int | None, reason: str):
-        self.path, self.line, self.reason = str(path), line, reason
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {reason}")
+__all__ = ["FORMATS", "FORMAT_CHOICES", "MAX_ID_LENGTH", "DataFormatError", "RawRatings", "load_ratings"]
 
 
 @dataclass(frozen=True)
@@ -43,34 +45,7 @@ FORMATS: dict[str, FileFormat] = {
     "tsv": FileFormat("tsv", "\t", None, (2, 3, 4)),
 }
 FORMAT_CHOICES = ("auto", *FORMATS)
-# Longer ids could be trained on but never asked for: the service refuses ids over this length.
-MAX_ID_LENGTH = 256
 ML_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
-
-
-@dataclass
-class RawRatings:
-    """Parsed rows with raw (string) ids, before id mapping.
-
-    Attributes:
-        user_ids, item_ids: shape (n,), dtype object (str).
-        ratings: shape (n,), float32.
-        timestamps: shape (n,), int64 (0 where the file had none).
-        fingerprint: sha256 of the file bytes (or of the generator's arguments).
-        source: where the rows came from, for messages and the checkpoint.
-        implicit: True when the file carried no rating column.
-    """
-
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    ratings: np.ndarray
-    timestamps: np.ndarray
-    fingerprint: str
-    source: str
-    implicit: bool = False
-
-    def __len__(self) -> int:
-        return len(self.ratings)
 
 
 def detect_format(path: str | Path, first_line: str) -> FileFormat:
@@ -124,37 +99,58 @@ def _parse_row(fields: list[str], fmt: FileFormat) -> tuple[str, str, float, int
     return user, item, rating, timestamp
 
 
-def load_ratings(path: str | Path, fmt: str = "auto") -> RawRatings:
+def load_ratings(path: str | Path, fmt: str = "auto", fast: bool = True) -> RawRatings:
     """Read a rating file.
 
     Args:
-        path: file to read (UTF-8; a BOM is tolerated).
-        fmt: one of :data:`FORMAT_CHOICES`; ``auto`` detects it from the first line.
+        path: file to read (UTF-8 text, a BOM tolerated; or Parquet, detected from its content).
+        fmt: one of :data:`FORMAT_CHOICES` for text files; ``auto`` detects it from the first line.
+        fast: try the columnar reader first (``False``: line by line only; for tests and benchmarks).
+    Returns:
+        Rows with ids as int32 codes into sorted vocabularies (see :class:`RawRatings`); the same arrays
+        whichever reader produced them.
     Raises:
         DataFormatError: unreadable file, bad encoding, malformed line, or no rows at all.
     """
     path = Path(path)
     if fmt not in FORMAT_CHOICES:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_CHOICES)}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    scan = columnar.scan_file(path)
+    if scan.parquet and fmt == "auto":
+        return columnar.read_parquet(path, scan)
+    raw = _read_columnar(path, fmt, scan) if fast else None
+    return raw if raw is not None else _read_lines(path, fmt, scan.fingerprint)
 
-    users: list[str] = []
-    items: list[str] = []
-    ratings: list[float] = []
-    stamps: list[int] = []
+
+def _read_columnar(path: Path, fmt: str, scan: columnar.FileScan) -> RawRatings | None:
+    """The columnar reader with the layout (format, header, width) settled from the first line as the
+    line reader would; ``None`` to leave the file to the line reader (including every error)."""
+    if scan.first_line is None or scan.first_line_no != 1 or scan.lone_cr:
+        return None  # a blank or undecodable head, or "\r" line ends: rare, the line reader copes
+    try:
+        spec = FORMATS[fmt] if fmt != "auto" else detect_format(path, scan.first_line)
+        header = _is_header(scan.first_line, spec, path, 1)
+    except DataFormatError:
+        return None
+    width = len(scan.first_line.split(spec.delimiter))  # a header is as wide as the rows under it
+    if width not in spec.columns:
+        return None
+    names = ["user", "item", "rating", "timestamp"][:width]
+    delimiter = spec.delimiter
+    if delimiter == "::":  # pyarrow splits on one character: read ":" and demand empty columns between
+        names = [part for k, name in enumerate(names) for part in ((name,) if k == 0 else (f"_gap{k}", name))]
+        delimiter = ":"
+    return columnar.read_delimited(path, scan, delimiter, names, int(header), implicit=width == 2)
+
+
+def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
+    """The line-by-line reader: slow (a Python loop) but it names the first bad line."""
+    users, items = _Codes(), _Codes()
+    ratings, stamps = array("d"), array("q")
     spec: FileFormat | None = None if fmt == "auto" else FORMATS[fmt]
     has_columns = 0
     seen_first = False
-    for line_no, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise DataFormatError(path, line_no, f"not valid UTF-8 (byte {exc.start})") from None
+    for line_no, line in _text_lines(path):
         if not line.strip():
             continue
         if not seen_first:
@@ -171,21 +167,49 @@ def load_ratings(path: str | Path, fmt: str = "auto") -> RawRatings:
         if has_columns and width != has_columns:
             raise DataFormatError(path, line_no, f"expected {has_columns} fields like the lines before, got {width}")
         has_columns = width
-        users.append(user)
-        items.append(item)
+        try:
+            stamps.append(stamp)
+        except OverflowError:
+            raise DataFormatError(path, line_no, f"timestamp out of the int64 range: {fields[3].strip()!r}") from None
+        users.add(user)
+        items.add(item)
         ratings.append(rating)
-        stamps.append(stamp)
     if not ratings:
         raise DataFormatError(path, None, "no ratings found (the file is empty or holds only a header)")
-    return RawRatings(
-        user_ids=np.array(users, dtype=object),
-        item_ids=np.array(items, dtype=object),
-        ratings=np.array(ratings, dtype=np.float32),
-        timestamps=np.array(stamps, dtype=np.int64),
-        fingerprint="sha256:" + hashlib.sha256(data).hexdigest(),
-        source=str(path),
-        implicit=has_columns == 2,
-    )
+    return RawRatings.from_codes(
+        *users.sorted(), *items.sorted(),
+        np.asarray(ratings, dtype=np.float32), np.frombuffer(stamps, dtype=np.int64),
+        fingerprint, str(path), implicit=has_columns == 2,
+    )  # fmt: skip
+
+
+class _Codes:
+    """Ids seen so far as int32 codes in first-seen order (4 bytes a row, one ``str`` per distinct id)."""
+
+    def __init__(self) -> None:
+        self.position: dict[str, int] = {}
+        self.codes = array("i")
+
+    def add(self, raw_id: str) -> None:
+        self.codes.append(self.position.setdefault(raw_id, len(self.position)))
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        return sorted_vocab(np.frombuffer(self.codes, dtype=np.int32), list(self.position))
+
+
+def _text_lines(path: Path):
+    """``(line number, decoded line without "\r\n")`` for every line, streamed; a BOM is dropped."""
+    try:
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                if line_no == 1 and raw.startswith(columnar.BOM):
+                    raw = raw[len(columnar.BOM) :]
+                try:
+                    yield line_no, raw.rstrip(b"\n").decode("utf-8").rstrip("\r")
+                except UnicodeDecodeError as exc:
+                    raise DataFormatError(path, line_no, f"not valid UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
 
 
 def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.data import RawRatings
 from model.idmap import IdMap
+from model.raw import RawRatings
 
 
 @dataclass
@@ -84,11 +84,24 @@ class Dataset:
 
 
 def build_dataset(raw: RawRatings) -> Dataset:
-    """Map raw ids to contiguous indices (raw ids stop here)."""
-    user_map, user_idx = IdMap.fit(raw.user_ids)
-    item_map, item_idx = IdMap.fit(raw.item_ids)
+    """Map raw ids to contiguous indices (raw ids stop here).
+
+    Works on the int32 codes: indices follow sorted raw-id order (as ``IdMap.fit`` gives), only the ids
+    present in ``raw`` get one, and no per-row Python object is made.
+    """
+    user_map, user_idx = _fit_codes(raw.user_codes, raw.user_vocab)
+    item_map, item_idx = _fit_codes(raw.item_codes, raw.item_vocab)
     inter = Interactions(user_idx, item_idx, raw.ratings, raw.timestamps, len(user_map), len(item_map))
     return Dataset(inter, user_map, item_map, raw.fingerprint, raw.source, raw.implicit)
+
+
+def _fit_codes(codes: np.ndarray, vocab: np.ndarray) -> tuple[IdMap, np.ndarray]:
+    """(id map of the vocabulary entries in use, indices shape (n,) int32); ``vocab`` is sorted."""
+    present = np.bincount(codes, minlength=len(vocab)) > 0
+    if present.all():
+        return IdMap(vocab.tolist()), codes
+    rank = (np.cumsum(present) - 1).astype(np.int32)
+    return IdMap(vocab[present].tolist()), rank[codes]
 
 
 def encode_with(raw: RawRatings, user_map: IdMap, item_map: IdMap) -> tuple[Interactions, np.ndarray]:
@@ -97,7 +110,8 @@ def encode_with(raw: RawRatings, user_map: IdMap, item_map: IdMap) -> tuple[Inte
     Returns:
         (interactions of the rows whose user and item are both known, boolean mask of those rows).
     """
-    users, items = user_map.encode(raw.user_ids), item_map.encode(raw.item_ids)
+    users = user_map.encode(raw.user_vocab)[raw.user_codes]  # one lookup per distinct id, then a gather
+    items = item_map.encode(raw.item_vocab)[raw.item_codes]
     known = (users >= 0) & (items >= 0)
     inter = Interactions(
         users[known], items[known], raw.ratings[known], raw.timestamps[known], len(user_map), len(item_map)

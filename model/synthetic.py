@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model.data import RawRatings
+from model.raw import RawRatings, sorted_vocab
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ def planted_ratings(cfg: SyntheticConfig = SyntheticConfig()) -> tuple[RawRating
     )
     noisy = truth[users, items] + rng.normal(0, cfg.noise, len(users))
     fingerprint = "synthetic:" + hashlib.sha256(repr(sorted(asdict(cfg).items())).encode()).hexdigest()
-    raw = RawRatings(
-        user_ids=np.array([f"u{k}" for k in users], dtype=object),
-        item_ids=np.array([f"i{k}" for k in items], dtype=object),
+    raw = RawRatings.from_codes(
+        *sorted_vocab(users, [f"u{k}" for k in range(cfg.num_users)]),
+        *sorted_vocab(items, [f"i{k}" for k in range(cfg.num_items)]),
         ratings=np.clip(noisy, 1.0, 5.0).astype(np.float32),
         timestamps=np.arange(len(users), dtype=np.int64),
         fingerprint=fingerprint,

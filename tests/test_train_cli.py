@@ -142,3 +142,40 @@ def test_diverging_training_exits_3(tmp_path):
         "--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--model", "gmf", "--lr", "1e30", "--optimizer", "sgd"
     )
     assert proc.returncode == 3 and "training diverged" in proc.stderr and "lower --lr" in proc.stderr
+
+
+def test_trains_on_a_parquet_file_and_writes_a_checkpoint(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw, _ = planted_ratings(SyntheticConfig(num_users=40, num_items=25, ratings_per_user=8, seed=4))
+    data = tmp_path / "ratings.parquet"
+    table = {"user_id": raw.user_ids.astype(str), "item_id": raw.item_ids.astype(str), "rating": raw.ratings}
+    pq.write_table(pa.table(table), data)
+    out = tmp_path / "m.ckpt"
+    proc = run_train("--data", str(data), "--out", str(out), "--dim", "4", "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    ckpt = checkpoint.load(out)
+    assert (ckpt.num_users, ckpt.num_items) == (40, 25) and ckpt.data["source"] == str(data)
+    assert ckpt.user_ids == sorted(set(raw.user_ids.tolist()))
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_malformed_large_or_parquet_file_exits_2_and_writes_nothing(tmp_path, kind):
+    if kind == "csv":
+        data = tmp_path / "bad.csv"
+        lines = [f"{k % 300},{k % 97},{1 + k % 5}" for k in range(30_000)]
+        lines[23_456] = "5,6,7,8"
+        data.write_text("\n".join(lines) + "\n")
+        expected = f"{data}:23457: expected 3 fields like the lines before, got 4"
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data = tmp_path / "bad.parquet"
+        pq.write_table(pa.table({"userId": [1, 2], "title": ["a", "b"], "rating": [3.0, 4.0]}), data)
+        expected = f"{data}: no item column"
+    out = tmp_path / "m.ckpt"
+    proc = run_train("--data", str(data), "--out", str(out))
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == [data]

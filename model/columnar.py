@@ -1,0 +1,260 @@
+"""The fast readers: delimited text through ``pyarrow.csv`` and Parquet, straight to int32 id codes.
+
+Ids are read as ``dictionary<int32, string>`` columns, so a 20M-row file costs one Python ``str`` per
+distinct id (stripped and sorted once, :func:`model.raw.sorted_vocab`) and no Python object per row.
+
+:func:`read_delimited` only succeeds on input the line-by-line reader in ``model.data`` would accept with
+the same result; it returns ``None`` whenever it cannot promise that (a conversion error, a ragged line,
+an id that is empty or too long after stripping, a NaN rating, a lone ``\\r``...), and the caller then
+runs the line-by-line reader, which names the offending line. Parquet has no lines: its errors name the
+column (and row) directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from model.raw import MAX_ID_LENGTH, DataFormatError, RawRatings, sorted_vocab
+
+BOM = b"\xef\xbb\xbf"
+PARQUET_MAGIC = b"PAR1"
+ID_TYPE = pa.dictionary(pa.int32(), pa.string())
+# Parquet column names, compared case-insensitively: the names the text formats' headers use
+# (MovieLens ``userId,movieId,rating,timestamp`` and generic ``user_id,item_id,rating,timestamp``).
+PARQUET_COLUMNS = {
+    "user": ("user", "user_id", "userid", "uid"),
+    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id", "movieid"),
+    "rating": ("rating",),
+    "timestamp": ("timestamp",),
+}
+_INT64_LIMIT = 2.0**63  # float64 timestamps at or past this do not fit int64
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """What one streaming pass over the bytes tells: fingerprint, the first non-blank line, line ends."""
+
+    fingerprint: str  # "sha256:" + hex digest of the bytes after any BOM
+    first_line: str | None  # decoded, "\r" stripped; None when not found in the first chunk (or not UTF-8)
+    first_line_no: int
+    lone_cr: bool  # a "\r" not followed by "\n": pyarrow ends a line there, the line reader does not
+    parquet: bool
+
+
+def scan_file(path: Path) -> FileScan:
+    """Hash the file in chunks (never all of it in memory) and look at its head and line ends."""
+    digest, head, prev_cr, cr, crlf = hashlib.sha256(), b"", False, 0, 0
+    try:
+        with open(path, "rb") as f:
+            chunk = f.read(_CHUNK)
+            parquet = chunk.startswith(PARQUET_MAGIC) and _ends_with_magic(f)
+            if chunk.startswith(BOM):
+                chunk = chunk[len(BOM) :]
+            head = chunk[: 1 << 16]
+            while chunk:
+                digest.update(chunk)
+                cr += chunk.count(b"\r")
+                crlf += chunk.count(b"\r\n") + (prev_cr and chunk.startswith(b"\n"))
+                prev_cr = chunk.endswith(b"\r")
+                chunk = f.read(_CHUNK)
+    except OSError as exc:
+        raise DataFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
+    lone_cr = cr != crlf
+    first_line, first_line_no = _first_line(head)
+    return FileScan("sha256:" + digest.hexdigest(), first_line, first_line_no, lone_cr, parquet)
+
+
+def _ends_with_magic(f) -> bool:
+    pos = f.tell()
+    f.seek(-len(PARQUET_MAGIC), 2)
+    tail = f.read(len(PARQUET_MAGIC))
+    f.seek(pos)
+    return tail == PARQUET_MAGIC
+
+
+def _first_line(head: bytes) -> tuple[str | None, int]:
+    """The first non-blank line among the complete lines of ``head``, and its 1-based number."""
+    for line_no, raw in enumerate(head.split(b"\n")[:-1], start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            return None, line_no
+        if line.strip():
+            return line, line_no
+    return None, 0
+
+
+def read_delimited(
+    path: Path, scan: FileScan, delimiter: str, names: list[str], skip_rows: int, implicit: bool
+) -> RawRatings | None:
+    """Read a text file whose layout the caller already settled; ``None`` when it cannot vouch for it.
+
+    Args:
+        delimiter: one character (``"::"`` files are read with ``":"`` and ``names`` holding the empty
+            columns in between, named ``_gap...``).
+        names: column names in order: ``user``, ``item``, optional ``rating``, ``timestamp``, gaps.
+        skip_rows: 1 to skip a header on the first line, else 0.
+    """
+    types = {n: ID_TYPE if n in ("user", "item") or n.startswith("_gap") else pa.float64() for n in names}
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows, block_size=16 << 20),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=True
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    if table.num_rows == 0 or any(_has_text(table.column(n)) for n in names if n.startswith("_gap")):
+        return None
+    return _from_table(table, scan.fingerprint, str(path), implicit)
+
+
+def _has_text(column: pa.ChunkedArray) -> bool:
+    return any(len(s) for chunk in column.chunks for s in chunk.dictionary.to_pylist())
+
+
+def _from_table(table: pa.Table, fingerprint: str, source: str, implicit: bool) -> RawRatings | None:
+    """Codes, ratings and timestamps out of a table with dictionary id columns; ``None`` if a value is bad."""
+    n = table.num_rows
+    user = _codes(table.column("user"))
+    item = _codes(table.column("item"))
+    if user is None or item is None:
+        return None
+    ratings = np.ones(n, np.float32)
+    if "rating" in table.column_names:
+        values = _floats(table.column("rating"))
+        if not np.isfinite(values).all():
+            return None
+        ratings = values.astype(np.float32)
+    timestamps = np.zeros(n, np.int64)
+    if "timestamp" in table.column_names:
+        values = _floats(table.column("timestamp"))
+        if not (np.isfinite(values) & (np.abs(values) < _INT64_LIMIT)).all():
+            return None
+        timestamps = values.astype(np.int64)  # truncates toward zero, as int(float(x)) does
+    return RawRatings.from_codes(*user, *item, ratings, timestamps, fingerprint, source, implicit)
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """Shape (n,), float64, NaN where null (so the finiteness check refuses nulls too)."""
+    return pc.fill_null(column.cast(pa.float64()), float("nan")).to_numpy()
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int32 codes into the sorted stripped vocabulary, vocabulary) of a dictionary column, or ``None``
+    if an id is empty or longer than :data:`MAX_ID_LENGTH` after stripping (or null)."""
+    if column.null_count:
+        return None
+    column = column.unify_dictionaries() if column.num_chunks > 1 else column
+    dictionary = column.chunks[0].dictionary.to_pylist() if column.num_chunks else []
+    stripped = [s.strip() for s in dictionary]
+    if any(not s or len(s) > MAX_ID_LENGTH for s in stripped):
+        return None
+    out = np.empty(len(column), np.int32)
+    start = 0
+    for chunk in column.chunks:
+        out[start : start + len(chunk)] = chunk.indices.to_numpy(zero_copy_only=False)
+        start += len(chunk)
+    return sorted_vocab(out, stripped)
+
+
+def read_parquet(path: Path, scan: FileScan) -> RawRatings:
+    """Read a Parquet file with a user and an item column, optionally rating and timestamp (names in
+    :data:`PARQUET_COLUMNS`, any case). Ids may be integers or strings; they become ``str``.
+
+    Raises:
+        DataFormatError: a required column missing, a column of the wrong type, or a bad value (its row).
+    """
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFormatError(path, None, f"cannot read Parquet: {exc}") from exc
+    chosen = _parquet_columns(path, schema)
+    table = pq.read_table(path, columns=list(chosen.values()))
+    table = table.rename_columns(list(chosen))
+    if table.num_rows == 0:
+        raise DataFormatError(path, None, "no ratings found (the file holds no rows)")
+    for name in ("user", "item"):
+        column = _id_column(path, chosen[name], table.column(name))
+        table = table.set_column(table.column_names.index(name), name, column)
+    for name in ("rating", "timestamp"):
+        if name in chosen and not _numeric(table.schema.field(name).type):
+            kind = table.schema.field(name).type
+            raise DataFormatError(path, None, f"column {chosen[name]!r} ({name}) must be numeric, got {kind}")
+    raw = _from_table(table, scan.fingerprint, str(path), implicit="rating" not in chosen)
+    if raw is None:
+        raise DataFormatError(path, None, _parquet_problem(table, chosen))
+    return raw
+
+
+def _parquet_columns(path: Path, schema: pa.Schema) -> dict[str, str]:
+    """Our column name -> the file's column name; ``user`` and ``item`` are required."""
+    by_lower = {name.lower(): name for name in schema.names}
+    chosen = {}
+    for ours, accepted in PARQUET_COLUMNS.items():
+        found = next((by_lower[a] for a in accepted if a in by_lower), None)
+        if found is not None:
+            chosen[ours] = found
+        elif ours in ("user", "item"):
+            raise DataFormatError(
+                path,
+                None,
+                f"no {ours} column: expected one of {', '.join(accepted)} (any case); "
+                f"the file has {', '.join(schema.names) or 'no columns'}",
+            )
+    if "timestamp" in chosen and "rating" not in chosen:
+        raise DataFormatError(path, None, f"column {chosen['timestamp']!r} (timestamp) without a rating column")
+    return chosen
+
+
+def _numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _id_column(path: Path, label: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Dictionary-encode first (cheap on ints), then turn only the distinct values into strings."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = kind.value_type
+    if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataFormatError(path, None, f"column {label!r} (an id) must be integer or string, got {kind}")
+    encoded = pc.dictionary_encode(column)
+    chunks = [
+        pa.DictionaryArray.from_arrays(chunk.indices.cast(pa.int32()), chunk.dictionary.cast(pa.string()))
+        for chunk in encoded.chunks
+    ]
+    return pa.chunked_array(chunks, type=ID_TYPE)
+
+
+def _parquet_problem(table: pa.Table, chosen: dict[str, str]) -> str:
+    """The first bad value, named by column and row, for a table :func:`_from_table` refused."""
+    for name in ("user", "item"):
+        column = table.column(name)
+        for row, value in enumerate(column.to_pylist()):
+            text = None if value is None else value.strip()
+            if not text:
+                return f"column {chosen[name]!r} row {row}: empty or missing {name} id"
+            if len(text) > MAX_ID_LENGTH:
+                return f"column {chosen[name]!r} row {row}: {name} id longer than {MAX_ID_LENGTH} characters"
+    for name, limit in (("rating", np.inf), ("timestamp", _INT64_LIMIT)):
+        if name in chosen:
+            values = _floats(table.column(name))
+            bad = np.flatnonzero(~(np.abs(values) < limit))
+            if len(bad):
+                return f"column {chosen[name]!r} row {bad[0]}: {name} is missing, not finite or too large"
+    return "a value could not be read"

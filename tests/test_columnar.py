@@ -1,0 +1,168 @@
+"""The columnar reader (pyarrow) against the line-by-line one: same rows, same id maps; Parquet input;
+errors deep in a large file still name the line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model import columnar, data
+from model.data import DataFormatError, load_ratings
+from model.idmap import IdMap
+from model.interactions import build_dataset
+from tests.conftest import write_lines
+
+UNICODE = ["é", "Z", "a", "ß", "日本", "A", "ä", "z"]
+
+
+def _cases() -> list[tuple[str, list[str] | bytes, str]]:
+    """(file name, content, format) pairs: varied ids, headers, widths and formats."""
+    rng = np.random.default_rng(0)
+    numeric = [str(x) for x in rng.permutation(60)] + ["010", "1e3", "-4", "9.0"]
+    rows = [(numeric[k % len(numeric)], UNICODE[k % len(UNICODE)], 0.5 + (k % 10) / 2, 10**9 + k) for k in range(97)]
+    return [
+        ("u.data", [f"{u}\t{i}\t{r:g}\t{t}" for u, i, r, t in rows], "ml-100k"),
+        ("ratings.dat", [f"{u}::{i}::{r:g}::{t}" for u, i, r, t in rows], "ml-dat"),
+        ("ratings.csv", ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r},{t}" for u, i, r, t in rows], "ml-csv"),
+        ("plain.csv", [f"{i},{u},{r}" for u, i, r, _ in rows], "csv"),
+        ("header.csv", ["user,item,rating,ts"] + [f"{u},{i},{r},{t}.75" for u, i, r, t in rows], "csv"),
+        ("clicks.csv", ["user,item"] + [f"{u},{i}" for u, i, _, _ in rows], "csv"),
+        ("noheader2.csv", [f"{u},{i}" for u, i, _, _ in rows], "csv"),
+        ("spaces.csv", [f" {u} ,  {i}  , {r} , {t} " for u, i, r, t in rows] + ["0,é,1,1"], "csv"),
+        ("plain.tsv", ["user_id\titem_id\trating"] + [f"{u}\t{i}\t{r}" for u, i, r, _ in rows], "tsv"),
+        ("bom.csv", "\ufeffuser,item,rating\r\n3,b,4\r\n\r\n1,a,2\r\n2,a,1.5e0\n".encode(), "csv"),
+        ("floats.csv", ["u,i,r,t", "1,2,3,1.5e9", "1,3,2,-7.9", "2,2,1,1234567.999"], "csv"),
+    ]
+
+
+@pytest.mark.parametrize(("name", "content", "fmt"), _cases(), ids=[c[0] for c in _cases()])
+def test_columnar_reader_matches_the_line_reader(tmp_path, name, content, fmt):
+    path = write_lines(tmp_path / name, content)
+    for forced in ("auto", fmt):
+        scan = columnar.scan_file(path)
+        fast = data._read_columnar(path, forced, scan)
+        assert fast is not None, "the columnar reader should take this file"
+        slow = load_ratings(path, forced, fast=False)
+        for attr in ("user_codes", "item_codes", "ratings", "timestamps"):
+            got, want = getattr(fast, attr), getattr(slow, attr)
+            assert got.dtype == want.dtype and np.array_equal(got, want), attr
+        assert fast.user_vocab.tolist() == slow.user_vocab.tolist()
+        assert fast.item_vocab.tolist() == slow.item_vocab.tolist()
+        assert (fast.fingerprint, fast.source, fast.implicit) == (slow.fingerprint, slow.source, slow.implicit)
+
+
+@pytest.mark.parametrize(("name", "content", "fmt"), _cases()[:4], ids=[c[0] for c in _cases()[:4]])
+def test_id_maps_equal_the_ones_fit_on_raw_strings(tmp_path, name, content, fmt):
+    """What ``build_dataset`` did before codes: ``IdMap.fit`` over the per-row strings."""
+    raw = load_ratings(write_lines(tmp_path / name, content))
+    ds = build_dataset(raw)
+    user_map, user_idx = IdMap.fit(raw.user_ids)
+    item_map, item_idx = IdMap.fit(raw.item_ids)
+    assert ds.user_map.ids == user_map.ids and ds.item_map.ids == item_map.ids
+    assert np.array_equal(ds.interactions.user_idx, user_idx)
+    assert np.array_equal(ds.interactions.item_idx, item_idx)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        ["1,a,3", "   ", "2,b,4"],  # a blank line of spaces: one pyarrow column, skipped by the line reader
+        ["", "1,a,3", "2,b,4"],  # a leading blank line
+        ["a:b::c::5::1", "d::e::4::2"],  # ':' inside an id of a '::' file
+        ["1,a,3", "1,a,nan"],  # refused by both: the line reader names the line
+    ],
+)
+def test_files_the_columnar_reader_leaves_to_the_line_reader(tmp_path, content):
+    path = write_lines(tmp_path / "r.txt", content)
+    assert data._read_columnar(path, "auto", columnar.scan_file(path)) is None
+    try:
+        want = load_ratings(path, fast=False)
+    except DataFormatError as exc:
+        with pytest.raises(DataFormatError, match=str(exc).replace("(", r"\(").replace(")", r"\)")):
+            load_ratings(path)
+        return
+    got = load_ratings(path)
+    assert got.user_ids.tolist() == want.user_ids.tolist() and got.item_ids.tolist() == want.item_ids.tolist()
+    assert "a:b" in got.user_ids.tolist() or len(got) == 2
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ("7,x,notanumber", "rating is not a number: 'notanumber'"),
+        ("7,x", "expected 3 fields like the lines before, got 2"),
+        ("7, ,3", "empty item id"),
+        ("7,x,inf", "rating is not finite"),
+        (f"{'u' * 300},x,3", "user id longer than 256 characters"),
+        ("7,x,3,4", "expected 3 fields like the lines before, got 4"),
+    ],
+)
+def test_a_bad_line_deep_in_a_large_file_is_named(tmp_path, bad_line, reason):
+    lines = [f"{k % 1000},{k % 377},{1 + k % 5}" for k in range(200_000)]
+    lines[150_000] = bad_line
+    path = write_lines(tmp_path / "big.csv", lines)
+    with pytest.raises(DataFormatError) as info:
+        load_ratings(path)
+    assert info.value.line == 150_001 and reason in str(info.value)
+
+
+def test_invalid_utf8_deep_in_a_file_is_named(tmp_path):
+    body = b"".join(b"%d,%d,3\n" % (k, k % 7) for k in range(50_000))
+    path = write_lines(tmp_path / "bad.csv", body + b"1,\xff,3\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:50001: not valid UTF-8"):
+        load_ratings(path)
+
+
+def test_timestamp_past_int64_is_an_error_with_its_line(tmp_path):
+    path = write_lines(tmp_path / "r.csv", ["1,2,3,100", "1,3,3,1e300"])
+    with pytest.raises(DataFormatError, match=r"r.csv:2: timestamp out of the int64 range"):
+        load_ratings(path)
+
+
+def _parquet(path, columns: dict[str, pa.Array]):
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_reads_like_the_same_csv(tmp_path):
+    users, items = [3, 1, 2, 10, 1], [20, 7, 7, 300, 20]
+    ratings, stamps = [4.5, 3.0, 1.0, 5.0, 0.5], [5, 4, 3, 2, 1]
+    pq_path = _parquet(
+        tmp_path / "r.parquet",
+        {"userId": pa.array(users, pa.int32()), "movieId": items, "rating": pa.array(ratings, pa.float32()),
+         "timestamp": stamps},
+    )  # fmt: skip
+    rows = [",".join(map(str, row)) for row in zip(users, items, ratings, stamps)]
+    csv_path = write_lines(tmp_path / "r.csv", ["userId,movieId,rating,timestamp", *rows])
+    got, want = load_ratings(pq_path), load_ratings(csv_path)
+    assert got.user_ids.tolist() == want.user_ids.tolist() == ["3", "1", "2", "10", "1"]
+    assert got.item_ids.tolist() == want.item_ids.tolist()
+    assert np.array_equal(got.ratings, want.ratings) and np.array_equal(got.timestamps, want.timestamps)
+    assert got.fingerprint.startswith("sha256:") and not got.implicit
+    assert build_dataset(got).user_map.ids == build_dataset(want).user_map.ids == ["1", "10", "2", "3"]
+
+
+def test_parquet_string_ids_are_stripped_and_two_columns_are_implicit(tmp_path):
+    path = _parquet(tmp_path / "clicks.pq", {"user_id": [" a", "a", "b "], "item_id": ["x", "y", "x"]})
+    raw = load_ratings(path)
+    assert raw.implicit and raw.user_ids.tolist() == ["a", "a", "b"] and raw.ratings.tolist() == [1.0] * 3
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"userId": [1, 2], "rating": [3.0, 4.0]}, "no item column: expected one of item, item_id"),
+        ({"who": [1, 2], "movieId": [1, 2]}, "the file has who, movieId"),
+        ({"userId": [1, 2], "movieId": [1, 2], "rating": ["good", "bad"]}, "column 'rating' (rating) must be numeric"),
+        ({"userId": [1, 2], "movieId": [1, 2], "rating": [3.0, None]}, "column 'rating' row 1: rating is missing"),
+        ({"userId": ["a", ""], "movieId": [1, 2]}, "column 'userId' row 1: empty or missing user id"),
+        ({"userId": [1.5, 2.0], "movieId": [1, 2]}, "column 'userId' (an id) must be integer or string"),
+    ],
+)
+def test_parquet_with_a_wrong_or_missing_column_names_it(tmp_path, columns, message):
+    path = _parquet(tmp_path / "bad.parquet", columns)
+    with pytest.raises(DataFormatError) as info:
+        load_ratings(path)
+    assert message in str(info.value) and str(info.value).startswith(f"{path}: ")
