@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from model.raw import MAX_ID_LENGTH, DataFormatError, RawRatings, sorted_vocab
+from model.raw import MAX_ID_LENGTH, DataFormatError, RawRatings, vocab_remap
 
 BOM = b"\xef\xbb\xbf"
 PARQUET_MAGIC = b"PAR1"
@@ -62,8 +62,10 @@ def scan_file(path: Path) -> FileScan:
             head = chunk[: 1 << 16]
             while chunk:
                 digest.update(chunk)
-                cr += chunk.count(b"\r")
-                crlf += chunk.count(b"\r\n") + (prev_cr and chunk.startswith(b"\n"))
+                here = chunk.count(b"\r")
+                if here or prev_cr:  # most files have no "\r" at all: one pass then
+                    cr += here
+                    crlf += chunk.count(b"\r\n") + (prev_cr and chunk.startswith(b"\n"))
                 prev_cr = chunk.endswith(b"\r")
                 chunk = f.read(_CHUNK)
     except OSError as exc:
@@ -120,33 +122,54 @@ def read_delimited(
         return None
     if table.num_rows == 0 or any(_has_text(table.column(n)) for n in names if n.startswith("_gap")):
         return None
-    return _from_table(table, scan.fingerprint, str(path), implicit)
+    n, columns = table.num_rows, _columns(table)
+    del table  # the columns are freed one by one as they are converted
+    return _from_columns(columns, n, scan.fingerprint, str(path), implicit)
+
+
+def _columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+    return {name: table.column(name) for name in table.column_names if not name.startswith("_gap")}
 
 
 def _has_text(column: pa.ChunkedArray) -> bool:
     return any(len(s) for chunk in column.chunks for s in chunk.dictionary.to_pylist())
 
 
-def _from_table(table: pa.Table, fingerprint: str, source: str, implicit: bool) -> RawRatings | None:
-    """Codes, ratings and timestamps out of a table with dictionary id columns; ``None`` if a value is bad."""
-    n = table.num_rows
-    user = _codes(table.column("user"))
-    item = _codes(table.column("item"))
-    if user is None or item is None:
-        return None
+def _from_columns(
+    columns: dict[str, pa.ChunkedArray], n: int, fingerprint: str, source: str, implicit: bool
+) -> RawRatings | None:
+    """Codes, ratings and timestamps out of ``user``/``item`` dictionary columns and optional numeric
+    ``rating``/``timestamp`` ones; ``None`` if a value is bad.
+
+    Pops each column out of ``columns`` and converts it chunk by chunk, so its memory is released as the
+    arrays are filled (when the caller holds no other reference to the table)."""
+    user = _codes(columns.pop("user"))
+    item = _codes(columns.pop("item")) if user is not None else None
     ratings = np.ones(n, np.float32)
-    if "rating" in table.column_names:
-        values = _floats(table.column("rating"))
-        if not np.isfinite(values).all():
-            return None
-        ratings = values.astype(np.float32)
     timestamps = np.zeros(n, np.int64)
-    if "timestamp" in table.column_names:
-        values = _floats(table.column("timestamp"))
-        if not (np.isfinite(values) & (np.abs(values) < _INT64_LIMIT)).all():
-            return None
-        timestamps = values.astype(np.int64)  # truncates toward zero, as int(float(x)) does
-    return RawRatings.from_codes(*user, *item, ratings, timestamps, fingerprint, source, implicit)
+    ok = item is not None
+    if ok and "rating" in columns:
+        ok = _convert(columns.pop("rating"), ratings, np.inf)
+    if ok and "timestamp" in columns:
+        ok = _convert(columns.pop("timestamp"), timestamps, _INT64_LIMIT)  # truncates like int(float(x))
+    return RawRatings.from_codes(*user, *item, ratings, timestamps, fingerprint, source, implicit) if ok else None
+
+
+def _convert(column: pa.ChunkedArray, out: np.ndarray, limit: float) -> bool:
+    """Fill ``out`` (n,) from a numeric column chunk by chunk; False on a null, or a float not < ``limit``
+    in magnitude (NaN included). Integers are copied as they are (no detour through float64)."""
+    if column.null_count:
+        return False
+    start = 0
+    for chunk in column.chunks:
+        values = chunk.to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "u" and values.size and values.max() >= _INT64_LIMIT:
+            return False
+        if values.dtype.kind == "f" and not (np.abs(values) < limit).all():
+            return False
+        out[start : start + len(values)] = values
+        start += len(values)
+    return True
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray:
@@ -164,12 +187,13 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
     stripped = [s.strip() for s in dictionary]
     if any(not s or len(s) > MAX_ID_LENGTH for s in stripped):
         return None
+    remap, vocab = vocab_remap(stripped)
     out = np.empty(len(column), np.int32)
     start = 0
     for chunk in column.chunks:
-        out[start : start + len(chunk)] = chunk.indices.to_numpy(zero_copy_only=False)
+        out[start : start + len(chunk)] = remap[chunk.indices.to_numpy(zero_copy_only=False)]
         start += len(chunk)
-    return sorted_vocab(out, stripped)
+    return out, vocab
 
 
 def read_parquet(path: Path, scan: FileScan) -> RawRatings:
@@ -195,7 +219,7 @@ def read_parquet(path: Path, scan: FileScan) -> RawRatings:
         if name in chosen and not _numeric(table.schema.field(name).type):
             kind = table.schema.field(name).type
             raise DataFormatError(path, None, f"column {chosen[name]!r} ({name}) must be numeric, got {kind}")
-    raw = _from_table(table, scan.fingerprint, str(path), implicit="rating" not in chosen)
+    raw = _from_columns(_columns(table), table.num_rows, scan.fingerprint, str(path), "rating" not in chosen)
     if raw is None:
         raise DataFormatError(path, None, _parquet_problem(table, chosen))
     return raw
@@ -242,7 +266,7 @@ def _id_column(path: Path, label: str, column: pa.ChunkedArray) -> pa.ChunkedArr
 
 
 def _parquet_problem(table: pa.Table, chosen: dict[str, str]) -> str:
-    """The first bad value, named by column and row, for a table :func:`_from_table` refused."""
+    """The first bad value, named by column and row, for a table :func:`_from_columns` refused."""
     for name in ("user", "item"):
         column = table.column(name)
         for row, value in enumerate(column.to_pylist()):

@@ -28,20 +28,27 @@ class DataFormatError(ValueError):
 def sorted_vocab(codes: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Re-code ``codes`` (indices into ``names``, which may repeat) against the sorted distinct names.
 
-    Sorting is Python ``str`` order (code points), the order ``np.unique`` gives ``IdMap.fit``, so id maps
-    built from codes equal the ones built from the raw strings. Costs O(len(names) log) in Python plus one
-    gather over ``codes``.
-
     Args:
         codes: shape (n,), any integer dtype, each in ``[0, len(names))``.
         names: the strings the codes point at (duplicates allowed, e.g. ``" a"`` and ``"a"`` after strip).
     Returns:
         (codes shape (n,) int32 into the vocabulary, vocabulary shape (v,) object array of sorted unique str).
     """
+    remap, vocab = vocab_remap(names)
+    return remap[codes] if len(codes) else np.zeros(0, np.int32), vocab
+
+
+def vocab_remap(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each name in the vocabulary, shape (len(names),) int32; the vocabulary).
+
+    The vocabulary is the sorted distinct ``names`` in Python ``str`` order (code points), the order
+    ``np.unique`` gives ``IdMap.fit``, so id maps built from codes equal the ones built from raw strings.
+    Costs O(len(names) log) in Python: one ``str`` per distinct id, none per row.
+    """
     vocab = sorted(set(names))
     position = {name: rank for rank, name in enumerate(vocab)}
     remap = np.fromiter((position[name] for name in names), dtype=np.int32, count=len(names))
-    return remap[codes] if len(codes) else np.zeros(0, np.int32), _object_array(vocab)
+    return remap, _object_array(vocab)
 
 
 def _object_array(strings: Sequence[str]) -> np.ndarray:
