@@ -137,7 +137,7 @@ def movielens_like(shape: MovieLensShape = MovieLensShape()) -> ScaledRatings:
     """Generate ``shape.num_ratings`` distinct (user, item) ratings, vectorised (no loop per user).
 
     Each user's items are drawn from the popularity distribution without replacement (rejection rounds
-    over the users still short). About 40 s and 1.5 GB peak at the ML-20M defaults on one core.
+    over the users still short). About 20-25 s and 1.3 GB peak at the ML-20M defaults.
     """
     if not shape.min_per_user * shape.num_users <= shape.num_ratings <= _max_per_user(shape) * shape.num_users:
         raise ValueError(f"{shape.num_ratings} ratings do not fit {shape.num_users} users x {shape.num_items} items")
