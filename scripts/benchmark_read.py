@@ -32,17 +32,19 @@ read = time.perf_counter() - start
 dataset = build_dataset(raw)
 total = time.perf_counter() - start
 inter = dataset.interactions
-print(json.dumps({"rows": len(inter), "users": inter.num_users, "items": inter.num_items, "read_s": read,
+import model.data
+print(json.dumps({"module": model.data.__file__, "rows": len(inter), "users": inter.num_users,
+                  "items": inter.num_items, "read_s": read,
                   "build_s": total - read, "total_s": total,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
 
 def measure(path: Path, reader: str, tree: Path) -> dict:
-    """Run one reader in a child process with ``tree`` first on the import path; its JSON line."""
+    """Run one reader in a child process in ``tree`` (so its ``model`` package is the one imported)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), reader], env=env, capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path.resolve()), reader], env=env, cwd=tree,
+                          capture_output=True, text=True, check=True)  # fmt: skip
     return {"reader": reader, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['reader']:>9}: {r['rows']} rows ({r['users']} users, {r['items']} items)  read {r['read_s']:.1f} s"
             f" + id maps {r['build_s']:.1f} s = {r['total_s']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB"
+            f"  ({r['module']})"
         )
     return 0
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
-from model.data import MAX_ID_LENGTH  # one limit for the ids a model is trained on and the ids asked for
+from model.raw import MAX_ID_LENGTH  # one limit for the ids a model is trained on and the ids asked for
 
 MAX_K = 1000
 MAX_BATCH = 10_000
