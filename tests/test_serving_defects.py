@@ -60,3 +60,26 @@ def test_popular_fallback_never_repeats_an_item(client):
     body = client.get("/recommend?user_id=nobody&k=5&items=i1,i1,i2,i2,i1").get_json()
     ids = [i["item_id"] for i in body["items"]]
     assert body["fallback"] == "popular" and sorted(ids) == ["i1", "i2"], ids
+
+
+def test_the_default_model_through_the_flask_client(default_mf):
+    """The default kind (rating MF + ranking head) answers every route through the app with the known answer."""
+    from service import create_app
+
+    client = create_app({"CHECKPOINT": str(default_mf), "TESTING": True, "RELOAD_INTERVAL": 0}).test_client()
+    info = client.get("/model").get_json()
+    assert info["kind"] == "mf" and info["config"]["rank_loss"] == "softmax" and info["config"]["loss"] == "mse"
+    own = [block(i["item_id"]) == 1 for u in range(12, 24) for i in
+           client.get(f"/recommend?user_id=u{u}&k=2").get_json()["items"]]  # fmt: skip
+    assert np.mean(own) >= 0.8, own
+    raw = checkerboard()  # the training rows: liked (4-5) and disliked (1-2) pairs, the rating model must tell
+    pairs = [{"user_id": u, "item_id": i} for u, i in zip(raw.user_ids, raw.item_ids)]
+    ratings = np.array([p["rating"] for p in client.post("/predict", json={"pairs": pairs}).get_json()["predictions"]])
+    assert ratings.min() >= 1.0 and ratings.max() <= 5.0
+    assert ratings[raw.ratings >= 4].mean() > ratings[raw.ratings <= 2].mean() + 0.05  # a tiny, heavily regularised fit
+    history = [{"item_id": "i30", "rating": 5}, {"item_id": "i31", "rating": 5}]
+    folded = client.post("/recommend", json={"history": history, "k": 3})
+    assert folded.status_code == 200 and all(block(i["item_id"]) == 3 for i in folded.get_json()["items"])
+    similar = client.get("/similar?item_id=i5&k=3").get_json()["items"]
+    assert len(similar) == 3 and sum(block(i["item_id"]) == 0 for i in similar) >= 2
+    assert client.get("/readyz").get_json()["ready"] is True
