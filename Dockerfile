@@ -27,6 +27,8 @@ ENV PATH=/app/.venv/bin:$PATH \
 # /app/artifacts (or set RECSYS_CHECKPOINT) to serve your own.
 RUN python scripts/train.py --quiet --out /app/artifacts/model.ckpt
 EXPOSE 8000
+# Healthy = a model is loaded and answering (/readyz, 503 otherwise: urlopen raises); /healthz only says
+# the process is up, so a container that cannot serve would look healthy.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['RECSYS_PORT'], timeout=2)"
+  CMD python -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['RECSYS_PORT'], timeout=2)"
 CMD ["uwsgi", "--ini", "uwsgi.ini"]

@@ -21,6 +21,7 @@ import hashlib
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.config import TrainConfig
+from model.config import TrainConfig, field_type
 from model.interactions import Dataset
-from model.networks import build_network, parse_layers
+from model.networks import MODEL_KINDS, build_network, parse_layers
 
 if TYPE_CHECKING:  # the training stack (optimisers, progress bar) is never imported to read a checkpoint
     from model.train import TrainResult
@@ -240,8 +241,18 @@ def load(path: str | Path) -> Checkpoint:
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing fields {', '.join(missing)}")
+    _check_fields(raw, path)
+    try:
+        ckpt = _from_fields(raw)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a case _check_fields missed
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {exc})") from None
+    _check_consistent(ckpt, path)
+    return ckpt
+
+
+def _from_fields(raw: dict[str, Any]) -> Checkpoint:
     known = {f.name for f in fields(TrainConfig)}
-    ckpt = Checkpoint(
+    return Checkpoint(
         kind=raw["kind"],
         config=TrainConfig(**{**LEGACY_CONFIG, **{k: v for k, v in raw["config"].items() if k in known}}),
         state_dict=raw["state_dict"],
@@ -259,8 +270,88 @@ def load(path: str | Path) -> Checkpoint:
         history=list(raw.get("history", [])),
         serving={str(k): v.numpy() for k, v in raw.get("serving", {}).items()},
     )
-    _check_consistent(ckpt, path)
-    return ckpt
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _config_error(config: Any) -> str | None:
+    """What is wrong with a stored ``TrainConfig`` dict (unknown keys are ignored: newer files), or None."""
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        return "config is not a dict of names"
+    for f in fields(TrainConfig):
+        if f.name not in config or config[f.name] is None and f.default is None:
+            continue
+        value, kind = config[f.name], field_type(f.name)
+        ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+              float: _is_number(value), str: isinstance(value, str)}.get(kind, True)  # fmt: skip
+        if not ok:
+            return f"config.{f.name} is {value!r}, expected {kind.__name__}"
+    return None
+
+
+def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: int | None = None) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"{name} is a {type(value).__name__}, expected a tensor"
+    if value.dtype not in dtypes:
+        return f"{name} has dtype {value.dtype}, expected {' or '.join(str(d) for d in dtypes)}"
+    if ndim is not None and value.ndim != ndim:
+        return f"{name} has {value.ndim} dimensions, expected {ndim}"
+    return None
+
+
+def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
+    """Every stored field's type, dtype and shape, and the seen-item index's ordering: one message per fault."""
+    floats = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    yield None if raw["kind"] in MODEL_KINDS else f"kind {raw['kind']!r} is not one of {', '.join(MODEL_KINDS)}"
+    yield _config_error(raw["config"])
+    state = raw["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        yield "state_dict is not a dict of named tensors"
+    else:
+        yield from (_tensor_error(f"state_dict[{k!r}]", v, floats) for k, v in state.items())
+    for name in ("user_ids", "item_ids"):
+        ids = raw[name]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            yield f"{name} is not a list of strings"
+        elif len(set(ids)) != len(ids):
+            yield f"{name} holds duplicates"
+    for name in ("seen_indptr", "seen_indices", "item_popularity"):
+        yield _tensor_error(name, raw[name], (torch.int64,), ndim=1)
+    if isinstance(raw["seen_indptr"], torch.Tensor) and raw["seen_indptr"].ndim == 1:
+        indptr = raw["seen_indptr"].numpy()
+        if len(indptr) == 0 or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+            yield "seen_indptr does not start at 0 and never decrease (CSR row pointers)"
+    if isinstance(raw["item_popularity"], torch.Tensor) and (raw["item_popularity"] < 0).any():
+        yield "item_popularity has negative counts"
+    scale = raw["rating_scale"]
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(map(_is_number, scale))
+            and scale[0] <= scale[1]):  # fmt: skip
+        yield f"rating_scale is {scale!r}, expected [low, high] finite numbers"
+    yield None if _is_number(raw["global_mean"]) else f"global_mean is {raw['global_mean']!r}, expected a number"
+    metrics = raw["metrics"]
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                for k, v in metrics.items()):  # fmt: skip
+        yield "metrics is not a dict of numbers"
+    yield None if isinstance(raw["data"], dict) else "data is not a dict"
+    for name in ("created_at", "model_version"):
+        yield None if isinstance(raw[name], str) and raw[name] else f"{name} is not a non-empty string"
+    history = raw.get("history", [])
+    yield None if isinstance(history, list) and all(isinstance(r, dict) for r in history) else "history malformed"
+    serving = raw.get("serving", {})
+    if not isinstance(serving, dict):
+        yield "serving is not a dict of tensors"
+    else:
+        yield from (_tensor_error(f"serving[{k!r}]", v, (torch.float32,)) for k, v in serving.items())
+
+
+def _check_fields(raw: dict[str, Any], path: Path) -> None:
+    """Refuse a file whose fields have the wrong type, dtype, shape or ordering (it loaded safely, but a
+    list where a tensor belongs would fail later, in whoever touches it first)."""
+    errors = [e for e in _field_errors(raw) if e]
+    if errors:
+        raise CheckpointError(f"{path}: malformed checkpoint: {'; '.join(errors[:5])}")
 
 
 def _check_consistent(ckpt: Checkpoint, path: Path) -> None:

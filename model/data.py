@@ -221,7 +221,14 @@ def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
         return True
     if spec.header is False:
         return False
-    # Detect: a header has a non-numeric rating column, or (for 2 columns) matches user/item words.
-    if len(fields) >= 3:
-        return not _is_number(fields[2])
-    return fields[0].strip().lower() in {"user", "user_id", "userid", "uid"}
+    # Detect, explicitly: a header names its user column with one of HEADER_USER_WORDS. A first line whose
+    # rating is not a number but whose first field is no such name is a bad data line, not a header.
+    named = fields[0].strip().lower() in HEADER_USER_WORDS
+    if len(fields) >= 3 and not _is_number(fields[2]) and not named:
+        words = ", ".join(sorted(HEADER_USER_WORDS))
+        raise DataFormatError(path, line_no, f"rating is not a number: {fields[2].strip()!r} (not a header either: "
+                                             f"a header's first column is named one of {words})")  # fmt: skip
+    return named and (len(fields) < 3 or not _is_number(fields[2]))
+
+
+HEADER_USER_WORDS = frozenset({"user", "user_id", "userid", "uid"})

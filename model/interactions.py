@@ -119,11 +119,31 @@ def encode_with(raw: RawRatings, user_map: IdMap, item_map: IdMap) -> tuple[Inte
     return inter, known
 
 
+def pairs_of(inter: Interactions) -> tuple[Interactions, np.ndarray]:
+    """One row per distinct (user, item) pair, in the order of first appearance (its latest timestamp, its
+    first rating), and each row's pair (n,) int64: splits draw pairs, so a repeated pair is never on both
+    sides. Without repeated pairs the pair rows are the rows themselves, in the same order."""
+    keys = inter.user_idx * inter.num_items + inter.item_idx
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # pairs by first appearance
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    latest = np.full(len(order), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(latest, rank[inverse.reshape(-1)], inter.timestamps)
+    rows = first[order]
+    pairs = Interactions(inter.user_idx[rows], inter.item_idx[rows], inter.ratings[rows], latest, inter.num_users,
+                         inter.num_items)  # fmt: skip
+    return pairs, rank[inverse.reshape(-1)]
+
+
 def random_split(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
-    """Shuffle rows and hold out ``test_fraction`` of them. Both parts keep the id space."""
+    """Shuffle the (user, item) pairs and hold out ``test_fraction`` of them, with all their rows. Both parts
+    keep the id space."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(inter))
-    n_test = max(1, int(round(len(inter) * test_fraction)))
-    return inter.subset(np.sort(order[n_test:])), inter.subset(np.sort(order[:n_test]))
+    pairs, pair_of_row = pairs_of(inter)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    test_pair = np.zeros(len(pairs), dtype=bool)
+    test_pair[order[: max(1, int(round(len(pairs) * test_fraction)))]] = True
+    is_test = test_pair[pair_of_row]
+    return inter.subset(~is_test), inter.subset(is_test)

@@ -1,27 +1,38 @@
 """The pieces of a scheduled retrain that decide things: exit codes, the holdout, the promotion rule, the report.
 
-``scripts/retrain.py`` strings them together (and scores models through the serving index); keeping the
-decisions here makes them testable without training anything.
+``scripts/retrain.py`` strings them together (and measures models through the serving index); keeping
+the decisions here makes them testable without training anything.
 
-The comparison, kept simple on purpose: a fixed, seeded fraction of the *new* data is held out before
-anything trains (chosen by hashing each row's ids, see :func:`split_holdout`). The candidate trains on
-the rest. Both the candidate and the current model then predict the held-out ratings exactly as the
-service would answer ``/predict`` (known ids through the factors, unknown users or items through the
-baseline ``mu + known biases``, clipped to the rating scale), and the RMSEs are compared: the
-candidate is promoted when ``candidate_rmse <= current_rmse + tolerance``. Both are judged on the same
-rows by the same code, so neither the current model's stale ids nor the candidate's missing holdout
-rows are an advantage the other lacks. The model promoted is exactly the one evaluated (no refit on
-the held-out rows). Ranking-only models and implicit data (no ratings to predict) have no RMSE: see :func:`decide`.
+The rule, in the order a run applies it:
+
+1. **References.** The current model and the versions added just before it (``--compare-versions``) are
+   loaded. An unreadable current (or a ``current`` pointing outside the store) is an error unless
+   ``--force``: the store is never silently treated as empty.
+2. **Holdout.** Pairs that no reference has trained on (nothing in its seen items) are the only fair
+   judges. A ``fraction`` of all rows is held out from them, chosen by a seeded hash of each (user,
+   item) pair (:func:`split_holdout`), so repeated rows of a pair fall on one side. The seed follows the
+   data snapshot (:func:`holdout_seed`): every new snapshot re-draws it, and a run is reproducible.
+3. **Candidate.** Trained on the other rows, then measured with every reference on the held-out pairs as
+   the service answers them: RMSE of ``/predict`` when the model predicts ratings, and always nDCG@10 of
+   the list ``/recommend`` returns (ranking head, popular fallback for unknown users), with every other
+   pair of the data file excluded from every model's list alike.
+4. **Decision** (:func:`decide`). For each served metric the candidate is compared with the *best*
+   reference on it (so small regressions cannot accumulate run after run), and refused when worse by
+   more than ``tolerance + z * SE``, SE being the standard error of the paired difference over the
+   held-out rows (RMSE) or users (nDCG).
+5. **Refit.** A promoted candidate is retrained with the same configuration on every row, so the model
+   served knows every pair (and never recommends an item the user has in the data file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -29,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from model.data import RawRatings
+from model.evaluate import rmse
 
 
 class ExitCode(IntEnum):
@@ -36,8 +48,8 @@ class ExitCode(IntEnum):
 
     PROMOTED = 0  # retrain: the candidate is now current; rollback: current moved
     FAILED = 1  # anything unexpected (training diverged, disk full, a bug): nothing was promoted
-    BAD_INPUT = 2  # malformed data file, bad flags, unknown version: nothing was written to the store
-    REJECTED = 10  # the candidate was worse than the current model beyond the tolerance: not promoted
+    BAD_INPUT = 2  # malformed data file, bad flags, unknown version, unreadable current: nothing promoted
+    REJECTED = 10  # the candidate was worse than the best recent model beyond the margin: not promoted
     LOCKED = 11  # another retrain or rollback holds the store's lock: this run did nothing
 
 
@@ -45,69 +57,161 @@ class ExitCode(IntEnum):
 class Decision:
     promote: bool
     reason: str
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
 
 
-def split_holdout(raw: RawRatings, fraction: float, seed: int) -> tuple[RawRatings, RawRatings]:
-    """(training rows, held-out rows) of ``raw``; row order is kept in both.
+def holdout_seed(fingerprint: str) -> int:
+    """A seed that follows the data snapshot: a new file re-draws the holdout, the same file draws it again."""
+    return zlib.crc32(fingerprint.encode())
 
-    A row is held out when a seeded hash of its (user id, item id) falls below ``fraction``, not by
-    position: the data is a growing snapshot, so a pair held out today was held out in every earlier
-    run with the same fraction and seed, and a current model trained by this script never saw the rows
-    it is now judged on. (A model trained some other way may have: the report then says so.)
+
+def _hash_ids(ids: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray]:
+    """(crc32 of each distinct id (m,) uint64, each row's position among them (n,)): one hash per distinct id."""
+    uniques, inverse = np.unique(np.asarray(ids, dtype=str), return_inverse=True)
+    hashes = np.fromiter((zlib.crc32(u.encode(), salt) for u in uniques), dtype=np.uint64, count=len(uniques))
+    return hashes, inverse.reshape(-1)
+
+
+def pair_draws(raw: RawRatings, seed: int) -> np.ndarray:
+    """A uniform draw in [0, 1) per row, the same for every row of one (user id, item id) pair; (n,) float64.
+
+    Each distinct id is hashed once (crc32 salted by ``seed``) and the two hashes are mixed per row with a
+    vectorised splitmix64 finaliser, so 20M rows cost two ``np.unique`` and a few array passes.
+    """
+    salt = zlib.crc32(f"{seed}\0".encode())
+    user_hash, user_row = _hash_ids(raw.user_ids, salt)
+    item_hash, item_row = _hash_ids(raw.item_ids, salt ^ 0x5BD1E995)
+    with np.errstate(over="ignore"):
+        x = (user_hash[user_row] << np.uint64(32)) ^ item_hash[item_row] ^ np.uint64(seed & 0xFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def holdout_mask(raw: RawRatings, fraction: float, seed: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Which rows of ``raw`` to hold out, (n,) bool.
+
+    About ``fraction`` of all rows, drawn only among ``eligible`` rows (default: all), all of them when they
+    are fewer: see :func:`pair_draws`. Every row of a (user, item) pair lands on the same side.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
     if len(raw) < 2:
         raise ValueError(f"{raw.source}: {len(raw)} rating(s), too few to hold any out")
-    prefix = f"{seed}\0".encode()
-    draws = np.fromiter(
-        (zlib.crc32(f"{u}\0{i}".encode(), zlib.crc32(prefix)) for u, i in zip(raw.user_ids, raw.item_ids)),
-        dtype=np.uint64,
-        count=len(raw),
-    )
-    held = draws < np.uint64(fraction * 2**32)
-    if held.all() or not held.any():  # tiny files: keep at least one row on each side
-        held[:] = False
-        held[int(np.argmin(draws))] = True
-    return _subset(raw, ~held), _subset(raw, held)
+    eligible = np.ones(len(raw), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    draws = pair_draws(raw, seed)
+    rate = min(1.0, fraction * len(raw) / max(int(eligible.sum()), 1))
+    held = eligible & (draws < rate)
+    if eligible.any() and not held.any():  # tiny files: hold out at least one pair...
+        held = eligible & (draws == draws[eligible].min())
+    if held.all():  # ...and keep at least one to train on
+        held &= draws != draws.max()
+    if held.all() or (eligible.any() and not held.any()):
+        raise ValueError(f"{raw.source}: one (user, item) pair only, too few to hold any out")
+    return held
 
 
-def _subset(raw: RawRatings, mask: np.ndarray) -> RawRatings:
+def split_holdout(
+    raw: RawRatings, fraction: float, seed: int, eligible: np.ndarray | None = None
+) -> tuple[RawRatings, RawRatings]:
+    """(training rows, held-out rows) of ``raw`` by :func:`holdout_mask`; row order is kept in both."""
+    held = holdout_mask(raw, fraction, seed, eligible)
+    return subset_rows(raw, ~held), subset_rows(raw, held)
+
+
+def subset_rows(raw: RawRatings, mask: np.ndarray) -> RawRatings:
     return RawRatings(
         raw.user_ids[mask], raw.item_ids[mask], raw.ratings[mask], raw.timestamps[mask],
         raw.fingerprint, raw.source, raw.implicit,
     )  # fmt: skip
 
 
-def rmse_figures(predicted: np.ndarray, actual: np.ndarray, fallbacks: list) -> dict[str, float]:
-    """RMSE, MAE, rows and the share of rows answered by a fallback, for a run report."""
-    err = np.asarray(predicted, np.float64) - np.asarray(actual, np.float64)
-    return {
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "mae": float(np.mean(np.abs(err))),
-        "rows": int(len(err)),
-        "fallback_share": float(np.mean([f is not None for f in fallbacks])) if len(fallbacks) else 0.0,
-    }
+@dataclass
+class Measured:
+    """What one model serves, measured on the held-out pairs: ``/predict``'s answers for the held-out rows
+    (None when the model does not predict ratings) and per-user nDCG@10 of ``/recommend`` (one fixed user order)."""
+
+    version: str
+    predicted: np.ndarray | None  # (n,) the rating /predict answers for each held-out row
+    actual: np.ndarray  # (n,) the held-out ratings
+    ndcg: np.ndarray  # (users,)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rmse(self) -> float:
+        return rmse(self.predicted, self.actual)
+
+    @property
+    def squared_errors(self) -> np.ndarray:
+        return (np.asarray(self.predicted, np.float64) - np.asarray(self.actual, np.float64)) ** 2
+
+    @property
+    def predicts_ratings(self) -> bool:
+        return self.predicted is not None and len(self.actual) > 0
+
+    def figures(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, **self.extra}
+        if self.predicts_ratings:
+            out["rmse"] = self.rmse
+            out["rmse_se"] = _se(self.squared_errors) / (2 * max(out["rmse"], 1e-12))  # delta method
+        out["ndcg10"] = float(self.ndcg.mean()) if len(self.ndcg) else float("nan")
+        out["ndcg10_se"] = _se(self.ndcg)
+        out["users"] = int(len(self.ndcg))
+        return out
 
 
-def decide(current: dict | None, candidate: dict, tolerance: float, force: bool) -> Decision:
-    """Whether to promote, from the figures of both models on the holdout.
+def _se(values: np.ndarray) -> float:
+    """Standard error of the mean (ddof=1); 0 for fewer than two values."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
-    ``current``/``candidate`` are :func:`rmse_figures` dicts, or ``{"skipped": reason}`` when the model
-    cannot be scored by RMSE (implicit data, ranking-only kinds). That is the hook for ranking metrics:
-    until one is wired, such a candidate is not promoted over an existing model without ``--force``.
+
+@dataclass(frozen=True)
+class Margins:
+    rmse: float = 0.005  # --tolerance
+    ndcg: float = 0.005  # --ndcg-tolerance
+    z: float = 2.0  # --margin-se: standard errors of the paired difference added to each tolerance
+
+
+def _compare(candidate: Measured, best: Measured, metric: str, margins: Margins) -> dict[str, Any]:
+    """How much worse the candidate is than ``best`` on one metric (positive = worse), and the allowed margin."""
+    if metric == "rmse":
+        cand, ref = candidate.rmse, best.rmse
+        # Paired: the rows are the same; the MSE difference's SE, carried to the RMSE scale (delta method).
+        se = _se(candidate.squared_errors - best.squared_errors) / max(cand + ref, 1e-12)
+        worse, tolerance = cand - ref, margins.rmse
+    else:
+        cand, ref = float(candidate.ndcg.mean()), float(best.ndcg.mean())
+        se, worse, tolerance = _se(best.ndcg - candidate.ndcg), ref - cand, margins.ndcg
+    margin = tolerance + margins.z * se
+    return {"metric": metric, "candidate": cand, "best": ref, "best_version": best.version, "worse_by": worse,
+            "margin": margin, "se": se, "ok": worse <= margin}  # fmt: skip
+
+
+def decide(candidate: Measured, references: list[Measured], margins: Margins, force: bool = False) -> Decision:
+    """Whether to promote ``candidate`` over the ``references`` (current first, then recent versions).
+
+    Each served metric is compared with the reference that is best on it: RMSE when the candidate predicts
+    ratings (references that do not are left out of that comparison), nDCG@10 always.
     """
     if force:
         return Decision(True, "forced (--force)")
-    if current is None:
+    if not references:
         return Decision(True, "no current model")
-    if "rmse" not in candidate or "rmse" not in current:
-        why = candidate.get("skipped") or current.get("skipped") or "no comparable metric"
-        return Decision(False, f"cannot compare the models ({why}); use --force to promote anyway")
-    limit = current["rmse"] + tolerance
-    if candidate["rmse"] <= limit:
-        return Decision(True, f"holdout RMSE {candidate['rmse']:.4f} <= current {current['rmse']:.4f} + {tolerance}")
-    return Decision(False, f"holdout RMSE {candidate['rmse']:.4f} > current {current['rmse']:.4f} + {tolerance}")
+    if not len(candidate.ndcg):
+        return Decision(False, "no held-out pair that the recent models have not trained on: nothing to judge by "
+                               "(the data has not changed?); use --force to promote anyway")  # fmt: skip
+    comparisons = [_compare(candidate, max(references, key=lambda m: m.ndcg.mean()), "ndcg", margins)]
+    rating_refs = [m for m in references if m.predicts_ratings]
+    if candidate.predicts_ratings and rating_refs:
+        comparisons.append(_compare(candidate, min(rating_refs, key=lambda m: m.rmse), "rmse", margins))
+    failed = [c for c in comparisons if not c["ok"]]
+    words = "; ".join(
+        f"{c['metric']} {c['candidate']:.4f} vs best {c['best']:.4f} ({c['best_version']}): "
+        f"{'worse' if c['worse_by'] > 0 else 'not worse'} by {max(c['worse_by'], 0.0):.4f}, margin {c['margin']:.4f}"
+        for c in comparisons
+    )
+    return Decision(not failed, ("rejected: " if failed else "") + words, comparisons)
 
 
 def file_fingerprint(path: str | Path) -> str:

@@ -2,14 +2,15 @@
 
 Every split returns ``(train, test)`` in the same id space as its input (rows keep their original
 order within each part), is a partition of the rows (disjoint, together all of them) and is
-deterministic for a given ``seed``.
+deterministic for a given ``seed``. Splits draw (user, item) pairs, not rows: every row of a repeated
+pair falls on the same side (:func:`model.interactions.pairs_of`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from model.interactions import Interactions, random_split
+from model.interactions import Interactions, pairs_of, random_split
 
 __all__ = ["random_split", "stratified_split", "leave_last_out"]
 
@@ -30,7 +31,10 @@ def _rank_within_user(inter: Interactions, sort_key: np.ndarray) -> tuple[np.nda
     return rank, counts[inter.user_idx]
 
 
-def _partition(inter: Interactions, is_test: np.ndarray) -> tuple[Interactions, Interactions]:
+def _partition(
+    inter: Interactions, pair_of_row: np.ndarray, test_pair: np.ndarray
+) -> tuple[Interactions, Interactions]:
+    is_test = test_pair[pair_of_row]
     return inter.subset(~is_test), inter.subset(is_test)
 
 
@@ -44,11 +48,12 @@ def stratified_split(
     test. A user with a single row keeps it in train.
     """
     _check_fraction(test_fraction)
+    pairs, pair_of_row = pairs_of(inter)
     rng = np.random.default_rng(seed)
-    rank, counts = _rank_within_user(inter, rng.random(len(inter)))
+    rank, counts = _rank_within_user(pairs, rng.random(len(pairs)))
     n_test = np.floor(counts * test_fraction + 0.5).astype(np.int64)
     n_test = np.where(counts >= 2, np.clip(n_test, 1, counts - 1), 0)
-    return _partition(inter, rank < n_test)
+    return _partition(inter, pair_of_row, rank < n_test)
 
 
 def leave_last_out(inter: Interactions, num_last: int = 1, seed: int = 0) -> tuple[Interactions, Interactions]:
@@ -67,10 +72,11 @@ def leave_last_out(inter: Interactions, num_last: int = 1, seed: int = 0) -> tup
             "leave-last-out needs timestamps, but every row has the same one "
             f"({int(inter.timestamps[0])}); does the data have a timestamp column?"
         )
-    tie_break = np.random.default_rng(seed).random(len(inter))
-    # Latest first: rank 0 is the newest row (descending time, then the random tie-break).
-    order_key = np.lexsort((tie_break, -inter.timestamps))
-    position = np.empty(len(inter), dtype=np.int64)
-    position[order_key] = np.arange(len(inter), dtype=np.int64)
-    rank, counts = _rank_within_user(inter, position)
-    return _partition(inter, rank < np.minimum(num_last, counts - 1))
+    pairs, pair_of_row = pairs_of(inter)  # a pair's time is its latest row's
+    tie_break = np.random.default_rng(seed).random(len(pairs))
+    # Latest first: rank 0 is the newest pair (descending time, then the random tie-break).
+    order_key = np.lexsort((tie_break, -pairs.timestamps))
+    position = np.empty(len(pairs), dtype=np.int64)
+    position[order_key] = np.arange(len(pairs), dtype=np.int64)
+    rank, counts = _rank_within_user(pairs, position)
+    return _partition(inter, pair_of_row, rank < np.minimum(num_last, counts - 1))

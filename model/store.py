@@ -105,7 +105,11 @@ class ModelStore:
         return sorted(found, key=lambda v: (v.added_ns, v.name))
 
     def current(self) -> str | None:
-        """The version ``current`` points at, or None when there is none yet."""
+        """The version ``current`` points at, or None when there is none yet.
+
+        Raises:
+            StoreError: ``current`` is not a symlink, or points outside ``versions/``.
+        """
         try:
             target = os.readlink(self.current_link)
         except FileNotFoundError:
@@ -114,8 +118,13 @@ class ModelStore:
             if exc.errno == errno.EINVAL:
                 raise StoreError(f"{self.current_link} is not a symlink") from None
             raise
+        # Only a version of this store counts: a pointer elsewhere (hand-made, or a store copied without
+        # its versions) would name a version the store does not hold, or the wrong file.
+        where = (self.root / target).parent
         name = Path(target).name
-        return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+        if where.resolve() != self.versions_dir.resolve() or not name.endswith(SUFFIX):
+            raise StoreError(f"{self.current_link} points outside {self.versions_dir}: {target}")
+        return name[: -len(SUFFIX)]
 
     def current_path(self) -> Path | None:
         version = self.current()

@@ -1,17 +1,19 @@
-"""Retrain on fresh data and promote the result into a model store only if it is not worse.
+"""Retrain on fresh data and promote the result into a model store only if what it serves is not worse.
 
     python scripts/retrain.py --data ratings.csv --store /srv/recsys/store [--warm-start] [--report run.json]
 
 ``--data`` is the whole current data set (a snapshot, not an increment). The run trains with the
-current model's configuration (any ``TrainConfig`` field can be overridden: ``--dim 64``, ``--epochs
-20``...), holds out a seeded ``--holdout`` fraction of the new data, scores the candidate and the
-current model on it the way the service answers ``/predict``, and promotes the candidate (moves the
-store's ``current``) when its RMSE is at most the current one's plus ``--tolerance``; the service
-follows ``current`` by itself. See ``model/retrain.py`` for the rule and ``model/store.py`` for the
-store. Every run that gets the lock writes a JSON report to ``STORE/reports/`` (and to ``--report``).
+current model's configuration (any ``TrainConfig`` field can be overridden, with the flags and checks of
+``scripts/train.py``: ``--dim 64``, ``--epochs 20``...), holds out pairs that the recent models never
+trained on, measures the candidate and those models on them the way the service answers (``/predict``
+RMSE when the model predicts ratings, nDCG@10 of ``/recommend`` always), and promotes when no served
+metric is worse than the best recent model's beyond the margin; the promoted model is then refit on
+every row. The service follows ``current`` by itself. See ``model/retrain.py`` for the rule and
+``model/store.py`` for the store. Every run that gets the lock writes a JSON report to
+``STORE/reports/`` (and to ``--report``).
 
-Exit codes (``model.retrain.ExitCode``): 0 promoted, 10 rejected (not better), 11 refused (another
-run holds the lock), 2 bad input (nothing written to the store), 1 failed (nothing promoted).
+Exit codes (``model.retrain.ExitCode``): 0 promoted, 10 rejected (worse), 11 refused (another run holds
+the lock), 2 bad input or an unreadable current model (nothing written), 1 failed (nothing promoted).
 """
 
 from __future__ import annotations
@@ -25,19 +27,32 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from model import checkpoint
 from model.config import TrainConfig, config_flags, overrides, validate
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
-from model.interactions import build_dataset
-from model.retrain import ExitCode, decide, file_fingerprint, rmse_figures, split_holdout, write_report
-from model.store import DEFAULT_KEEP, ModelStore, StoreLocked
+from model.interactions import Dataset, Interactions, build_dataset
+from model.metrics import hit_matrix, per_user_metrics, top_k_items
+from model.retrain import (
+    ExitCode,
+    Margins,
+    Measured,
+    decide,
+    file_fingerprint,
+    holdout_mask,
+    holdout_seed,
+    subset_rows,
+    write_report,
+)  # fmt: skip
+from model.store import DEFAULT_KEEP, ModelStore, StoreError, StoreLocked
 from model.train import TrainingDiverged, fit, resolve
 from model.warmstart import WarmStartError, warm_start
 from service.index import ServingIndex
 
 
 class BadInput(ValueError):
-    """Bad flags or data for this store: exit 2, nothing written."""
+    """Bad flags or data for this store, or a store whose current model cannot be read: exit 2, nothing written."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,10 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="the full current rating file (MovieLens or CSV/TSV)")
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="file format (default: detect)")
     p.add_argument("--store", required=True, help="model store directory (created on the first run)")
-    p.add_argument("--force", action="store_true", help="promote even if the candidate is worse")
-    p.add_argument("--tolerance", type=float, default=0.005, help="promote if RMSE <= current + this (default 0.005)")
-    p.add_argument("--holdout", type=float, default=0.1, help="fraction of the new data held out (default 0.1)")
-    p.add_argument("--holdout-seed", type=int, default=0, help="seed of the holdout split (default 0)")
+    p.add_argument("--force", action="store_true", help="promote even if the candidate is worse or current unreadable")
+    p.add_argument("--tolerance", type=float, default=0.005, help="RMSE allowed above the best (default 0.005)")
+    p.add_argument("--ndcg-tolerance", type=float, default=0.005, help="nDCG@10 allowed below the best (0.005)")
+    p.add_argument("--margin-se", type=float, default=2.0, help="standard errors added to each tolerance (2)")
+    p.add_argument("--compare-versions", type=int, default=3, help="current + versions before it to beat (3)")
+    p.add_argument("--holdout", type=float, default=0.1, help="fraction of the rows held out (default 0.1)")
+    p.add_argument("--holdout-seed", type=int, help="seed of the holdout draw (default: from the data's sha256)")
     p.add_argument("--warm-start", action="store_true", help="start from the current model's rows (mf only)")
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"versions to keep (default {DEFAULT_KEEP})")
     p.add_argument("--report", help="also write the JSON run report here")
@@ -57,8 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for names, kwargs in config_flags():  # one flag per field, so new TrainConfig fields are overridable too
         group.add_argument(*names, **kwargs)
     args = p.parse_args(argv)
-    if args.tolerance < 0 or not 0 < args.holdout < 1 or args.keep < 2:
-        p.error("--tolerance must be >= 0, --holdout in (0, 1), --keep >= 2")
+    if min(args.tolerance, args.ndcg_tolerance, args.margin_se) < 0 or args.compare_versions < 1:
+        p.error("--tolerance, --ndcg-tolerance and --margin-se must be >= 0, --compare-versions >= 1")
+    if not 0 < args.holdout < 1 or args.keep < 2:
+        p.error("--holdout must be in (0, 1), --keep >= 2")
     return args
 
 
@@ -71,14 +91,82 @@ def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = F
         raise BadInput(str(exc)) from None
 
 
-def score(ckpt: checkpoint.Checkpoint, holdout, implicit: bool) -> dict:
-    """The model's figures on the holdout, through the serving index (what /predict would answer)."""
-    if implicit:
-        return {"skipped": "implicit data: no ratings to predict (ranking metrics not wired yet)"}
-    if ckpt.kind != "mf":
-        return {"skipped": f"{ckpt.kind} is ranking-only here (ranking metrics not wired yet)"}
-    out = ServingIndex(ckpt).predict(holdout.user_ids.tolist(), holdout.item_ids.tolist())
-    return rmse_figures(out.ratings, holdout.ratings, out.fallbacks)
+def recent_models(store: ModelStore, count: int, force: bool, report: dict) -> list[checkpoint.Checkpoint]:
+    """The current model and the versions added just before it, ``count`` in all (unreadable older ones skipped).
+
+    Raises:
+        BadInput: ``current`` cannot be read or points outside the store (unless ``force``: then none).
+    """
+    try:
+        current_version = report["versions"]["before"] = store.current()
+        current = None if current_version is None else checkpoint.load(store.path_of(current_version))
+    except (StoreError, checkpoint.CheckpointError) as exc:
+        report["current"] = {"error": str(exc)}
+        if not force:
+            raise BadInput(f"the store's current model is unreadable ({exc}); roll back to a good version "
+                           "(scripts/rollback.py --to VERSION) or pass --force to replace it") from None  # fmt: skip
+        print(f"warning: current model unreadable, replacing it (--force): {exc}", file=sys.stderr)
+        return []
+    if current is None:
+        return []
+    names = [v.name for v in store.versions()]
+    earlier = names[: names.index(current_version)] if current_version in names else []
+    models = [current]
+    for name in reversed(earlier[len(earlier) - (count - 1) :] if count > 1 else []):
+        try:
+            models.append(checkpoint.load(store.path_of(name)))
+        except checkpoint.CheckpointError as exc:
+            report.setdefault("skipped_versions", []).append({"version": name, "error": str(exc)})
+    return models
+
+
+def seen_pairs(ckpt: checkpoint.Checkpoint, full: Dataset) -> np.ndarray:
+    """The (user, item) pairs ``ckpt`` trained on, as keys ``user_idx * num_items + item_idx`` of ``full``."""
+    users, items = full.user_map.encode(ckpt.user_ids), full.item_map.encode(ckpt.item_ids)
+    u = np.repeat(users, np.diff(ckpt.seen_indptr))
+    i = items[ckpt.seen_indices]
+    known = (u >= 0) & (i >= 0)
+    return u[known] * full.interactions.num_items + i[known]
+
+
+def measure(ckpt: checkpoint.Checkpoint, raw, full: Dataset, held: np.ndarray, k: int = 10) -> Measured:
+    """What ``ckpt`` serves on the held-out rows: ``/predict`` for each row, and each held-out user's
+    ``/recommend`` list of ``k`` (unknown users: the popular fallback) with every other pair of the data
+    file excluded, scored by nDCG against the user's held-out items."""
+    index = ServingIndex(ckpt)
+    inter = full.interactions
+    predicted = None
+    if index.has_rating and not full.implicit and held.any():
+        predicted = np.asarray(index.predict(raw.user_ids[held].tolist(), raw.item_ids[held].tolist()).ratings)
+    judged = np.unique(inter.user_idx[held])  # global user indices, sorted: every model's users in one order
+    local = np.full(inter.num_users, -1, dtype=np.int64)
+    local[judged] = np.arange(len(judged))
+    relevant = Interactions(local[inter.user_idx[held]], inter.item_idx[held], inter.ratings[held],
+                            inter.timestamps[held], len(judged), inter.num_items).seen_csr()  # fmt: skip
+    model_item = np.fromiter((index.item_index.get(i, -1) for i in full.item_map.ids), np.int64, inter.num_items)
+    others = ~held & (local[inter.user_idx] >= 0)
+    users, items = local[inter.user_idx[others]], model_item[inter.item_idx[others]]
+    keep = items >= 0
+    excluded = Interactions(users[keep], items[keep], np.zeros(keep.sum()), np.zeros(keep.sum()), len(judged),
+                            index.num_items).seen_csr()  # fmt: skip
+    model_user = np.fromiter((index.user_index.get(full.user_map.ids[g], -1) for g in judged), np.int64, len(judged))
+    popular = index.popularity.astype(np.float64)
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), index.num_items))
+        mapped = model_user[rows]
+        known = mapped >= 0
+        if known.any():
+            out[known] = index.score_users(mapped[known])
+        out[~known] = popular  # what /recommend answers a user the model does not know
+        return out
+
+    top = top_k_items(score, np.arange(len(judged)), k, index.num_items, excluded)
+    top = np.where(top >= 0, full.item_map.encode(index.item_ids)[top], -1)  # back to the data's item indices
+    hits = hit_matrix(top, relevant, np.arange(len(judged)), inter.num_items)
+    ndcg = per_user_metrics(hits, np.diff(relevant[0]))["ndcg"] if len(judged) else np.empty(0)
+    unknown = {"unknown_users": int((model_user < 0).sum()), "rating_rows": int(held.sum())}
+    return Measured(ckpt.model_version, predicted, raw.ratings[held], ndcg, unknown)
 
 
 def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> ExitCode:
@@ -86,69 +174,83 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     timings = report["timings"]
     store.init()
     store.clean_temporary()  # left by a run that was killed while saving; we hold the lock
-    current_version = report["versions"]["before"] = store.current()
-    current = None
-    if current_version is not None:
-        try:
-            current = checkpoint.load(store.path_of(current_version))
-        except checkpoint.CheckpointError as exc:  # the service cannot serve it either
-            report["current"] = {"version": current_version, "error": str(exc)}
-            print(f"warning: current model unreadable, treating the store as empty: {exc}", file=sys.stderr)
+    recent = recent_models(store, args.compare_versions, args.force, report)
+    current = recent[0] if recent else None
     config = train_config(args, current.config if current else TrainConfig(), raw.implicit)
     report["config"] = asdict(config)
+    shape = (config.model, config.dim, config.member_dim)
+    if args.warm_start and current and shape != (current.kind, current.config.dim, current.config.member_dim):
+        raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
+    full = build_dataset(raw)
+    inter = full.interactions
+    keys = inter.user_idx * inter.num_items + inter.item_idx
+    fresh = ~np.isin(keys, np.concatenate([seen_pairs(m, full) for m in recent] or [np.empty(0, np.int64)]))
+    seed = holdout_seed(raw.fingerprint) if args.holdout_seed is None else args.holdout_seed
     try:
-        train_raw, hold_raw = split_holdout(raw, args.holdout, args.holdout_seed)
+        held = holdout_mask(raw, args.holdout, seed, fresh)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    train_raw = subset_rows(raw, ~held)
     dataset = build_dataset(train_raw)
-    report["data"].update(train_rows=len(train_raw), holdout_rows=len(hold_raw))
-    report["data"].update(users=dataset.interactions.num_users, items=dataset.interactions.num_items)
+    report["holdout"] = {"fraction": args.holdout, "seed": seed, "rows_no_recent_model_saw": int(fresh.sum()),
+                         "held_rows": int(held.sum()), "compared_with": [m.model_version for m in recent]}  # fmt: skip
+    report["data"].update(train_rows=len(train_raw), holdout_rows=int(held.sum()), users=inter.num_users,
+                          items=inter.num_items)  # fmt: skip
 
-    init = None
-    if args.warm_start:
-        if current is None:
-            report["warm_start"] = {"used": False, "reason": "no current model"}
-        else:
-            if (config.model, config.dim, config.member_dim) != (current.kind, current.config.dim,
-                                                                 current.config.member_dim):  # fmt: skip
-                raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
-            init = warm_start(current, dataset.user_map.ids, dataset.item_map.ids)
-            report["warm_start"] = {"used": True, "from": current_version, "matched": init.matched}
+    if recent and not held.any() and not args.force:  # nothing to judge by: do not train for nothing
+        reason = decide(Measured("", None, np.empty(0), np.empty(0)), [None], Margins()).reason
+        report["decision"] = {"promoted": False, "reason": reason, "forced": False}
+        report["versions"]["after"] = report["versions"]["before"]
+        print(f"rejected: {reason}")
+        return ExitCode.REJECTED
 
-    print(f"training candidate on {len(train_raw)} rows (holding out {len(hold_raw)})", flush=True)
+    def warm(ids_from: Dataset):
+        if not args.warm_start or current is None:
+            return None
+        return warm_start(current, ids_from.user_map.ids, ids_from.item_map.ids)
+
+    init = warm(dataset)
+    report["warm_start"] = {"used": init is not None, "from": current.model_version if init else None,
+                            "matched": init.matched if init else None}  # fmt: skip
+    print(f"training candidate on {len(train_raw)} rows (holding out {int(held.sum())})", flush=True)
     started = time.perf_counter()
     result = fit(dataset.interactions, config, progress=not args.quiet, implicit=raw.implicit, init=init)
     timings["train_s"] = round(time.perf_counter() - started, 3)
     candidate = checkpoint.from_training(result, dataset)
-    candidate.data.update(holdout_fraction=args.holdout, holdout_seed=args.holdout_seed, holdout_rows=len(hold_raw))
 
     started = time.perf_counter()
-    cand_fig = score(candidate, hold_raw, raw.implicit)
-    cur_fig = score(current, hold_raw, raw.implicit) if current is not None else None
+    cand = measure(candidate, raw, full, held)
+    refs = [measure(m, raw, full, held) for m in recent]
     timings["evaluate_s"] = round(time.perf_counter() - started, 3)
-    report["candidate"] = {"version": candidate.model_version, "holdout": cand_fig, "training": result.metrics}
-    if current is not None:
-        report["current"] = {"version": current_version, "holdout": cur_fig}
-        split = (current.data.get("holdout_fraction"), current.data.get("holdout_seed"))
-        if split != (args.holdout, args.holdout_seed):
-            report["current"]["note"] = (
-                f"the current model was not trained with this holdout (its split: {split}); it may have seen "
-                "held-out rows, which favours it"
-            )
-    decision = decide(cur_fig, cand_fig, args.tolerance, args.force)
-    report["decision"] = {"promoted": decision.promote, "reason": decision.reason, "tolerance": args.tolerance,
-                          "forced": args.force}  # fmt: skip
+    report["candidate"] = {"version": candidate.model_version, "holdout": cand.figures(), "training": result.metrics}
+    if refs:
+        report["current"] = {"version": refs[0].version, "holdout": refs[0].figures()}
+        report["references"] = [m.figures() for m in refs]
+    margins = Margins(args.tolerance, args.ndcg_tolerance, args.margin_se)
+    decision = decide(cand, refs, margins, args.force)
+    report["decision"] = {"promoted": decision.promote, "reason": decision.reason, "forced": args.force,
+                          "margins": asdict(margins), "comparisons": decision.comparisons}  # fmt: skip
+    before = report["versions"]["before"]
     if not decision.promote:
-        print(f"rejected {candidate.model_version}: {decision.reason}; still serving {current_version}")
-        report["versions"]["after"] = current_version
+        print(f"rejected {candidate.model_version}: {decision.reason}; still serving {before}")
+        report["versions"]["after"] = before
         return ExitCode.REJECTED
 
+    # Refit on every row: the promoted model knows every pair, so nothing the user rated is recommended.
+    print(f"refitting the promoted configuration on all {len(raw)} rows", flush=True)
     started = time.perf_counter()
-    store.add(candidate)
-    store.set_current(candidate.model_version)
-    report["versions"].update(after=candidate.model_version, pruned=store.prune(args.keep))
+    final = fit(inter, config, progress=not args.quiet, implicit=raw.implicit, init=warm(full))
+    promoted = checkpoint.from_training(final, full)
+    promoted.data.update(holdout_fraction=args.holdout, holdout_seed=seed, holdout_rows=int(held.sum()),
+                         judged_as=candidate.model_version)  # fmt: skip
+    timings["refit_s"] = round(time.perf_counter() - started, 3)
+    report["refit"] = {"version": promoted.model_version, "rows": len(raw), "training": final.metrics}
+    started = time.perf_counter()
+    store.add(promoted)
+    store.set_current(promoted.model_version)
+    report["versions"].update(after=promoted.model_version, pruned=store.prune(args.keep))
     timings["promote_s"] = round(time.perf_counter() - started, 3)
-    print(f"promoted {candidate.model_version} (was {current_version}): {decision.reason}")
+    print(f"promoted {promoted.model_version} (was {before}): {decision.reason}")
     return ExitCode.PROMOTED
 
 

@@ -9,7 +9,8 @@ a dot product: it is scored by a torch forward pass over the catalogue, one thre
 
 Ratings (``/predict``) come from the rating model ``mu + b_u + b_i + U_u . V_i`` where there is one;
 a ranking-only model (gmf, neumf, mf on a ranking loss) reports ``low + (high - low) * sigmoid(logit)``,
-a preference on the data's scale rather than a calibrated rating. Unknown users fall back to the most
+a preference on the data's scale rather than a calibrated rating (on implicit data, which has no scale,
+``sigmoid(logit)``). Unknown users fall back to the most
 popular items; unknown users or items in predictions fall back to the baseline ``mu + known biases``.
 """
 
@@ -171,6 +172,8 @@ class ServingIndex:
         cand = None if candidates is None else self.item_indices(candidates)
         user_idx = self.user_index.get(user_id)
         if user_idx is None:
+            if cand is not None:  # items= may repeat an id: each item once, by popularity then index
+                cand = np.unique(cand)
             pool = self.popular_order if cand is None else cand[np.argsort(-self.popularity[cand], kind="stable")]
             if len(banned):
                 pool = pool[~np.isin(pool, banned)]
@@ -195,14 +198,17 @@ class ServingIndex:
         Ranking by rating (an MF without a ranking head): solves the MF objective for one new user with the
         items fixed (as implicit's ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i -
         p.V_i)^2 + reg*|p|^2``; without ratings every history item counts as liked at the top of the
-        scale. Ranking models: the mean of the history's item vectors, at a typical user's length (ratings
-        are not used: the ranking objective treats every interaction as a positive). NeuMF: a few gradient
+        scale. Ranking models (the default MF's ranking head included): the mean of the history's item vectors
+        weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
+        at a typical user's length. NeuMF: a few gradient
         steps on a fresh user's embeddings (see :class:`TorchScorer`).
         """
         if not self.dot:
             return self.torch_scorer.fold_in(item_idx)
         if not self.rank_is_rating:
-            mean = self.item_vectors[item_idx, :-1].mean(axis=0)
+            # Ratings weigh the history: the top of the scale counts fully, the bottom not at all.
+            weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
+            mean = (weights[:, None] * self.item_vectors[item_idx, :-1]).sum(axis=0) / max(len(item_idx), 1)
             p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
             return np.append(p, 1.0).astype(np.float32)
         factors = self.item_vectors[item_idx, :-1]  # (n, d)
@@ -211,6 +217,12 @@ class ServingIndex:
         gram = factors.T @ factors + self.fold_in_reg * np.eye(self.dim, dtype=np.float32)
         p = np.linalg.solve(gram, factors.T @ target.astype(np.float32))
         return np.append(p, 1.0).astype(np.float32)
+
+    def _liking(self, ratings: np.ndarray) -> np.ndarray:
+        """Ratings as weights in [0, 1]: (r - low) / (high - low), clipped; all 1 on a scale of one value."""
+        if self.high <= self.low:
+            return np.ones(len(ratings))
+        return np.clip((np.asarray(ratings, np.float64) - self.low) / (self.high - self.low), 0.0, 1.0)
 
     def recommend_for_history(
         self,
@@ -260,9 +272,12 @@ class ServingIndex:
         else:
             interaction = self.torch_scorer.pairs(u, i) * both
         rating = self.global_bias + self.user_bias[u] * known_u + self.item_bias[i] * known_i + interaction
-        if not self.has_rating:  # a logit: squash onto the scale (unknown ids: the midpoint-ish baseline)
-            rating = self.low + (self.high - self.low) / (1.0 + np.exp(-rating))
-        rating = np.clip(rating, self.low, self.high)
+        if not self.has_rating and self.high > self.low:  # a logit: squash onto the scale of the ratings
+            rating = np.clip(self.low + (self.high - self.low) / (1.0 + np.exp(-rating)), self.low, self.high)
+        elif not self.has_rating:  # implicit data has no scale (every rating 1): a preference in (0, 1)
+            rating = 1.0 / (1.0 + np.exp(-rating))
+        else:
+            rating = np.clip(rating, self.low, self.high)
         fallbacks = [None if ok else "baseline" for ok in both.tolist()]
         return Predictions(rating.astype(float).tolist(), fallbacks)
 

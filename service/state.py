@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint
-from model.store import CURRENT, ModelStore
+from model.store import CURRENT, ModelStore, StoreError
 from service.ann import AnnConfig, load_or_build_lists, maybe_ann
 from service.index import ServingIndex
 from service.topn import TopNCache, TopNConfig
@@ -61,12 +61,20 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
     ``ann`` decides whether an approximate index is attached (default :class:`AnnConfig`: at 100,000
     items or more, when faiss is installed); ``topn`` whether every known user's top-N list is
     precomputed (default :class:`TopNConfig`: by scanning, up to 1e8 user x item scores and no ANN; with
-    an ANN index, searched from it and cached beside it).
+    an ANN index, searched from it and cached beside it). Never raises: any failure is the returned
+    state's ``error`` (the caller counts it, logs it and keeps the model it has).
     """
     try:
-        ckpt = checkpoint.load(path)
+        return _load_state(path, ann, topn)
     except checkpoint.CheckpointError as exc:
         return ModelState(error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever breaks while loading is a refused load, never a crash
+        log.exception("loading %s failed", path)
+        return ModelState(error=f"{path}: could not load ({type(exc).__name__}: {exc})")
+
+
+def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None) -> ModelState:
+    ckpt = checkpoint.load(path)
     if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
         ckpt.serving = checkpoint.serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
     ann_index = None
@@ -142,7 +150,10 @@ class ModelHolder:
             return failed
         store = ModelStore(self.path)
         names = [v.name for v in store.versions()]
-        current = store.current()
+        try:
+            current = store.current()
+        except StoreError:  # a pointer outside the store: no order to fall back in
+            return failed
         earlier = names[: names.index(current)] if current in names else []
         for name in reversed(earlier):
             state = load_state(store.path_of(name), self.ann, self.topn)

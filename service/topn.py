@@ -32,7 +32,7 @@ class TopNConfig:
         return cls(
             max_cells=int(settings.get("TOPN_MAX_CELLS", cls.max_cells)),
             n=int(settings.get("TOPN_N", cls.n)),
-            with_ann=bool(int(settings.get("TOPN_WITH_ANN", 1))),
+            with_ann=bool(settings.get("TOPN_WITH_ANN", cls.with_ann)),
         )
 
     def wants(self, num_users: int, num_items: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -103,3 +104,39 @@ def test_files_from_before_the_model_family_still_load(small_ckpt_path, tmp_path
     user = ckpt.user_ids[0]
     assert before.recommend(user, 5) == after.recommend(user, 5)
     assert before.predict([user], [ckpt.item_ids[0]]) == after.predict([user], [ckpt.item_ids[0]])
+
+
+def _tampered(source, target, **changes):
+    """A copy of a checkpoint file with some stored fields replaced (still loadable with weights_only)."""
+    raw = torch.load(source, map_location="cpu", weights_only=True)
+    for key, value in changes.items():
+        if key.startswith("config."):
+            raw["config"][key.removeprefix("config.")] = value
+        else:
+            raw[key] = value(raw[key]) if callable(value) else value
+    torch.save(raw, target)
+    return target
+
+
+WRONG_FIELDS = {
+    "seen_indptr_as_a_list": ({"seen_indptr": lambda t: t.tolist()}, "seen_indptr is a list, expected a tensor"),
+    "popularity_as_floats": ({"item_popularity": lambda t: t.double()}, "item_popularity has dtype torch.float64"),
+    "indptr_decreasing": ({"seen_indptr": lambda t: t.flip(0)}, "seen_indptr does not start at 0"),
+    "user_ids_as_ints": ({"user_ids": lambda ids: list(range(len(ids)))}, "user_ids is not a list of strings"),
+    "duplicate_item_ids": ({"item_ids": lambda ids: [ids[0]] * len(ids)}, "item_ids holds duplicates"),
+    "dim_as_text": ({"config.dim": "eight"}, "config.dim is 'eight', expected int"),
+    "scale_reversed": ({"rating_scale": [5.0, 1.0]}, "rating_scale is [5.0, 1.0]"),
+    "mean_as_text": ({"global_mean": "3.5"}, "global_mean is '3.5'"),
+    "weights_as_lists": ({"state_dict": lambda sd: {k: v.tolist() for k, v in sd.items()}}, "expected a tensor"),
+    "unknown_kind": ({"kind": "svd"}, "kind 'svd' is not one of"),
+    "metrics_as_text": ({"metrics": "good"}, "metrics is not a dict of numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_FIELDS))
+def test_a_wrongly_typed_field_is_a_checkpoint_error(case, small_ckpt_path, tmp_path):
+    """Before: AttributeError/TypeError from wherever the field was first used (create_app crashed)."""
+    changes, message = WRONG_FIELDS[case]
+    bad = _tampered(small_ckpt_path, tmp_path / "bad.ckpt", **changes)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        checkpoint.load(bad)

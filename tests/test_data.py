@@ -97,3 +97,13 @@ def test_ml_csv_requires_its_header(tmp_path):
 def test_unknown_format_name(tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         load_ratings(write_lines(tmp_path / "r.csv", ["1,2,3"]), "parquet")
+
+
+def test_a_non_numeric_rating_on_the_first_line_is_an_error_not_a_header(tmp_path):
+    """Before: 'u1,i1,great' on line 1 was silently dropped as a header."""
+    path = write_lines(tmp_path / "r.csv", ["u1,i1,great", "u2,i2,4"])
+    with pytest.raises(DataFormatError, match=r"r\.csv:1: rating is not a number: 'great' \(not a header either"):
+        load_ratings(path)
+    for header in ("user,item,rating", "userId,movieId,score,when", "UID,iid,r"):
+        raw = load_ratings(write_lines(tmp_path / "h.csv", [header, "u2,i2,4" + (",5" if "when" in header else "")]))
+        assert raw.user_ids.tolist() == ["u2"]

@@ -57,7 +57,9 @@ def test_seen_csr_lists_distinct_items_per_user():
 def test_random_split_keeps_id_space_and_partitions_rows():
     ds = build_dataset(_raw([str(i % 7) for i in range(100)], [str(i % 5) for i in range(100)], [3] * 100))
     train, test = random_split(ds.interactions, 0.2, seed=3)
-    assert len(train) == 80 and len(test) == 20
+    # 35 distinct (user, item) pairs, each on 2-3 rows: 7 pairs are held out, with all their rows.
+    pairs = lambda part: set(zip(part.user_idx.tolist(), part.item_idx.tolist()))  # noqa: E731
+    assert len(pairs(test)) == 7 and not pairs(train) & pairs(test) and len(train) + len(test) == 100
     assert (train.num_users, train.num_items) == (7, 5) == (test.num_users, test.num_items)
     again = random_split(ds.interactions, 0.2, seed=3)[1]
     assert np.array_equal(again.user_idx, test.user_idx)

@@ -79,8 +79,14 @@ def test_model_contract(trained):
     # Known answer: each user's best unseen item is in their own block. Not for ranking by predicted rating:
     # it cannot tell "not rated because not my taste" from "not rated yet" (the reason for the ranking head).
     ranks = name != "mf-by-rating"
-    in_block = [block(index.recommend(u, 1).item_ids[0]) == group(u) for u in users]
-    assert np.mean(in_block) >= (0.8 if ranks else 0.0), (name, np.mean(in_block))
+    if ranks:
+        in_block = [block(index.recommend(u, 1).item_ids[0]) == group(u) for u in users]
+        assert np.mean(in_block) >= 0.8, (name, np.mean(in_block))
+    else:  # ranking by rating: the first item is the unseen one with the highest predicted rating
+        for u in users[::5]:
+            unseen = [i for i in ckpt.item_ids if index.item_index[i] not in set(index.seen(index.user_index[u]))]
+            predicted = index.predict([u] * len(unseen), unseen).ratings
+            assert index.recommend(u, 1).item_ids[0] == unseen[int(np.argmax(predicted))]
 
     # score_users is exactly the signal recommend ranks by, and seen items never come back.
     scores = index.score_users(np.arange(len(users)))
@@ -109,12 +115,14 @@ def test_model_contract(trained):
     # Fold-in: a new user who liked half of block 2 gets the rest of block 2, never their history.
     history = [f"i{i}" for i in range(2 * BLOCK, 2 * BLOCK + 5)]
     folded = index.recommend_for_history(history, 3)
-    assert not set(folded.item_ids) & set(history)
-    assert all(block(i) == 2 for i in folded.item_ids) or not ranks, (name, folded.item_ids)
+    assert not set(folded.item_ids) & set(history) and len(folded.item_ids) == 3
+    if ranks:
+        assert all(block(i) == 2 for i in folded.item_ids), (name, folded.item_ids)
 
     # /similar: an item's nearest neighbour is mostly in its own block.
     near = [block(index.similar(f"i{i}", 1).item_ids[0]) == block(f"i{i}") for i in range(ckpt.num_items)]
-    assert np.mean(near) >= (0.75 if ranks else 0.0), (name, np.mean(near))
+    if ranks:  # a rating model's factors need not cluster the blocks (checked: 0.25, chance level)
+        assert np.mean(near) >= 0.75, (name, np.mean(near))
 
     # Round trip: save -> load gives identical answers.
     again = ServingIndex(checkpoint.load(checkpoint.save(ckpt, path.with_name("copy.ckpt"))))

@@ -102,3 +102,29 @@ def test_replacing_the_checkpoint_under_load_fails_no_request(start_uwsgi, tmp_p
     assert len(results) > 100 and versions[0] == old and versions[-1] == new
     assert set(versions) == {old, new}
     assert "reload refused" in server.log()
+
+
+def test_a_wrongly_typed_checkpoint_is_refused_at_start_up_and_on_reload(tmp_path, small_ckpt_path, small_ckpt):
+    """Before: a field of the wrong type (seen_indptr as a list) raised AttributeError out of create_app, and
+    on reload it was neither counted nor retried."""
+    from service import create_app, metrics
+    from tests.test_checkpoint import _tampered
+
+    live = tmp_path / "live.ckpt"
+    _tampered(small_ckpt_path, live, seen_indptr=lambda t: t.tolist())
+    client = create_app({"CHECKPOINT": str(live), "TESTING": True, "RELOAD_INTERVAL": 0}).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "seen_indptr is a list" in ready.get_json()["reason"]
+
+    replace_atomically(small_ckpt_path, live)
+    app = create_app({"CHECKPOINT": str(live), "TESTING": True, "RELOAD_INTERVAL": 0})
+    holder, client = app.extensions["recsys"], app.test_client()
+    failed = metrics.RELOADS.labels(result="failed")._value.get()
+    _tampered(small_ckpt_path, tmp_path / "incoming", seen_indptr=lambda t: t.tolist())
+    os.replace(tmp_path / "incoming", live)
+    assert not holder.check()  # refused, counted, the old model keeps serving
+    assert metrics.RELOADS.labels(result="failed")._value.get() == failed + 1
+    assert client.get("/readyz").get_json()["model_version"] == small_ckpt.model_version
+    assert client.get(f"/recommend?user_id={small_ckpt.user_ids[0]}&k=3").status_code == 200
+    replace_atomically(small_ckpt_path, live)  # the next change is tried again
+    assert holder.check() and holder.version == small_ckpt.model_version

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from model import checkpoint
+from model.data import load_ratings
 from model.retrain import ExitCode
 from model.store import ModelStore
 from model.synthetic import SyntheticConfig, planted_ratings
+from service.index import ServingIndex
 from tests.conftest import REPO, record_figures
 
 FAST = ["--quiet", "--dim", "8", "--member-dim", "8", "--epochs", "6", "--patience", "2"]
@@ -53,34 +55,103 @@ def tree(root: Path) -> dict[str, int]:
     return out
 
 
+def snapshots(tmp_path: Path, data: Path, share: float = 0.8) -> tuple[Path, Path]:
+    """(an older snapshot: the first ``share`` of the rows, the full file): the data grows between runs."""
+    lines = data.read_text().splitlines()
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(lines[: int(len(lines) * share)]) + "\n")
+    return old, data
+
+
 def test_promote_reject_force_and_reports(tmp_path, data):
     store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
     first = tmp_path / "first.json"
-    assert retrain.main(["--data", str(data), "--store", str(store_dir), "--report", str(first), *FAST]) == 0
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), "--report", str(first), *FAST]) == 0
     store = ModelStore(store_dir)
     report = json.loads(first.read_text())
     v1 = store.current()
     assert report["outcome"] == "promoted" and report["versions"] == {"before": None, "after": v1, "pruned": []}
     assert report["decision"]["reason"] == "no current model" and report["candidate"]["holdout"]["rmse"] < 1.0
     assert report["data"]["fingerprint"].startswith("sha256:") and report["data"]["holdout_rows"] > 0
-    assert set(report["timings"]) >= {"load_s", "train_s", "evaluate_s", "promote_s", "total_s"}
+    assert set(report["timings"]) >= {"load_s", "train_s", "evaluate_s", "refit_s", "promote_s", "total_s"}
+    assert report["refit"]["version"] == v1 and report["refit"]["rows"] == report["data"]["rows"]
     assert [p.name for p in store.reports_dir.iterdir()][0].endswith("-promoted.json")
     assert checkpoint.load(store.current_path()).config.dim == 8
 
     # A crippled candidate (one epoch at a tiny learning rate) is worse: rejected, current untouched.
     worse = tmp_path / "worse.json"
-    code = retrain.main(["--data", str(data), "--store", str(store_dir), "--report", str(worse), "--quiet",
-                         "--epochs", "1", "--lr", "0.00001"])  # fmt: skip
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--report", str(worse), "--quiet",
+                         "--epochs", "1", "--lr", "0.00001", "--rank-epochs", "1", "--rank-lr", "0.00001"])  # fmt: skip
     report = json.loads(worse.read_text())
     assert code == ExitCode.REJECTED == 10 and store.current() == v1 and len(store.versions()) == 1
-    assert report["outcome"] == "rejected"
+    assert report["outcome"] == "rejected" and report["decision"]["reason"].startswith("rejected: ")
     assert report["candidate"]["holdout"]["rmse"] > report["current"]["holdout"]["rmse"]
     assert report["config"]["dim"] == 8  # the current model's configuration, with the overrides applied
-    assert "note" not in report["current"]  # the current model was trained by retrain.py with this holdout
+    # Judged only on pairs the current model never trained on: the rows the new snapshot added.
+    assert 0 < report["holdout"]["held_rows"] <= report["holdout"]["rows_no_recent_model_saw"] < len(new.read_text())
 
-    code = retrain.main(["--data", str(data), "--store", str(store_dir), "--quiet", "--epochs", "1", "--force"])
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--quiet", "--epochs", "1", "--force"])
     assert code == 0 and store.current() != v1 and store.previous() == v1
     assert len(list(store.reports_dir.glob("*.json"))) == 3
+    # The same snapshot again: every pair is known to the current model, nothing to judge by.
+    out = tmp_path / "same.json"
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--report", str(out), *FAST])
+    assert code == ExitCode.REJECTED and "nothing to judge by" in json.loads(out.read_text())["decision"]["reason"]
+
+
+def test_after_a_promotion_no_user_is_recommended_an_item_they_rated(tmp_path, data):
+    """Before: the promoted model was the one trained without the holdout, so its seen items lacked it."""
+    store_dir = tmp_path / "store"
+    report = tmp_path / "r.json"
+    assert retrain.main(["--data", str(data), "--store", str(store_dir), "--report", str(report), *FAST]) == 0
+    assert json.loads(report.read_text())["data"]["holdout_rows"] > 0
+    index = ServingIndex(checkpoint.load(ModelStore(store_dir).current_path()))
+    raw = load_ratings(data)
+    rated: dict[str, set[str]] = {}
+    for u, i in zip(raw.user_ids, raw.item_ids):
+        rated.setdefault(u, set()).add(i)
+    assert set(index.user_index) == set(rated)  # nobody whose rows were all held out is served as unknown
+    offending = sum(len(set(index.recommend(u, 50).item_ids) & items) for u, items in rated.items())
+    assert offending == 0
+
+
+def test_a_worse_ranking_is_rejected_even_when_its_rmse_is_better(tmp_path, data):
+    store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), *FAST]) == 0
+    out = tmp_path / "r.json"
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--report", str(out), "--quiet",
+                         "--epochs", "30", "--patience", "5", "--rank-epochs", "1"])  # fmt: skip
+    report = json.loads(out.read_text())
+    checks = {c["metric"]: c for c in report["decision"]["comparisons"]}
+    assert checks["rmse"]["ok"] and checks["rmse"]["candidate"] < checks["rmse"]["best"], checks
+    assert not checks["ndcg"]["ok"], checks
+    assert code == ExitCode.REJECTED and report["versions"]["after"] == report["versions"]["before"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "outside"])
+def test_an_unreadable_current_needs_force(tmp_path, data, damage, capsys):
+    store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), *FAST]) == 0
+    store = ModelStore(store_dir)
+    if damage == "garbage":
+        bad = store.versions_dir / "bad.ckpt"
+        bad.write_bytes(b"not a checkpoint")
+    else:
+        bad = tmp_path / "elsewhere" / store.current_path().name
+        bad.parent.mkdir()
+        bad.write_bytes(store.current_path().read_bytes())
+    store._point(bad)
+    capsys.readouterr()
+    before = {v.name for v in store.versions()}
+    assert retrain.main(["--data", str(new), "--store", str(store_dir), *FAST]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "current model is unreadable" in err and "--force" in err
+    assert {v.name for v in store.versions()} == before and os.readlink(store.current_link).endswith(bad.name)
+    assert retrain.main(["--data", str(new), "--store", str(store_dir), *FAST, "--force"]) == 0
+    assert store.current() not in before
 
 
 def test_warm_start_and_the_service_follows_the_promotion(start_uwsgi, tmp_path, data):

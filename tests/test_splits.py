@@ -9,12 +9,17 @@ from model.interactions import Interactions
 from model.splits import leave_last_out, random_split, stratified_split
 
 
-def make_inter(rng, num_users: int = 30, num_items: int = 50, max_rows: int = 15, with_time: bool = True):
-    """Users with 1..max_rows rows each; ``ratings`` holds a unique row id so parts can be matched back."""
+def make_inter(rng, num_users: int = 30, num_items: int = 50, max_rows: int = 15, with_time: bool = True,
+               repeats: bool = False):  # fmt: skip
+    """Users with 1..max_rows rows each; ``ratings`` holds a unique row id so parts can be matched back.
+    Each row is its own (user, item) pair unless ``repeats``."""
     counts = rng.integers(1, max_rows + 1, num_users)
     counts[:3] = [1, 2, 3]  # the edge cases are always there
     users = np.repeat(np.arange(num_users), counts)
-    items = rng.integers(0, num_items, len(users))
+    if repeats:
+        items = rng.integers(0, num_items, len(users))
+    else:
+        items = np.concatenate([rng.choice(num_items, c, replace=False) for c in counts])
     stamps = rng.integers(1, 20, len(users)) if with_time else np.zeros(len(users), dtype=np.int64)
     return Interactions(users, items, np.arange(len(users)), stamps, num_users, num_items)
 
@@ -89,3 +94,15 @@ def test_bad_fractions_are_refused(rng):
             stratified_split(inter, fraction)
     with pytest.raises(ValueError, match="num_last"):
         leave_last_out(inter, num_last=0)
+
+
+@pytest.mark.parametrize(
+    "split", [lambda i, s: random_split(i, 0.25, s), lambda i, s: stratified_split(i, 0.25, s), leave_last_out]
+)
+def test_a_repeated_pair_is_never_on_both_sides(rng, split):
+    """Before: splits drew rows, so the rows of a pair rated twice could land in train and in test."""
+    inter = make_inter(rng, num_items=6, repeats=True)  # few items: many users rate an item more than once
+    train, test = split(inter, 1)
+    assert_partition(inter, train, test)
+    keys = lambda part: set(zip(part.user_idx.tolist(), part.item_idx.tolist()))  # noqa: E731
+    assert len(keys(inter)) < len(inter) and not keys(train) & keys(test)

@@ -11,7 +11,7 @@ import torch
 from model import checkpoint
 from model.data import RawRatings
 from model.evaluate import predict_ratings, rmse
-from model.retrain import decide, split_holdout
+from model.retrain import split_holdout
 from model.store import ModelStore, StoreError, StoreLocked, is_store
 from model.train import TrainConfig, fit
 from model.warmstart import WarmStartError, warm_start
@@ -101,16 +101,6 @@ def test_holder_follows_a_store_directory(tmp_path, versions):
     assert not holder.check() and holder.version == versions[1].model_version
     store.rollback(versions[0].model_version)
     assert holder.check() and holder.version == versions[0].model_version
-
-
-def test_decide():
-    cur, better, worse = {"rmse": 0.90}, {"rmse": 0.89}, {"rmse": 0.95}
-    assert decide(cur, better, 0.0, False).promote
-    assert decide(cur, {"rmse": 0.904}, 0.005, False).promote
-    assert not decide(cur, worse, 0.005, False).promote
-    assert decide(cur, worse, 0.0, True).promote and decide(None, worse, 0.0, False).promote
-    skipped = decide(cur, {"skipped": "implicit data"}, 0.0, False)
-    assert not skipped.promote and "implicit data" in skipped.reason
 
 
 def _raw(users, items) -> RawRatings:
