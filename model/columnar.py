@@ -124,7 +124,9 @@ def read_delimited(
         return None
     n, columns = table.num_rows, _columns(table)
     del table  # the columns are freed one by one as they are converted
-    return _from_columns(columns, n, scan.fingerprint, str(path), implicit)
+    raw = _from_columns(columns, n, scan.fingerprint, str(path), implicit)
+    pa.default_memory_pool().release_unused()  # hand the freed table back to the OS before training starts
+    return raw
 
 
 def _columns(table: pa.Table) -> dict[str, pa.ChunkedArray]:

@@ -23,7 +23,19 @@ RANKING_DEFAULTS = {
     "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
+    "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 30.0, "batch_size": 0},  # mf on implicit data, by ALS
 }
+# The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
+# is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
+# minutes per million rows, ALS seconds (docs/benchmarks.md "Scale").
+ALS_MIN_ROWS = 500_000
+ALS_RATING_DEFAULTS = {"dim": 32, "epochs": 12, "reg": 10.0, "lr": 0.0, "batch_size": 0}
+# The ranking head per rank loss: full softmax by gradient descent, or implicit ALS (closed form).
+RANK_HEAD_DEFAULTS = {
+    "softmax": {"rank_reg": 5.0, "rank_epochs": 100},
+    "ials": {"rank_reg": 30.0, "rank_epochs": 12},
+}
+ENGINES = ("auto", "gd", "als")
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -58,8 +70,14 @@ class TrainConfig:
 
     model: str = _opt("mf", "model kind", choices="model")
     loss: str = _opt("auto", "auto: mf -> mse on ratings (softmax on implicit data); gmf, neumf -> bce", choices="loss")
-    rank_loss: str = _opt("softmax", "ranking head of an mse model, used by /recommend; none: rank by predicted "
-                          "rating", choices="rank_loss")  # fmt: skip
+    rank_loss: str = _opt("auto", "ranking head of an mse model, used by /recommend (auto: softmax with the gd "
+                          "engine, ials with als); none: rank by predicted rating", choices="rank_loss")  # fmt: skip
+    engine: str = _opt(
+        "auto",
+        "how mf trains on ratings: gd (the MF ensemble by gradient descent), als (closed-form "
+        f"alternating least squares), auto: als from {ALS_MIN_ROWS:,} rows",
+        choices="engine",
+    )
     dim: int | None = _opt(None, "embedding size (mf+mse: members * member_dim)", minimum=1)
     member_dim: int = _opt(16, "mf+mse: factors per ensemble member; dim a multiple of it, else one", minimum=1)
     layers: str = _opt("64,32,16", "neumf: MLP tower widths; the first is the concatenated user+item embedding")
@@ -82,9 +100,11 @@ class TrainConfig:
     refit: bool = _opt(True, "after early stopping, retrain on every row for the best number of epochs")
     device: str = _opt("cpu", "cpu, cuda or auto (cuda when available)", choices="device")
     rank_dim: int = _opt(64, "ranking head of an mf+mse model: embedding size", minimum=1)
-    rank_reg: float = _opt(5.0, "ranking head: L2", minimum=0)
+    rank_reg: float | None = _opt(None, "ranking head: L2", minimum=0)
     rank_lr: float = _opt(0.003, "ranking head: Adam learning rate", above=0)
-    rank_epochs: int = _opt(100, "ranking head: maximum epochs", minimum=1)
+    rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
+    alpha: float = _opt(3.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
+    threads: int = _opt(0, "torch threads; 0: the cores this process may use", minimum=0)
 
 
 def choices(name: str | None) -> tuple[str, ...] | None:
@@ -99,7 +119,8 @@ def choices(name: str | None) -> tuple[str, ...] | None:
     table = {
         "model": MODEL_KINDS,
         "loss": ("auto", *LOSSES),
-        "rank_loss": ("none", *RANKING_LOSSES),
+        "rank_loss": ("auto", "none", *RANKING_LOSSES),
+        "engine": ENGINES,
         "activation": tuple(ACTIVATIONS),
         "optimizer": OPTIMIZERS,
         "lr_schedule": SCHEDULES,
@@ -172,6 +193,8 @@ def validate(config: TrainConfig, given: Mapping[str, Any] | None = None) -> Tra
             raise ValueError(f"{flag} must be > {meta['above']:g}, got {value}")
         if meta.get("below") is not None and value >= meta["below"]:
             raise ValueError(f"{flag} must be < {meta['below']:g}, got {value}")
+    if config.engine == "als" and config.model != "mf":
+        raise ValueError(f"--engine als trains mf only; {config.model} trains by gradient descent")
     if "rank_loss" in given and config.loss not in ("auto", "mse"):
         raise ValueError(f"--rank-loss is the ranking head of an mse model; --loss {config.loss} already ranks")
     if "rank_loss" in given and config.model != "mf":

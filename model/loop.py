@@ -34,7 +34,7 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def make_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int):
+def make_schedule(name: str, optimizer: torch.optim.Optimizer | None, epochs: int):
     """Per-epoch LR schedule: ``cosine`` anneals to 0 over ``epochs``, ``step`` halves every quarter of them."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
@@ -61,7 +61,7 @@ def take_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, epoch: int) 
 
 def run_epochs(
     network: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     train_epoch: Callable[[int], dict[str, float]],
     validate: Callable[[], dict[str, float]] | None,
     *,

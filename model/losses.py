@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 RATING_LOSSES = ("mse",)
-RANKING_LOSSES = ("bce", "bpr", "softmax")
+RANKING_LOSSES = ("bce", "bpr", "softmax", "ials")  # ials: implicit ALS's weighted squares, closed form (model.als)
 LOSSES = RATING_LOSSES + RANKING_LOSSES
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from model.keys import member_of, sorted_unique
 from model.topk import top_k_rows
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -112,9 +113,7 @@ def hit_matrix(top: np.ndarray, relevant: CSR, user_idx: np.ndarray, num_items: 
     rows, items = csr_rows(relevant, np.asarray(user_idx, dtype=np.int64))
     relevant_keys = np.sort(rows * num_items + items)  # one int64 key per (row, item) pair
     keys = np.arange(len(top), dtype=np.int64)[:, None] * num_items + top
-    pos = np.minimum(np.searchsorted(relevant_keys, keys), max(len(relevant_keys) - 1, 0))
-    found = relevant_keys[pos] == keys if len(relevant_keys) else np.zeros(top.shape, dtype=bool)
-    return found & (top >= 0)
+    return member_of(keys, relevant_keys) & (top >= 0)
 
 
 def per_user_metrics(hits: np.ndarray, num_relevant: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,8 +148,8 @@ def relevant_items(test: CSR, train: CSR | None, num_items: int) -> CSR:
     keys = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(indptr)) * num_items + indices
     if train is not None and len(train[1]):
         train_users = np.repeat(np.arange(len(train[0]) - 1, dtype=np.int64), np.diff(train[0]))
-        keys = keys[~np.isin(keys, train_users * num_items + train[1])]
-    keys = np.unique(keys)
+        keys = keys[~member_of(keys, train_users * num_items + train[1])]  # CSR order: already sorted
+    keys = sorted_unique(keys)
     new_ptr = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // num_items, minlength=num_users), out=new_ptr[1:])
     return new_ptr, keys % num_items

@@ -56,7 +56,7 @@ class BiasedMF(nn.Module):
         """Scores of every item for each user, (b, I): the full-catalogue logits of the softmax loss."""
         return (
             self.user_factors(user_idx) @ self.item_factors.weight.T
-            + self.item_bias.weight.T
+            + self.item_bias.weight.view(1, -1)  # a view, not .T: its gradient stays contiguous (DDP buckets)
             + self.user_bias(user_idx)
             + self.global_bias
         )
@@ -103,7 +103,7 @@ class GMF(nn.Module):
 
     def score_all(self, user_idx: torch.Tensor) -> torch.Tensor:
         weighted = self.user_factors(user_idx) * self.output.weight  # (b, d): h folded into the user side
-        return weighted @ self.item_factors.weight.T + self.item_bias.weight.T + self.output.bias
+        return weighted @ self.item_factors.weight.T + self.item_bias.weight.view(1, -1) + self.output.bias
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.keys import sorted_unique
 from model.raw import RawRatings, sorted_vocab
 
 
@@ -194,7 +195,7 @@ def _distinct_items(counts: np.ndarray, p: np.ndarray, rng: np.random.Generator)
         draws = np.ceil(need[users] / np.maximum(1.0 - held, 1e-3) * 1.1 + 2).astype(np.int64)
         cand_user = np.repeat(users, draws)
         cand_item = np.minimum(np.searchsorted(cdf, rng.random(len(cand_user)) * cdf[-1]), n_items - 1)
-        cand = _sorted_unique(cand_user * n_items + cand_item)
+        cand = sorted_unique(cand_user * n_items + cand_item)
         if len(keys):
             at = np.minimum(np.searchsorted(keys, cand), len(keys) - 1)
             cand = cand[keys[at] != cand]
@@ -204,12 +205,6 @@ def _distinct_items(counts: np.ndarray, p: np.ndarray, rng: np.random.Generator)
     if need.any():
         raise RuntimeError("could not draw enough distinct items; lower max_user_share or flatten popularity")
     return (keys // n_items).astype(np.int32), (keys % n_items).astype(np.int32)
-
-
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """``np.unique`` by sorting (numpy 2's hash-based unique is several times slower on int64 keys)."""
-    values = np.sort(values)
-    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
 
 
 def _first_per_user(users: np.ndarray, need: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,8 +11,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from model import objectives
-from model.config import RANKING_DEFAULTS, RATING_DEFAULTS, TrainConfig  # noqa: F401 - TrainConfig re-exported
+from model import als, objectives
+from model.config import (  # noqa: F401 - TrainConfig re-exported
+    ALS_MIN_ROWS,
+    ALS_RATING_DEFAULTS,
+    RANK_HEAD_DEFAULTS,
+    RANKING_DEFAULTS,
+    RATING_DEFAULTS,
+    TrainConfig,
+)
+from model.distributed import SINGLE, Cluster, threads_per_process
 from model.interactions import Interactions, random_split
 from model.loop import TrainingDiverged  # noqa: F401 - re-exported: callers catch it from here
 from model.losses import LOSSES, RANKING_LOSSES
@@ -35,29 +43,46 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def resolve(config: TrainConfig, implicit: bool) -> TrainConfig:
-    """``config`` with ``loss="auto"`` and ``None`` fields replaced by this kind's defaults.
+def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed: bool = False) -> TrainConfig:
+    """``config`` with ``auto`` and ``None`` fields replaced by this kind's defaults for data of ``num_rows`` rows.
+
+    The engine (mse training) is ALS from ``ALS_MIN_ROWS`` rows up when ``auto``; the ranking head and an
+    mf on implicit data then default to implicit ALS (``ials``) too, and below that to the full softmax.
+    ``distributed`` (under torchrun): gradient descent throughout, the engine that runs data-parallel.
 
     Raises:
         ValueError: a combination that makes no sense (the CLI turns it into exit code 2).
     """
     if config.model not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {config.model!r}; choose one of {', '.join(MODEL_KINDS)}")
+    engine = config.engine
+    if engine == "auto":
+        engine = "als" if config.model == "mf" and num_rows >= ALS_MIN_ROWS and not distributed else "gd"
+    if distributed and (engine == "als" or "ials" in (config.loss, config.rank_loss)):
+        raise ValueError("the ALS engine (--engine als, ials) runs in one process: use --engine gd under torchrun")
+    if engine == "als" and config.model != "mf":
+        raise ValueError(f"--engine als trains mf only; {config.model} trains by gradient descent")
+    ranker = "ials" if engine == "als" else "softmax"
     loss = config.loss
     if loss == "auto":
-        loss = ("softmax" if implicit else "mse") if config.model == "mf" else "bce"
+        loss = (ranker if implicit else "mse") if config.model == "mf" else "bce"
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of auto, {', '.join(LOSSES)}")
-    if loss == "mse" and config.model != "mf":
-        raise ValueError(f"--loss mse needs --model mf: {config.model} ends in a sigmoid, use bce, bpr or softmax")
+    if loss in ("mse", "ials") and config.model != "mf":
+        raise ValueError(f"--loss {loss} needs --model mf: {config.model} ends in a sigmoid, use bce, bpr or softmax")
     if loss == "mse" and implicit:
-        raise ValueError("--loss mse needs ratings; this data has none (implicit), use bce, bpr or softmax")
-    if config.rank_loss not in ("none", *RANKING_LOSSES):
-        raise ValueError(f"unknown rank loss {config.rank_loss!r}; choose none, {', '.join(RANKING_LOSSES)}")
+        raise ValueError("--loss mse needs ratings; this data has none (implicit), use bce, bpr, softmax or ials")
+    rank_loss = ranker if config.rank_loss == "auto" else config.rank_loss
+    if rank_loss not in ("none", *RANKING_LOSSES):
+        raise ValueError(f"unknown rank loss {rank_loss!r}; choose auto, none, {', '.join(RANKING_LOSSES)}")
     parse_layers(config.layers)
-    defaults = RATING_DEFAULTS if loss == "mse" else RANKING_DEFAULTS[config.model]
-    filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in defaults.items()}
-    out = replace(config, loss=loss, **filled)
+    if loss == "mse":
+        defaults = ALS_RATING_DEFAULTS if engine == "als" else RATING_DEFAULTS
+    else:
+        defaults = RANKING_DEFAULTS["ials" if loss == "ials" else config.model]
+    head = RANK_HEAD_DEFAULTS.get(rank_loss, RANK_HEAD_DEFAULTS["softmax"])
+    filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in {**defaults, **head}.items()}
+    out = replace(config, loss=loss, engine=engine, rank_loss=rank_loss, **filled)
     if loss != "mse":
         out = replace(out, rank_loss="none")  # the model itself is the ranker
     if config.negatives == 0 and loss in ("bce", "bpr"):
@@ -77,7 +102,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fit(
-    train: Interactions, config: TrainConfig, progress: bool = True, implicit: bool = False, init=None
+    train: Interactions,
+    config: TrainConfig,
+    progress: bool = True,
+    implicit: bool = False,
+    init=None,
+    cluster: Cluster = SINGLE,
 ) -> TrainResult:
     """Train ``config.model`` on ``train`` (``implicit``: the data has no ratings, every row is a positive).
 
@@ -87,9 +117,13 @@ def fit(
     A ``val_fraction`` of the rows is held out for early stopping (validation RMSE for ratings, nDCG@10
     for ranking); with ``refit`` the model is then retrained on every row for the best number of epochs.
     A rating (mse) model also trains a ranking head (``rank_loss``) on the same rows, saved beside it.
+
+    ``cluster`` (:mod:`model.distributed`): under torchrun every rank calls this on the same rows and
+    trains on its slice of every batch; the gradient-descent engine is then used throughout.
     """
     started = time.perf_counter()
-    config = resolve(config, implicit)
+    config = resolve(config, implicit, len(train), distributed=cluster.distributed)
+    torch.set_num_threads(config.threads or threads_per_process(cluster))
     device = resolve_device(config.device)
     if config.val_fraction > 0:
         fit_part, val_part = random_split(train, config.val_fraction, seed=config.seed)
@@ -98,9 +132,14 @@ def fit(
     scale = (float(train.ratings.min()), float(train.ratings.max()))
     metrics: dict[str, float] = {}
     if config.loss == "mse":
-        network, history, rating_metrics = objectives.fit_rating(
-            train, fit_part, val_part, config, scale, device, progress, init
-        )
+        if config.engine == "als":
+            if init is not None:
+                raise ValueError("warm start needs --engine gd (the ALS engine starts from its own closed form)")
+            network, history, rating_metrics = als.fit_rating(train, fit_part, val_part, config, scale, progress)
+        else:
+            network, history, rating_metrics = objectives.fit_rating(
+                train, fit_part, val_part, config, scale, device, progress, init, cluster
+            )
         metrics.update(rating_metrics)
         if config.rank_loss != "none":
             negatives = _negatives(config.rank_loss, train.num_items, "mf", None)
@@ -119,10 +158,8 @@ def fit(
                 weight_decay=0.0,
                 lr_schedule="none",
             )
-            torch.manual_seed(config.seed)
-            head = build_network("mf", train.num_users, train.num_items, head_config)
-            head, head_history, head_metrics = objectives.fit_ranking(
-                head, train, fit_part, val_part, head_config, device, progress, "rank head"
+            head, head_history, head_metrics = _fit_ranker(
+                train, fit_part, val_part, head_config, device, progress, "rank head", cluster
             )
             combined = MFWithRanking(train.num_users, train.num_items, config.dim, config.rank_dim)
             head_state = {f"ranking.{k}": v for k, v in head.state_dict().items()}
@@ -134,10 +171,8 @@ def fit(
         if init is not None:
             raise ValueError(f"warm start supports mf on mse only, not {config.model} on {config.loss}")
         config = replace(config, negatives=_negatives(config.loss, train.num_items, config.model, config.negatives))
-        torch.manual_seed(config.seed)
-        network = build_network(config.model, train.num_users, train.num_items, config)
-        network, history, rank_metrics = objectives.fit_ranking(
-            network, train, fit_part, val_part, config, device, progress, f"train {config.model}"
+        network, history, rank_metrics = _fit_ranker(
+            train, fit_part, val_part, config, device, progress, f"train {config.model}", cluster
         )
         metrics.update(rank_metrics)
     metrics.update({"fit_seconds": time.perf_counter() - started, "num_train": float(len(train))})
@@ -145,9 +180,20 @@ def fit(
     return TrainResult(network.cpu().eval(), config, global_mean, scale, metrics, history)
 
 
+def _fit_ranker(train, fit_part, val_part, config: TrainConfig, device, progress: bool, desc: str, cluster=SINGLE):
+    """A ranking model (or head) on ``config.loss``: implicit ALS in closed form, else gradient descent."""
+    if config.loss == "ials":
+        return als.fit_ranking(train, fit_part, val_part, config, progress, desc)
+    torch.manual_seed(config.seed)
+    network = build_network(config.model, train.num_users, train.num_items, config)
+    return objectives.fit_ranking(network, train, fit_part, val_part, config, device, progress, desc, cluster)
+
+
 def _negatives(loss: str, num_items: int, kind: str, given: int | None) -> int:
     """Negatives per positive: as given, else 4 for bce/bpr; softmax: the whole catalogue (0) when it is small
     enough (and the network scores it as one product), else ``SAMPLED_SOFTMAX_NEGATIVES``."""
+    if loss == "ials":
+        return 0  # closed form over every cell: nothing is sampled
     if given is not None and given > 0:
         return given
     if loss != "softmax":

@@ -82,11 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = False) -> TrainConfig:
-    """The base config with the flags given applied, checked as scripts/train.py checks it, then resolved."""
+def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = False, num_rows: int = 0) -> TrainConfig:
+    """The base config with the flags given applied, checked as scripts/train.py checks it, then resolved for
+    data of ``num_rows`` rows (which picks the engine when it is ``auto``)."""
     given = overrides(args)
     try:
-        return resolve(validate(replace(base, **given), given), implicit)
+        return resolve(validate(replace(base, **given), given), implicit, num_rows)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
@@ -176,7 +177,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     store.clean_temporary()  # left by a run that was killed while saving; we hold the lock
     recent = recent_models(store, args.compare_versions, args.force, report)
     current = recent[0] if recent else None
-    config = train_config(args, current.config if current else TrainConfig(), raw.implicit)
+    config = train_config(args, current.config if current else TrainConfig(), raw.implicit, len(raw))
     report["config"] = asdict(config)
     shape = (config.model, config.dim, config.member_dim)
     if args.warm_start and current and shape != (current.kind, current.config.dim, current.config.member_dim):
