@@ -33,7 +33,7 @@ def _cases() -> list[tuple[str, list[str] | bytes, str]]:
         ("spaces.csv", [f" {u} ,  {i}  , {r} , {t} " for u, i, r, t in rows] + ["0,é,1,1"], "csv"),
         ("plain.tsv", ["user_id\titem_id\trating"] + [f"{u}\t{i}\t{r}" for u, i, r, _ in rows], "tsv"),
         ("bom.csv", "\ufeffuser,item,rating\r\n3,b,4\r\n\r\n1,a,2\r\n2,a,1.5e0\n".encode(), "csv"),
-        ("floats.csv", ["u,i,r,t", "1,2,3,1.5e9", "1,3,2,-7.9", "2,2,1,1234567.999"], "csv"),
+        ("floats.csv", ["user,item,rating,timestamp", "1,2,3,1.5e9", "1,3,2,-7.9", "2,2,1,1234567.999"], "csv"),
     ]
 
 
