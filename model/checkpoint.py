@@ -8,7 +8,7 @@ renames it into place, so a crash never leaves a half-written file under the fin
 Serving memory: :func:`load` memory-maps the file (``torch.load(mmap=True)``), so tensors are views of
 the page cache rather than private copies, and every uWSGI worker that maps the same checkpoint shares
 one physical copy. The ranking arrays the service needs (``item_vectors``, ``user_vectors``,
-``item_norms``, see :func:`serving_arrays`) are derived from the weights at save time and stored in an
+``item_norms``, see :mod:`model.serving_arrays`) are derived from the weights at save time and stored in an
 optional ``serving`` field, so serving takes zero-copy numpy views of them instead of building private
 (I, d+1) copies in each worker. Files written before that field existed still load (the service then
 derives the arrays itself). Because the mapping is of the file's inode, replacing the file by rename (as
@@ -21,7 +21,6 @@ import hashlib
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,9 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.config import TrainConfig, field_type
+from model.checkpoint_checks import consistency_error, field_errors
+from model.config import TrainConfig
 from model.interactions import Dataset
-from model.networks import MODEL_KINDS, build_network, parse_layers
+from model.networks import build_network
+from model.serving_arrays import serving_arrays
 
 if TYPE_CHECKING:  # the training stack (optimisers, progress bar) is never imported to read a checkpoint
     from model.train import TrainResult
@@ -85,52 +86,6 @@ class Checkpoint:
         net = build_network(self.kind, self.num_users, self.num_items, self.config, self.global_mean)
         net.load_state_dict(self.state_dict)
         return net.eval()
-
-
-def ranks_by_dot_product(kind: str, config: TrainConfig) -> bool:
-    """Whether the ranking signal is ``user_vectors @ item_vectors.T`` (every kind but neumf)."""
-    return kind != "neumf"
-
-
-def ranking_prefix(kind: str, config: TrainConfig) -> str:
-    """State-dict prefix of the network that ranks: ``ranking.`` for an MF with a ranking head, else none."""
-    return "ranking." if kind == "mf" and config.loss == "mse" and config.rank_loss != "none" else ""
-
-
-def _np(state_dict: dict[str, torch.Tensor], name: str) -> np.ndarray:
-    return state_dict[name].detach().cpu().numpy().astype(np.float32)
-
-
-def serving_arrays(state_dict: dict[str, torch.Tensor], kind: str = "mf", config: TrainConfig | None = None,
-                   ) -> dict[str, np.ndarray]:  # fmt: skip
-    """The arrays the serving index ranks with, derived from the weights (all float32, C-contiguous).
-
-    ``item_vectors`` (I, d+1) = ``[V_i, b_i]`` and ``user_vectors`` (U, d+1) = ``[U_u, 1]``, so a user's
-    ranking is one matrix-vector product; ``item_norms`` (I,) = ``|V_i|`` for cosine similarity. For an
-    MF with a ranking head they come from the head (``ranking.*``); for GMF the output neuron's weights
-    are folded into the user side (``[p_u * h, 1]``). NeuMF is not a dot product: its ``item_vectors``
-    (``[gmf q_i, mlp q_i, 0]``) serve /similar only, and ``user_vectors`` likewise hold its embeddings.
-    """
-    config = config or TrainConfig(loss="mse", rank_loss="none")
-    if kind == "neumf":
-        items = np.hstack([_np(state_dict, "gmf_item.weight"), _np(state_dict, "mlp_item.weight")])
-        users = np.hstack([_np(state_dict, "gmf_user.weight"), _np(state_dict, "mlp_user.weight")])
-        return _pack(users, items, np.zeros((len(items), 1), np.float32))
-    prefix = ranking_prefix(kind, config)
-    item_factors = _np(state_dict, f"{prefix}item_factors.weight")  # (I, d)
-    user_factors = _np(state_dict, f"{prefix}user_factors.weight")  # (U, d)
-    item_bias = _np(state_dict, f"{prefix}item_bias.weight").reshape(-1, 1)  # (I, 1)
-    if kind == "gmf":
-        user_factors = user_factors * _np(state_dict, "output.weight").reshape(1, -1)
-    return _pack(user_factors, item_factors, item_bias)
-
-
-def _pack(user_factors: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray) -> dict[str, np.ndarray]:
-    return {
-        "item_vectors": np.ascontiguousarray(np.hstack([item_factors, item_bias])),
-        "user_vectors": np.ascontiguousarray(np.hstack([user_factors, np.ones((len(user_factors), 1), np.float32)])),
-        "item_norms": np.linalg.norm(item_factors, axis=1).astype(np.float32),
-    }
 
 
 # Fields added after the first files were written, and what those files meant by their absence (a plain
@@ -241,12 +196,18 @@ def load(path: str | Path) -> Checkpoint:
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing fields {', '.join(missing)}")
-    _check_fields(raw, path)
+    # A file can load safely and still hold a list where a tensor belongs, which would fail later in
+    # whoever touches it first: every field is checked here, and any fault refuses the file.
+    errors = field_errors(raw)
+    if errors:
+        raise CheckpointError(f"{path}: malformed checkpoint: {'; '.join(errors[:5])}")
     try:
         ckpt = _from_fields(raw)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a case _check_fields missed
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a case field_errors missed
         raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {exc})") from None
-    _check_consistent(ckpt, path)
+    error = consistency_error(ckpt)
+    if error:
+        raise CheckpointError(f"{path}: {error}")
     return ckpt
 
 
@@ -270,161 +231,3 @@ def _from_fields(raw: dict[str, Any]) -> Checkpoint:
         history=list(raw.get("history", [])),
         serving={str(k): v.numpy() for k, v in raw.get("serving", {}).items()},
     )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _config_error(config: Any) -> str | None:
-    """What is wrong with a stored ``TrainConfig`` dict (unknown keys are ignored: newer files), or None."""
-    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-        return "config is not a dict of names"
-    for f in fields(TrainConfig):
-        if f.name not in config or config[f.name] is None and f.default is None:
-            continue
-        value, kind = config[f.name], field_type(f.name)
-        ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
-              float: _is_number(value), str: isinstance(value, str)}.get(kind, True)  # fmt: skip
-        if not ok:
-            return f"config.{f.name} is {value!r}, expected {kind.__name__}"
-    return None
-
-
-def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: int | None = None) -> str | None:
-    if not isinstance(value, torch.Tensor):
-        return f"{name} is a {type(value).__name__}, expected a tensor"
-    if value.dtype not in dtypes:
-        return f"{name} has dtype {value.dtype}, expected {' or '.join(str(d) for d in dtypes)}"
-    if ndim is not None and value.ndim != ndim:
-        return f"{name} has {value.ndim} dimensions, expected {ndim}"
-    return None
-
-
-def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
-    """Every stored field's type, dtype and shape, and the seen-item index's ordering: one message per fault."""
-    floats = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-    yield None if raw["kind"] in MODEL_KINDS else f"kind {raw['kind']!r} is not one of {', '.join(MODEL_KINDS)}"
-    yield _config_error(raw["config"])
-    state = raw["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        yield "state_dict is not a dict of named tensors"
-    else:
-        yield from (_tensor_error(f"state_dict[{k!r}]", v, floats) for k, v in state.items())
-    for name in ("user_ids", "item_ids"):
-        ids = raw[name]
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            yield f"{name} is not a list of strings"
-        elif len(set(ids)) != len(ids):
-            yield f"{name} holds duplicates"
-    for name in ("seen_indptr", "seen_indices", "item_popularity"):
-        yield _tensor_error(name, raw[name], (torch.int64,), ndim=1)
-    if isinstance(raw["seen_indptr"], torch.Tensor) and raw["seen_indptr"].ndim == 1:
-        indptr = raw["seen_indptr"].numpy()
-        if len(indptr) == 0 or indptr[0] != 0 or (np.diff(indptr) < 0).any():
-            yield "seen_indptr does not start at 0 and never decrease (CSR row pointers)"
-    if isinstance(raw["item_popularity"], torch.Tensor) and (raw["item_popularity"] < 0).any():
-        yield "item_popularity has negative counts"
-    scale = raw["rating_scale"]
-    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(map(_is_number, scale))
-            and scale[0] <= scale[1]):  # fmt: skip
-        yield f"rating_scale is {scale!r}, expected [low, high] finite numbers"
-    yield None if _is_number(raw["global_mean"]) else f"global_mean is {raw['global_mean']!r}, expected a number"
-    metrics = raw["metrics"]
-    if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
-                                                for k, v in metrics.items()):  # fmt: skip
-        yield "metrics is not a dict of numbers"
-    yield None if isinstance(raw["data"], dict) else "data is not a dict"
-    for name in ("created_at", "model_version"):
-        yield None if isinstance(raw[name], str) and raw[name] else f"{name} is not a non-empty string"
-    history = raw.get("history", [])
-    yield None if isinstance(history, list) and all(isinstance(r, dict) for r in history) else "history malformed"
-    serving = raw.get("serving", {})
-    if not isinstance(serving, dict):
-        yield "serving is not a dict of tensors"
-    else:
-        yield from (_tensor_error(f"serving[{k!r}]", v, (torch.float32,)) for k, v in serving.items())
-
-
-def _check_fields(raw: dict[str, Any], path: Path) -> None:
-    """Refuse a file whose fields have the wrong type, dtype, shape or ordering (it loaded safely, but a
-    list where a tensor belongs would fail later, in whoever touches it first)."""
-    errors = [e for e in _field_errors(raw) if e]
-    if errors:
-        raise CheckpointError(f"{path}: malformed checkpoint: {'; '.join(errors[:5])}")
-
-
-def _check_consistent(ckpt: Checkpoint, path: Path) -> None:
-    n_users, n_items = ckpt.num_users, ckpt.num_items
-    if len(ckpt.seen_indptr) != n_users + 1 or ckpt.seen_indptr[-1] != len(ckpt.seen_indices):
-        raise CheckpointError(f"{path}: seen-item index does not match {n_users} users")
-    if len(ckpt.seen_indices) and (ckpt.seen_indices.min() < 0 or ckpt.seen_indices.max() >= n_items):
-        raise CheckpointError(f"{path}: seen-item index refers to items outside the catalogue")
-    if len(ckpt.item_popularity) != n_items:
-        raise CheckpointError(f"{path}: popularity has {len(ckpt.item_popularity)} entries for {n_items} items")
-    _check_weight_shapes(ckpt, path)
-    if ckpt.serving:
-        _check_serving(ckpt, path)
-
-
-def _check_weight_shapes(ckpt: Checkpoint, path: Path) -> None:
-    """The weights fit a network of this kind and size, checked without allocating that network.
-
-    A real network would allocate and randomly initialise every embedding (256 MB at 1M x 64) in each
-    worker at each load, and one on the meta device pulls in ~70 MB of torch decomposition modules per
-    worker. So a tiny network with placeholder sizes (distinct from each other, from 1 and from ``dim``)
-    gives the parameter names and shapes, and the placeholders are mapped back to the real sizes.
-    """
-    try:
-        sizes = [ckpt.config.dim, ckpt.config.rank_dim, *parse_layers(ckpt.config.layers)]
-        fake_users, fake_items = max(sizes) + 7, max(sizes) + 13
-        tiny = build_network(ckpt.kind, fake_users, fake_items, ckpt.config, ckpt.global_mean).state_dict()
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit a {ckpt.kind} model: {exc}") from None
-    real = {fake_users: ckpt.num_users, fake_items: ckpt.num_items}
-    expected = {name: tuple(real.get(n, n) for n in t.shape) for name, t in tiny.items()}
-    got = {name: tuple(t.shape) for name, t in ckpt.state_dict.items()}
-    if got != expected:
-        wrong = sorted(n for n in expected.keys() | got.keys() if expected.get(n) != got.get(n))
-        detail = ", ".join(f"{n}: {got.get(n)} (expected {expected.get(n)})" for n in wrong)
-        raise CheckpointError(f"{path}: weights do not fit a {ckpt.kind} model: {detail}")
-
-
-def _check_serving(ckpt: Checkpoint, path: Path) -> None:
-    """The stored ranking arrays have the right shapes and agree with the weights on a sample of rows."""
-    # The column count follows from the kind's weights: compute it on one item row.
-    width = serving_arrays(_first_rows(ckpt.state_dict, ckpt.num_users, ckpt.num_items), ckpt.kind, ckpt.config)
-    dim = width["item_vectors"].shape[1] - 1
-    expected = {
-        "item_vectors": (ckpt.num_items, dim + 1),
-        "user_vectors": (ckpt.num_users, dim + 1),
-        "item_norms": (ckpt.num_items,),
-    }
-    for name, shape in expected.items():
-        arr = ckpt.serving.get(name)
-        if arr is None or arr.shape != shape or arr.dtype != np.float32:
-            got = None if arr is None else (arr.shape, str(arr.dtype))
-            raise CheckpointError(f"{path}: serving array {name} is {got}, expected {shape} float32")
-    # A sample, not everything: comparing all rows would read (and fault in) the whole file at load.
-    rows = np.unique(np.linspace(0, ckpt.num_items - 1, min(ckpt.num_items, 256)).astype(np.int64))
-    sample = serving_arrays(_item_rows(ckpt.state_dict, ckpt.num_items, rows), ckpt.kind, ckpt.config)
-    if not np.array_equal(ckpt.serving["item_vectors"][rows], sample["item_vectors"]):
-        raise CheckpointError(f"{path}: serving arrays disagree with the weights")
-
-
-def _item_rows(state_dict: dict[str, torch.Tensor], num_items: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """The state dict with every per-item table cut to ``rows`` (per-user tables cut to one row)."""
-    out = {}
-    for name, tensor in state_dict.items():
-        table = name.split(".")[-2] if "." in name else name  # "ranking.item_factors.weight" -> item_factors
-        if "item" in table and tensor.ndim == 2 and tensor.shape[0] == num_items:
-            out[name] = tensor[torch.from_numpy(rows)]
-        elif "user" in table and tensor.ndim == 2:
-            out[name] = tensor[:1]
-        else:
-            out[name] = tensor
-    return out
-
-
-def _first_rows(state_dict: dict[str, torch.Tensor], num_users: int, num_items: int) -> dict[str, torch.Tensor]:
-    return _item_rows(state_dict, num_items, np.zeros(1, dtype=np.int64))

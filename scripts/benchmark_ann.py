@@ -42,8 +42,10 @@ sys.path.insert(0, str(REPO))
 from model import checkpoint  # noqa: E402
 from model.checkpoint import Checkpoint  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
+from model.serving_arrays import serving_arrays  # noqa: E402
 from model.synthetic import clustered_factors  # noqa: E402
-from service.ann import AnnConfig, load_or_build  # noqa: E402
+from service.ann import AnnConfig  # noqa: E402
+from service.ann_cache import load_or_build  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 DIM, RANK, CLUSTERS, SEEN = 64, 16, 1024, 50
@@ -88,7 +90,7 @@ def synthetic_checkpoint(num_items: int, num_users: int, num_queries: int, seed:
         created_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         model_version=f"mf-synthetic{num_items}-{seed}",
         history=[],
-        serving=checkpoint.serving_arrays(
+        serving=serving_arrays(
             {
                 "item_factors.weight": torch.from_numpy(items),
                 "user_factors.weight": torch.from_numpy(users),

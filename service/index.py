@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.checkpoint import Checkpoint, ranking_prefix, ranks_by_dot_product, serving_arrays
+from model.checkpoint import Checkpoint
+from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
 
 if TYPE_CHECKING:

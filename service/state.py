@@ -7,8 +7,9 @@ snapshot in one assignment, so no request waits or fails. A checkpoint that fail
 and the old model keeps serving.
 
 Large catalogues (``AnnConfig.min_items`` items or more) also get an approximate top-k index
-(:mod:`service.ann`), built once per model version and cached next to the checkpoint; a reload that
-has to build one does so in the watcher thread while the old model keeps answering.
+(:mod:`service.ann`), built once per model version and cached next to the checkpoint
+(:mod:`service.ann_cache`); a reload that has to build one does so in the watcher thread while the old
+model keeps answering.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint
+from model.serving_arrays import ranks_by_dot_product, serving_arrays
 from model.store import CURRENT, ModelStore, StoreError
-from service.ann import AnnConfig, load_or_build_lists, maybe_ann
+from service.ann import AnnConfig
+from service.ann_cache import maybe_ann
 from service.index import ServingIndex
-from service.topn import TopNCache, TopNConfig
+from service.topn import TopNCache, TopNConfig, load_or_build_lists
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,9 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
 def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None) -> ModelState:
     ckpt = checkpoint.load(path)
     if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
-        ckpt.serving = checkpoint.serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
+        ckpt.serving = serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
     ann_index = None
-    if checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config):  # NeuMF: nothing for an inner-product index
+    if ranks_by_dot_product(ckpt.kind, ckpt.config):  # NeuMF: nothing for an inner-product index
         try:
             ann_index = maybe_ann(path, ckpt.model_version, ckpt.serving["item_vectors"], ann or AnnConfig())
         except Exception:  # noqa: BLE001 - ANN only accelerates: without it answers are exact, not wrong
@@ -99,7 +102,7 @@ def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None
     }
     topn = topn or TopNConfig()
     cache = None
-    dot = checkpoint.ranks_by_dot_product(ckpt.kind, ckpt.config)  # NeuMF's lists would not be its ranking
+    dot = ranks_by_dot_product(ckpt.kind, ckpt.config)  # NeuMF's lists would not be its ranking
     serving = ckpt.serving
     if ann_index is None and dot and topn.wants(ckpt.num_users, ckpt.num_items):
         cache = TopNCache.scan(

@@ -2,21 +2,30 @@
 
 Built once per loaded model (in blocks of users: one matrix product, seen items masked, one
 ``argpartition`` per block) when ``users x items`` is small enough (``RECSYS_TOPN_MAX_CELLS``); with an
-ANN index the lists are searched from it instead (``service.ann``); otherwise the index scans per
-request. A request that the list cannot answer exactly (``k`` above N, ``exclude_seen=false``, candidate
-``items=``, or so many ``exclude=`` hits that fewer than ``k`` remain) falls through to the scan (or the
-ANN search), so answers are the same.
+ANN index the lists are searched from it instead (:func:`build_lists`) and cached on disk beside it
+(:func:`load_or_build_lists`, files named and written by ``service.ann_cache``); otherwise the index scans
+per request. A request that the list cannot answer exactly (``k`` above N, ``exclude_seen=false``,
+candidate ``items=``, or so many ``exclude=`` hits that fewer than ``k`` remain) falls through to the scan
+(or the ANN search), so answers are the same.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.topk import top_k_rows
+from model.topk import order_by_score, top_k_rows
+from service.ann import AnnConfig, AnnIndex, exact_top, import_faiss
+from service.ann_cache import atomic_write, cache_path, lists_path, load_or_build_file, remove_stale_lists
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class TopNConfig:
         return self.max_cells > 0 and self.n > 0 and num_users * num_items <= self.max_cells
 
     def wants_from_ann(self) -> bool:
-        """Search the lists from an ANN index (``service.ann.load_or_build_lists``) once per model."""
+        """Search the lists from an ANN index (:func:`load_or_build_lists`) once per model."""
         return self.with_ann and self.n > 0 and self.max_cells > 0
 
 
@@ -50,7 +59,7 @@ class TopNCache:
     ``item_vectors[i] . user_vectors[u]`` of the k items it returns (4 bytes x n per user).
 
     The lists come from a scan at load (:meth:`scan`, small models) or from an ANN index, searched once
-    and memory-mapped from a cache file (``service.ann.load_or_build_lists``)."""
+    and memory-mapped from a cache file (:func:`load_or_build_lists`)."""
 
     def __init__(self, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray):
         self.n = items.shape[1]
@@ -93,3 +102,99 @@ class TopNCache:
         if len(items) < k and valid == self.n:
             return None
         return items, self.item_vectors[items] @ self.user_vectors[user_idx]
+
+
+LONG_HISTORY = 2000  # build_lists: users with more seen items than this are ranked exactly
+
+
+def build_lists(
+    ann: AnnIndex, user_vectors: np.ndarray, seen_indptr: np.ndarray, seen_indices: np.ndarray, n: int, threads: int = 0
+) -> np.ndarray:
+    """Every user's best ``n`` unseen items, (U, n) int32, best first, ``-1`` past a short list's end.
+
+    One batched HNSW search per block of users (users sorted by history length, each block asking for
+    ``n`` + its longest history, so ``n`` unseen items survive removing the seen ones), the candidates
+    re-scored exactly and sorted. A user the graph walk leaves short of ``n`` unseen items is ranked
+    exactly, so a list shorter than ``n`` always holds every unseen item.
+    """
+    faiss = import_faiss()
+    num_users, num_items = len(user_vectors), len(ann.vectors)
+    n = min(n, num_items)
+    out = np.full((num_users, n), -1, dtype=np.int32)
+    counts = np.diff(seen_indptr)
+    order = np.argsort(counts, kind="stable")
+    # Users with a very long history would make a block's search ask for n + that many results (memory
+    # blocks x k, and slow walks): past LONG_HISTORY they are ranked exactly, one scan each.
+    order = order[counts[order] <= LONG_HISTORY]
+    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        for user in np.flatnonzero(counts > LONG_HISTORY):
+            seen = seen_indices[seen_indptr[user] : seen_indptr[user + 1]]
+            best = exact_top(ann.vectors, user_vectors[user], seen, n)
+            out[user, : len(best)] = best
+        for start in range(0, len(order), 1024):
+            users = order[start : start + 1024]
+            k = min(num_items, n + int(counts[users].max()))
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(ann.ef_search, k)
+            queries = np.ascontiguousarray(user_vectors[users], dtype=np.float32)
+            _, labels = ann.index.search(queries, k, params=params)
+            for row, user in enumerate(users):
+                query, seen = user_vectors[user], seen_indices[seen_indptr[user] : seen_indptr[user + 1]]
+                cand = labels[row][labels[row] >= 0]
+                cand = cand[~np.isin(cand, seen)]
+                want = min(n, num_items - len(np.unique(seen)))
+                if len(cand) < want:
+                    cand = exact_top(ann.vectors, query, seen, want)
+                best = order_by_score(cand, ann.vectors[cand] @ query)[0][:n]
+                out[user, : len(best)] = best
+    finally:
+        faiss.omp_set_num_threads(1)
+    return out
+
+
+def load_or_build_lists(
+    checkpoint: str | Path,
+    model_version: str,
+    ann: AnnIndex,
+    user_vectors: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_indices: np.ndarray,
+    n: int,
+    config: AnnConfig,
+) -> np.ndarray:
+    """The cached top-``n`` lists for this model (memory-mapped, shared by every worker), built once under
+    a lock like the index itself (``service.ann_cache.load_or_build_file``)."""
+    path = lists_path(cache_path(checkpoint, model_version, config), n, ann.ef_search)
+    shape = (len(user_vectors), min(n, len(ann.vectors)))
+
+    def read() -> np.ndarray | None:
+        try:
+            items = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception:  # noqa: BLE001 - missing, empty (EOFError), truncated or not .npy: rebuild
+            return None
+        # Right shape and type, and every entry an item or the -1 padding (one pass over the mapped file).
+        if items.shape == shape and items.dtype == np.int32 and (not items.size or (
+            int(items.min()) >= -1 and int(items.max()) < len(ann.vectors)
+        )):  # fmt: skip
+            return items
+        log.warning("top-N list cache %s does not match the model, rebuilding", path)
+        return None
+
+    def build() -> np.ndarray:
+        started = time.perf_counter()
+        built = build_lists(ann, user_vectors, seen_indptr, seen_indices, n, config.build_threads)
+        log.info("built top-%d lists for %d users in %.1fs", shape[1], shape[0], time.perf_counter() - started)
+        return built
+
+    def write(built: np.ndarray, path: Path) -> None:
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, built, allow_pickle=False)
+
+        atomic_write(path, save)
+
+    return load_or_build_file(
+        path, read, build, write, remove_stale=lambda: remove_stale_lists(path),
+        not_cached="top-N lists not cached (%s); kept in memory for this worker only",
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Large-catalogue serving: the faiss HNSW index (service/ann.py) and memory-mapped checkpoints.
+"""Large-catalogue serving: the faiss HNSW index (service/ann.py), its cache files (service/ann_cache.py),
+the top-N lists searched from it (service/topn.py), and memory-mapped checkpoints.
 
 ANN tests need faiss (the ``dev`` extra installs it) and skip only where it is missing; the
 memory-sharing and faiss-disabled tests run everywhere. Catalogues are small (3,000 items) with
@@ -7,6 +8,7 @@ memory-sharing and faiss-disabled tests run everywhere. Catalogues are small (3,
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -20,6 +22,7 @@ from model.checkpoint import Checkpoint, CheckpointError
 from model.train import TrainConfig
 from service.index import ServingIndex
 from service.state import load_state
+from tests.conftest import REPO
 
 NUM_USERS, NUM_ITEMS, DIM = 200, 3000, 16
 
@@ -84,6 +87,14 @@ def ann_config(**kw):
     return AnnConfig(**{"min_items": 1000, "build_threads": 1, **kw})
 
 
+def prebuild_cli():
+    """scripts/prebuild_ann.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("prebuild_ann", REPO / "scripts" / "prebuild_ann.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def exact_top(index: ServingIndex, user: int, k: int, banned: np.ndarray) -> np.ndarray:
     scores = index.item_vectors @ index.user_vectors[user]
     scores[banned] = -np.inf
@@ -132,11 +143,12 @@ def test_search_with_most_items_banned_and_k_beyond_what_is_left(ckpt_path):
 def test_cache_is_reused_and_stale_versions_removed(ckpt_path, monkeypatch):
     pytest.importorskip("faiss")
     from service import ann as ann_mod
+    from service import ann_cache
 
     stale = ckpt_path.with_name("model.ckpt.ann-mf-older-hnsw32-efc40.faiss")
     stale.write_bytes(b"old")
     load_state(ckpt_path, ann_config())
-    cache = ann_mod.cache_path(ckpt_path, "mf-planted-0", ann_config())
+    cache = ann_cache.cache_path(ckpt_path, "mf-planted-0", ann_config())
     assert cache.is_file() and not stale.exists()
 
     def no_build(*a, **kw):
@@ -149,37 +161,38 @@ def test_cache_is_reused_and_stale_versions_removed(ckpt_path, monkeypatch):
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, "truncated"])
 def test_corrupt_cache_is_rebuilt(ckpt_path, content, caplog):
     pytest.importorskip("faiss")
-    from service import ann as ann_mod
+    from service import ann_cache
 
-    cache = ann_mod.cache_path(ckpt_path, "mf-planted-0", ann_config())
+    cache = ann_cache.cache_path(ckpt_path, "mf-planted-0", ann_config())
     if content == "truncated":
         load_state(ckpt_path, ann_config())
         content = cache.read_bytes()[: cache.stat().st_size // 2]
     cache.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="service.ann"):
+    with caplog.at_level(logging.WARNING, logger="service.ann_cache"):
         index = load_state(ckpt_path, ann_config()).index
     assert index.ann is not None and "rebuilding" in caplog.text
-    assert ann_mod._read(cache, index.item_vectors) is not None  # the rebuilt file is valid
+    assert ann_cache._read(cache, index.item_vectors) is not None  # the rebuilt file is valid
     assert index.recommend("u1", 10).item_ids
 
 
 def test_cache_of_another_model_with_the_same_name_is_rebuilt(ckpt_path, tmp_path):
     pytest.importorskip("faiss")
-    from service import ann as ann_mod
+    from service import ann_cache
 
     load_state(ckpt_path, ann_config())
     other = checkpoint.save(planted_checkpoint(seed=1), tmp_path / "other.ckpt")
     # Same version string and shape, different vectors: the sampled-rows check must refuse it.
-    cache = ann_mod.cache_path(ckpt_path, "mf-planted-0", ann_config())
-    wrong = ann_mod.cache_path(other, "mf-planted-1", ann_config())
+    cache = ann_cache.cache_path(ckpt_path, "mf-planted-0", ann_config())
+    wrong = ann_cache.cache_path(other, "mf-planted-1", ann_config())
     load_state(other, ann_config())
     cache.write_bytes(wrong.read_bytes())
-    assert ann_mod._read(cache, load_state(ckpt_path, ann_config(min_items=0)).index.item_vectors) is None
+    assert ann_cache._read(cache, load_state(ckpt_path, ann_config(min_items=0)).index.item_vectors) is None
 
 
 def test_concurrent_loads_build_once(ckpt_path, monkeypatch):
     pytest.importorskip("faiss")
     from service import ann as ann_mod
+    from service import ann_cache
 
     builds = []
     real_build = ann_mod.AnnIndex.build
@@ -192,7 +205,7 @@ def test_concurrent_loads_build_once(ckpt_path, monkeypatch):
     vectors = load_state(ckpt_path, ann_config(min_items=0)).index.item_vectors
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(ann_mod.load_or_build(ckpt_path, "v", vectors, ann_config())))
+        threading.Thread(target=lambda: results.append(ann_cache.load_or_build(ckpt_path, "v", vectors, ann_config())))
         for _ in range(3)
     ]
     for t in threads:
@@ -204,13 +217,13 @@ def test_concurrent_loads_build_once(ckpt_path, monkeypatch):
 
 def test_unwritable_cache_builds_in_memory(ckpt_path, monkeypatch, caplog):
     pytest.importorskip("faiss")
-    from service import ann as ann_mod
+    from service import ann_cache
 
     def refuse(index, path):
         raise PermissionError(13, "read-only file system")
 
-    monkeypatch.setattr(ann_mod, "_write", refuse)
-    with caplog.at_level(logging.WARNING, logger="service.ann"):
+    monkeypatch.setattr(ann_cache, "_write", refuse)
+    with caplog.at_level(logging.WARNING, logger="service.ann_cache"):
         index = load_state(ckpt_path, ann_config()).index
     assert index.ann is not None and "not cached" in caplog.text
 
@@ -228,7 +241,7 @@ def test_app_serves_through_ann(ckpt_path):
 
 def test_lists_searched_from_the_index_match_exact_ranking_and_are_cached(ckpt_path, monkeypatch):
     pytest.importorskip("faiss")
-    from service import ann as ann_mod
+    from service import topn
     from service.topn import TopNConfig
 
     index = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
@@ -258,18 +271,18 @@ def test_lists_searched_from_the_index_match_exact_ranking_and_are_cached(ckpt_p
     def no_build(*a, **kw):
         raise AssertionError("lists rebuilt although a valid cache exists")
 
-    monkeypatch.setattr(ann_mod, "build_lists", no_build)
+    monkeypatch.setattr(topn, "build_lists", no_build)
     assert load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index.topn is not None
 
 
 @pytest.mark.parametrize("damage", ["shape", "out_of_range", "empty", "garbage"])
 def test_damaged_list_cache_is_rebuilt_and_short_lists_hold_every_unseen_item(ckpt_path, damage):
     pytest.importorskip("faiss")
-    from service import ann as ann_mod
+    from service import ann_cache, topn
     from service.topn import TopNConfig
 
     index = load_state(ckpt_path, ann_config(), TopNConfig(n=30)).index
-    path = ann_mod.lists_path(ann_mod.cache_path(ckpt_path, index.model_version, ann_config()), 30, 128)
+    path = ann_cache.lists_path(ann_cache.cache_path(ckpt_path, index.model_version, ann_config()), 30, 128)
     good = np.load(path)
     if damage == "shape":
         np.save(path, np.zeros((3, 30), np.int32))
@@ -282,19 +295,19 @@ def test_damaged_list_cache_is_rebuilt_and_short_lists_hold_every_unseen_item(ck
     # A user who has seen all but 4 items: their list holds exactly those 4, and k=10 answers them.
     ann = again.ann
     seen_all = np.arange(4, NUM_ITEMS, dtype=np.int64)
-    lists = ann_mod.build_lists(ann, again.user_vectors[:1], np.array([0, len(seen_all)]), seen_all, 30, threads=1)
+    lists = topn.build_lists(ann, again.user_vectors[:1], np.array([0, len(seen_all)]), seen_all, 30, threads=1)
     assert sorted(lists[0][lists[0] >= 0].tolist()) == [0, 1, 2, 3] and (lists[0][4:] == -1).all()
 
 
 def test_long_histories_are_ranked_exactly_and_lists_of_other_sizes_are_removed(ckpt_path, monkeypatch):
     pytest.importorskip("faiss")
-    from service import ann as ann_mod
+    from service import topn
     from service.topn import TopNConfig
 
     load_state(ckpt_path, ann_config(), TopNConfig(n=20))
     small = list(ckpt_path.parent.glob("*.top20-ef128.npy"))
     assert len(small) == 1
-    monkeypatch.setattr(ann_mod, "LONG_HISTORY", 30)  # every user has seen 30-40 items: most go the exact way
+    monkeypatch.setattr(topn, "LONG_HISTORY", 30)  # every user has seen 30-40 items: most go the exact way
     index = load_state(ckpt_path, ann_config(), TopNConfig(n=25)).index
     assert not small[0].exists() and len(list(ckpt_path.parent.glob("*.top25-ef128.npy"))) == 1
     exact = load_state(ckpt_path, ann_config(min_items=0), TopNConfig(max_cells=0)).index
@@ -307,9 +320,10 @@ def test_long_histories_are_ranked_exactly_and_lists_of_other_sizes_are_removed(
 def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read(ckpt_path, monkeypatch, capsys):
     pytest.importorskip("faiss")
     from service import ann as ann_mod
+    from service import topn
 
     monkeypatch.setenv("RECSYS_ANN_BUILD_THREADS", "1")
-    assert ann_mod.main([str(ckpt_path)]) == 0
+    assert prebuild_cli().main([str(ckpt_path)]) == 0
     printed = capsys.readouterr().out.split()
     assert len(printed) == 2 and printed[0].endswith(".faiss") and printed[1].endswith(".top100-ef128.npy")
     assert all(Path(p).is_file() for p in printed)
@@ -318,7 +332,7 @@ def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read
         raise AssertionError("built although pre-built")
 
     monkeypatch.setattr(ann_mod.AnnIndex, "build", staticmethod(no_build))
-    monkeypatch.setattr(ann_mod, "build_lists", no_build)
+    monkeypatch.setattr(topn, "build_lists", no_build)
     index = load_state(ckpt_path, ann_config()).index
     assert index.ann is not None and index.topn is not None and index.topn.items.shape == (NUM_USERS, 100)
 
@@ -327,13 +341,12 @@ def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read
 
 
 def test_service_works_when_faiss_is_missing_or_disabled(ckpt_path, monkeypatch, caplog):
-    from service import ann as ann_mod
-    from service import create_app
+    from service import ann_cache, create_app
 
     assert load_state(ckpt_path, ann_config(min_items=0)).index.ann is None
     assert load_state(ckpt_path, ann_config(min_items=NUM_ITEMS + 1)).index.ann is None
-    monkeypatch.setattr(ann_mod, "_import_faiss", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="service.ann"):
+    monkeypatch.setattr(ann_cache, "import_faiss", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="service.ann_cache"):
         app = create_app({"CHECKPOINT": str(ckpt_path), "TESTING": True, "RELOAD_INTERVAL": 0, "ANN_MIN_ITEMS": 10})
     assert app.extensions["recsys"].state.index.ann is None and "faiss is not installed" in caplog.text
     resp = app.test_client().get("/recommend?user_id=u3&k=10")

@@ -1,0 +1,183 @@
+"""Validation of a checkpoint's contents: every stored field's type, dtype, shape and ordering, then the
+arrays' agreement with the id maps, the weights with a network of the stored kind and size, and the
+stored ranking arrays with the weights.
+
+Checks return what is wrong as text (None or nothing when all is well); :func:`model.checkpoint.load`
+turns the first fault into a ``CheckpointError``, so a file that loaded safely but would fail later (a
+list where a tensor belongs) is refused at load, never half used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from model.config import TrainConfig, field_type
+from model.networks import MODEL_KINDS, build_network, parse_layers
+from model.serving_arrays import serving_arrays
+
+if TYPE_CHECKING:
+    from model.checkpoint import Checkpoint
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _config_error(config: Any) -> str | None:
+    """What is wrong with a stored ``TrainConfig`` dict (unknown keys are ignored: newer files), or None."""
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        return "config is not a dict of names"
+    for f in fields(TrainConfig):
+        if f.name not in config or config[f.name] is None and f.default is None:
+            continue
+        value, kind = config[f.name], field_type(f.name)
+        ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+              float: _is_number(value), str: isinstance(value, str)}.get(kind, True)  # fmt: skip
+        if not ok:
+            return f"config.{f.name} is {value!r}, expected {kind.__name__}"
+    return None
+
+
+def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: int | None = None) -> str | None:
+    if not isinstance(value, torch.Tensor):
+        return f"{name} is a {type(value).__name__}, expected a tensor"
+    if value.dtype not in dtypes:
+        return f"{name} has dtype {value.dtype}, expected {' or '.join(str(d) for d in dtypes)}"
+    if ndim is not None and value.ndim != ndim:
+        return f"{name} has {value.ndim} dimensions, expected {ndim}"
+    return None
+
+
+def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
+    """Every stored field's type, dtype and shape, and the seen-item index's ordering: one message per fault."""
+    floats = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    yield None if raw["kind"] in MODEL_KINDS else f"kind {raw['kind']!r} is not one of {', '.join(MODEL_KINDS)}"
+    yield _config_error(raw["config"])
+    state = raw["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        yield "state_dict is not a dict of named tensors"
+    else:
+        yield from (_tensor_error(f"state_dict[{k!r}]", v, floats) for k, v in state.items())
+    for name in ("user_ids", "item_ids"):
+        ids = raw[name]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            yield f"{name} is not a list of strings"
+        elif len(set(ids)) != len(ids):
+            yield f"{name} holds duplicates"
+    for name in ("seen_indptr", "seen_indices", "item_popularity"):
+        yield _tensor_error(name, raw[name], (torch.int64,), ndim=1)
+    if isinstance(raw["seen_indptr"], torch.Tensor) and raw["seen_indptr"].ndim == 1:
+        indptr = raw["seen_indptr"].numpy()
+        if len(indptr) == 0 or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+            yield "seen_indptr does not start at 0 and never decrease (CSR row pointers)"
+    if isinstance(raw["item_popularity"], torch.Tensor) and (raw["item_popularity"] < 0).any():
+        yield "item_popularity has negative counts"
+    scale = raw["rating_scale"]
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(map(_is_number, scale))
+            and scale[0] <= scale[1]):  # fmt: skip
+        yield f"rating_scale is {scale!r}, expected [low, high] finite numbers"
+    yield None if _is_number(raw["global_mean"]) else f"global_mean is {raw['global_mean']!r}, expected a number"
+    metrics = raw["metrics"]
+    if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                for k, v in metrics.items()):  # fmt: skip
+        yield "metrics is not a dict of numbers"
+    yield None if isinstance(raw["data"], dict) else "data is not a dict"
+    for name in ("created_at", "model_version"):
+        yield None if isinstance(raw[name], str) and raw[name] else f"{name} is not a non-empty string"
+    history = raw.get("history", [])
+    yield None if isinstance(history, list) and all(isinstance(r, dict) for r in history) else "history malformed"
+    serving = raw.get("serving", {})
+    if not isinstance(serving, dict):
+        yield "serving is not a dict of tensors"
+    else:
+        yield from (_tensor_error(f"serving[{k!r}]", v, (torch.float32,)) for k, v in serving.items())
+
+
+def field_errors(raw: dict[str, Any]) -> list[str]:
+    """What is wrong with the fields of a file as loaded (a dict holding every required key): its type,
+    dtype, shape or ordering, one message per fault; empty when every field is well formed."""
+    return [e for e in _field_errors(raw) if e]
+
+
+def consistency_error(ckpt: Checkpoint) -> str | None:
+    """What disagrees in a checkpoint of well-formed fields (the first fault found), or None: the seen-item
+    index and popularity against the id maps, the weights against the kind, the ranking arrays against
+    the weights."""
+    n_users, n_items = ckpt.num_users, ckpt.num_items
+    if len(ckpt.seen_indptr) != n_users + 1 or ckpt.seen_indptr[-1] != len(ckpt.seen_indices):
+        return f"seen-item index does not match {n_users} users"
+    if len(ckpt.seen_indices) and (ckpt.seen_indices.min() < 0 or ckpt.seen_indices.max() >= n_items):
+        return "seen-item index refers to items outside the catalogue"
+    if len(ckpt.item_popularity) != n_items:
+        return f"popularity has {len(ckpt.item_popularity)} entries for {n_items} items"
+    return _weight_shape_error(ckpt) or (_serving_error(ckpt) if ckpt.serving else None)
+
+
+def _weight_shape_error(ckpt: Checkpoint) -> str | None:
+    """The weights fit a network of this kind and size, checked without allocating that network.
+
+    A real network would allocate and randomly initialise every embedding (256 MB at 1M x 64) in each
+    worker at each load, and one on the meta device pulls in ~70 MB of torch decomposition modules per
+    worker. So a tiny network with placeholder sizes (distinct from each other, from 1 and from ``dim``)
+    gives the parameter names and shapes, and the placeholders are mapped back to the real sizes.
+    """
+    try:
+        sizes = [ckpt.config.dim, ckpt.config.rank_dim, *parse_layers(ckpt.config.layers)]
+        fake_users, fake_items = max(sizes) + 7, max(sizes) + 13
+        tiny = build_network(ckpt.kind, fake_users, fake_items, ckpt.config, ckpt.global_mean).state_dict()
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return f"weights do not fit a {ckpt.kind} model: {exc}"
+    real = {fake_users: ckpt.num_users, fake_items: ckpt.num_items}
+    expected = {name: tuple(real.get(n, n) for n in t.shape) for name, t in tiny.items()}
+    got = {name: tuple(t.shape) for name, t in ckpt.state_dict.items()}
+    if got != expected:
+        wrong = sorted(n for n in expected.keys() | got.keys() if expected.get(n) != got.get(n))
+        detail = ", ".join(f"{n}: {got.get(n)} (expected {expected.get(n)})" for n in wrong)
+        return f"weights do not fit a {ckpt.kind} model: {detail}"
+    return None
+
+
+def _serving_error(ckpt: Checkpoint) -> str | None:
+    """The stored ranking arrays have the right shapes and agree with the weights on a sample of rows."""
+    # The column count follows from the kind's weights: compute it on one item row.
+    width = serving_arrays(_first_rows(ckpt.state_dict, ckpt.num_users, ckpt.num_items), ckpt.kind, ckpt.config)
+    dim = width["item_vectors"].shape[1] - 1
+    expected = {
+        "item_vectors": (ckpt.num_items, dim + 1),
+        "user_vectors": (ckpt.num_users, dim + 1),
+        "item_norms": (ckpt.num_items,),
+    }
+    for name, shape in expected.items():
+        arr = ckpt.serving.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != np.float32:
+            got = None if arr is None else (arr.shape, str(arr.dtype))
+            return f"serving array {name} is {got}, expected {shape} float32"
+    # A sample, not everything: comparing all rows would read (and fault in) the whole file at load.
+    rows = np.unique(np.linspace(0, ckpt.num_items - 1, min(ckpt.num_items, 256)).astype(np.int64))
+    sample = serving_arrays(_item_rows(ckpt.state_dict, ckpt.num_items, rows), ckpt.kind, ckpt.config)
+    if not np.array_equal(ckpt.serving["item_vectors"][rows], sample["item_vectors"]):
+        return "serving arrays disagree with the weights"
+    return None
+
+
+def _item_rows(state_dict: dict[str, torch.Tensor], num_items: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """The state dict with every per-item table cut to ``rows`` (per-user tables cut to one row)."""
+    out = {}
+    for name, tensor in state_dict.items():
+        table = name.split(".")[-2] if "." in name else name  # "ranking.item_factors.weight" -> item_factors
+        if "item" in table and tensor.ndim == 2 and tensor.shape[0] == num_items:
+            out[name] = tensor[torch.from_numpy(rows)]
+        elif "user" in table and tensor.ndim == 2:
+            out[name] = tensor[:1]
+        else:
+            out[name] = tensor
+    return out
+
+
+def _first_rows(state_dict: dict[str, torch.Tensor], num_users: int, num_items: int) -> dict[str, torch.Tensor]:
+    return _item_rows(state_dict, num_items, np.zeros(1, dtype=np.int64))

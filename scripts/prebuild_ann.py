@@ -1,0 +1,49 @@
+"""Build (or verify) the cached ANN index and top-N lists of a checkpoint before the service starts.
+
+    python scripts/prebuild_ann.py artifacts/model.ckpt
+
+Workers then only read the files (``service.ann_cache``), instead of the first one to need them building
+them with ``RECSYS_ANN_BUILD_THREADS`` threads. Reads the same ``RECSYS_ANN_*`` and ``RECSYS_TOPN_*``
+settings as the service, so the files it writes are the ones the workers look for. Prints the path of
+each file; exit 2 when faiss is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from model import checkpoint as ckpt_io
+from model.serving_arrays import ranks_by_dot_product, serving_arrays
+from service.ann import AnnConfig, import_faiss
+from service.ann_cache import cache_path, lists_path, load_or_build
+from service.config import load_settings
+from service.topn import TopNConfig, load_or_build_lists
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file the service will serve")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if import_faiss() is None:
+        print("error: faiss is not installed (pip install -e '.[ann]')", file=sys.stderr)
+        return 2
+    path = args.checkpoint
+    ckpt = ckpt_io.load(path)
+    serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
+    settings = load_settings()
+    config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)
+    ann = load_or_build(path, ckpt.model_version, serving["item_vectors"], config)
+    print(cache_path(path, ckpt.model_version, config))
+    if topn.wants_from_ann() and ranks_by_dot_product(ckpt.kind, ckpt.config):
+        load_or_build_lists(
+            path, ckpt.model_version, ann, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n, config
+        )
+        print(lists_path(cache_path(path, ckpt.model_version, config), topn.n, config.ef_search))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
