@@ -25,6 +25,9 @@ KINDS = {
         dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_dim=8, rank_lr=0.05, rank_epochs=40, rank_reg=0.1
     ),  # fmt: skip
     "mf-by-rating": TrainConfig(dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_loss="none"),
+    # the default from 500k rows: rating MF by ALS with an implicit-ALS ranking head; and mf by implicit ALS alone
+    "mf-als": TrainConfig(engine="als", dim=8, epochs=10, reg=1.0, rank_dim=8, rank_epochs=10, rank_reg=1.0),
+    "mf-ials": TrainConfig(loss="ials", dim=8, epochs=10, reg=1.0, val_fraction=0),
     "mf-bpr": TrainConfig(loss="bpr", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "gmf": TrainConfig(model="gmf", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "neumf": TrainConfig(model="neumf", dim=8, layers="16,8", epochs=30, lr=0.02, reg=0.1, batch_size=64),

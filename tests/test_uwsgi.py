@@ -115,18 +115,20 @@ def kind_checkpoints(tmp_path_factory):
 
     dataset = build_dataset(checkerboard())
     paths = {}
-    for kind in ("mf", "gmf", "neumf"):
+    for kind in KINDS:
         result = fit(dataset.interactions, KINDS[kind], progress=False)
         path = tmp_path_factory.mktemp(kind) / "m.ckpt"
         paths[kind] = checkpoint.save(checkpoint.from_training(result, dataset), path)
     return paths
 
 
-@pytest.mark.parametrize("kind", ["mf", "gmf", "neumf"])
+@pytest.mark.parametrize("kind", ["mf", "mf-by-rating", "mf-bpr", "mf-als", "mf-ials", "gmf", "neumf"])
 def test_every_kind_is_served_by_uwsgi(start_uwsgi, kind_checkpoints, kind):
+    from tests.test_models import KINDS
+
     server = start_uwsgi(kind_checkpoints[kind], RECSYS_PROCESSES="1")
     status, _, model = call(server.base, "/model")
-    assert status == 200 and model["kind"] == kind
+    assert status == 200 and model["kind"] == KINDS[kind].model
     status, _, rec = call(server.base, "/recommend?user_id=u0&k=3")
     assert status == 200 and len(rec["items"]) == 3 and rec["fallback"] is None
     from model import checkpoint
