@@ -18,12 +18,12 @@ from typing import Any
 # Per-objective defaults for fields left as None. Ratings: the 16x16 MF ensemble (MovieLens u1..u5 RMSE
 # 0.901). Ranking: chosen by nDCG@10 on MovieLens 100k with the training part of a per-user 75/25 split
 # split 75/25 again per user (the test part never used for choosing).
-RATING_DEFAULTS = {"dim": 256, "epochs": 60, "lr": 0.005, "reg": 5.0, "batch_size": 256}
+RATING_DEFAULTS = {"dim": 256, "epochs": 60, "lr": 0.01, "reg": 5.0, "batch_size": 1024}
 RANKING_DEFAULTS = {
     "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
-    "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 30.0, "batch_size": 0},  # mf on implicit data, by ALS
+    "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
@@ -33,7 +33,7 @@ ALS_RATING_DEFAULTS = {"dim": 32, "epochs": 12, "reg": 10.0, "lr": 0.0, "batch_s
 # The ranking head per rank loss: full softmax by gradient descent, or implicit ALS (closed form).
 RANK_HEAD_DEFAULTS = {
     "softmax": {"rank_reg": 5.0, "rank_epochs": 100},
-    "ials": {"rank_reg": 30.0, "rank_epochs": 12},
+    "ials": {"rank_reg": 50.0, "rank_epochs": 12},
 }
 ENGINES = ("auto", "gd", "als")
 DEVICES = ("cpu", "cuda", "auto")
@@ -70,8 +70,8 @@ class TrainConfig:
 
     model: str = _opt("mf", "model kind", choices="model")
     loss: str = _opt("auto", "auto: mf -> mse on ratings (softmax on implicit data); gmf, neumf -> bce", choices="loss")
-    rank_loss: str = _opt("auto", "ranking head of an mse model, used by /recommend (auto: softmax with the gd "
-                          "engine, ials with als); none: rank by predicted rating", choices="rank_loss")  # fmt: skip
+    rank_loss: str = _opt("auto", "ranking head of an mse model, used by /recommend (auto: ials; softmax under "
+                          "torchrun); none: rank by predicted rating", choices="rank_loss")  # fmt: skip
     engine: str = _opt(
         "auto",
         "how mf trains on ratings: gd (the MF ensemble by gradient descent), als (closed-form "
@@ -101,9 +101,9 @@ class TrainConfig:
     device: str = _opt("cpu", "cpu, cuda or auto (cuda when available)", choices="device")
     rank_dim: int = _opt(64, "ranking head of an mf+mse model: embedding size", minimum=1)
     rank_reg: float | None = _opt(None, "ranking head: L2", minimum=0)
-    rank_lr: float = _opt(0.003, "ranking head: Adam learning rate", above=0)
+    rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
-    alpha: float = _opt(3.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
+    alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
     threads: int = _opt(0, "torch threads; 0: the cores this process may use", minimum=0)
 
 

@@ -102,6 +102,12 @@ class ServingIndex:
         # score weighs against the item biases (popularity) as it does for trained users.
         norms = np.linalg.norm(self.user_vectors[:, :-1], axis=1)
         self.typical_user_norm = float(np.median(norms)) if len(norms) else 1.0
+        # Implicit ALS rankers fold a history in exactly as training solves a user (implicit's recalculate_user):
+        # YtY over the whole catalogue (d, d) once per model, the history's rows per request.
+        self.ials = _ials_fold_in(ckpt.config) if self.dot else None
+        if self.ials is not None:
+            items = self.item_vectors[:, :-1].astype(np.float64)
+            self.ials_base = items.T @ items + self.ials[1] * np.eye(self.dim)
         self.model_version = ckpt.model_version
         # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
         # would rank by something other than the model, so it always scores the catalogue.
@@ -199,13 +205,24 @@ class ServingIndex:
         Ranking by rating (an MF without a ranking head): solves the MF objective for one new user with the
         items fixed (as implicit's ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i -
         p.V_i)^2 + reg*|p|^2``; without ratings every history item counts as liked at the top of the
-        scale. Ranking models (the default MF's ranking head included): the mean of the history's item vectors
+        scale. Implicit-ALS rankers (the default MF's ranking head): the user's closed-form ALS solve with the
+        items fixed, liked items weighted by ``(r - low) / (high - low)``. Other ranking models: the mean of the
+        history's item vectors
         weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
         at a typical user's length. NeuMF: a few gradient
         steps on a fresh user's embeddings (see :class:`TorchScorer`).
         """
         if not self.dot:
             return self.torch_scorer.fold_in(item_idx)
+        if self.ials is not None:
+            # (YtY + alpha sum_h w_h y_h y_h^T + reg I) p = sum_h (1 + alpha w_h) y_h over liked items (w_h > 0):
+            # an item rated at the bottom of the scale counts as not interacted with.
+            weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
+            alpha = self.ials[0]
+            y = self.item_vectors[item_idx, :-1].astype(np.float64)
+            gram = self.ials_base + alpha * (y.T * weights) @ y
+            p = np.linalg.solve(gram, y.T @ ((1.0 + alpha * weights) * (weights > 0)))
+            return np.append(p, 1.0).astype(np.float32)
         if not self.rank_is_rating:
             # Ratings weigh the history: the top of the scale counts fully, the bottom not at all.
             weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
@@ -281,6 +298,15 @@ class ServingIndex:
             rating = np.clip(rating, self.low, self.high)
         fallbacks = [None if ok else "baseline" for ok in both.tolist()]
         return Predictions(rating.astype(float).tolist(), fallbacks)
+
+
+def _ials_fold_in(config) -> tuple[float, float] | None:
+    """(alpha, reg) of the implicit-ALS model that ranks (the model itself or an mse model's head), else None."""
+    if config.loss == "ials":
+        return float(config.alpha), float(config.reg)
+    if config.loss == "mse" and config.rank_loss == "ials":
+        return float(config.alpha), float(config.rank_reg)
+    return None
 
 
 class TorchScorer:

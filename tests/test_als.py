@@ -71,11 +71,11 @@ def test_implicit_sweep_is_hu_koren_volinsky_over_the_whole_matrix(rng):
 
 def test_the_engine_follows_the_data_size_and_what_it_can_train():
     small, large = resolve(TrainConfig(), False, 1000), resolve(TrainConfig(), False, ALS_MIN_ROWS)
-    assert (small.engine, small.rank_loss, small.dim) == ("gd", "softmax", 256)
+    assert (small.engine, small.rank_loss, small.dim) == ("gd", "ials", 256)
     assert (large.engine, large.rank_loss, large.dim) == ("als", "ials", 32)
-    assert resolve(TrainConfig(), True, ALS_MIN_ROWS).loss == "ials"  # implicit data at scale
-    assert resolve(TrainConfig(), True, 1000).loss == "softmax"
-    assert resolve(TrainConfig(), False, ALS_MIN_ROWS, distributed=True).engine == "gd"
+    assert resolve(TrainConfig(), True, 1000).loss == "ials"  # implicit data
+    distributed = resolve(TrainConfig(), False, ALS_MIN_ROWS, distributed=True)
+    assert (distributed.engine, distributed.rank_loss) == ("gd", "softmax")  # what trains data-parallel
     assert resolve(TrainConfig(engine="gd"), False, 10**8).engine == "gd"  # an explicit choice wins
     with pytest.raises(ValueError, match="--engine als trains mf only"):
         validate(TrainConfig(model="gmf", engine="als"))

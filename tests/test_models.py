@@ -20,9 +20,19 @@ from service.index import ServingIndex
 GROUPS, USERS_PER_GROUP, BLOCK = 4, 12, 10
 
 KINDS = {
-    # the default: a rating MF (MSE ensemble) with a softmax ranking head
-    "mf": TrainConfig(
-        dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_dim=8, rank_lr=0.05, rank_epochs=40, rank_reg=0.1
+    # the default: a rating MF (MSE ensemble) with an implicit-ALS ranking head; and with the softmax head
+    "mf": TrainConfig(dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_dim=8, rank_epochs=40, rank_reg=5.0),
+    "mf-softmax-head": TrainConfig(
+        dim=8,
+        member_dim=4,
+        epochs=40,
+        lr=0.05,
+        reg=0.1,
+        rank_loss="softmax",
+        rank_dim=8,
+        rank_lr=0.05,
+        rank_epochs=40,
+        rank_reg=0.1,
     ),  # fmt: skip
     "mf-by-rating": TrainConfig(dim=8, member_dim=4, epochs=40, lr=0.05, reg=0.1, rank_loss="none"),
     # the default from 500k rows: rating MF by ALS with an implicit-ALS ranking head; and mf by implicit ALS alone

@@ -16,7 +16,7 @@ from tests.test_models import BLOCK, KINDS, block, checkerboard
 
 @pytest.fixture(scope="module")
 def default_mf(tmp_path_factory):
-    """The default model kind: a rating MF with its softmax ranking head, on the checkerboard."""
+    """The default model kind: a rating MF with its implicit-ALS ranking head, on the checkerboard."""
     torch.manual_seed(0)
     dataset = build_dataset(checkerboard())
     result = fit(dataset.interactions, KINDS["mf"], progress=False)
@@ -68,7 +68,7 @@ def test_the_default_model_through_the_flask_client(default_mf):
 
     client = create_app({"CHECKPOINT": str(default_mf), "TESTING": True, "RELOAD_INTERVAL": 0}).test_client()
     info = client.get("/model").get_json()
-    assert info["kind"] == "mf" and info["config"]["rank_loss"] == "softmax" and info["config"]["loss"] == "mse"
+    assert info["kind"] == "mf" and info["config"]["rank_loss"] == "ials" and info["config"]["loss"] == "mse"
     own = [block(i["item_id"]) == 1 for u in range(12, 24) for i in
            client.get(f"/recommend?user_id=u{u}&k=2").get_json()["items"]]  # fmt: skip
     assert np.mean(own) >= 0.8, own

@@ -122,7 +122,9 @@ def kind_checkpoints(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("kind", ["mf", "mf-by-rating", "mf-bpr", "mf-als", "mf-ials", "gmf", "neumf"])
+@pytest.mark.parametrize(
+    "kind", ["mf", "mf-softmax-head", "mf-by-rating", "mf-bpr", "mf-als", "mf-ials", "gmf", "neumf"]
+)
 def test_every_kind_is_served_by_uwsgi(start_uwsgi, kind_checkpoints, kind):
     from tests.test_models import KINDS
 
