@@ -134,6 +134,7 @@ def fit(
     scale = (float(train.ratings.min()), float(train.ratings.max()))
     metrics: dict[str, float] = {}
     if config.loss == "mse":
+        rating_started = time.perf_counter()
         if config.engine == "als":
             if init is not None:
                 raise ValueError("warm start needs --engine gd (the ALS engine starts from its own closed form)")
@@ -143,7 +144,9 @@ def fit(
                 train, fit_part, val_part, config, scale, device, progress, init, cluster
             )
         metrics.update(rating_metrics)
+        metrics["rating_seconds"] = time.perf_counter() - rating_started
         if config.rank_loss != "none":
+            rank_started = time.perf_counter()
             negatives = _negatives(config.rank_loss, train.num_items, "mf", None)
             head_config = replace(
                 config,
@@ -169,6 +172,7 @@ def fit(
             network = combined.eval()
             history = history + [{f"rank_{k}": v for k, v in row.items()} for row in head_history]
             metrics.update({f"rank_{k}": v for k, v in head_metrics.items()})
+            metrics["rank_seconds"] = time.perf_counter() - rank_started
     else:
         if init is not None:
             raise ValueError(f"warm start supports mf on mse only, not {config.model} on {config.loss}")

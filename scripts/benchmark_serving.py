@@ -16,12 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +28,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _bench import Server, machine, run_wrk, write_section  # noqa: E402
 
 from model import checkpoint  # noqa: E402
 from model.data import RawRatings  # noqa: E402
@@ -82,72 +80,6 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
         net.item_bias.weight.copy_(torch.from_numpy(0.3 * rng.normal(size=(num_items, 1)).astype(np.float32)))
     result = TrainResult(net, cfg, 3.5, (1.0, 5.0), {"val_rmse": 0.0})
     return checkpoint.save(checkpoint.from_training(result, dataset), path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, ckpt: Path, log: Path, env: dict[str, str]):
-        self.port = free_port()
-        environ = {**os.environ, "RECSYS_CHECKPOINT": str(ckpt), "RECSYS_PORT": str(self.port), **env}
-        self.log = open(log, "wb")
-        uwsgi = Path(sys.executable).parent / "uwsgi"
-        self.proc = subprocess.Popen(
-            [str(uwsgi), "--ini", str(REPO / "uwsgi.ini")],
-            cwd=REPO,
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if json.loads(r.read())["ready"]:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"uWSGI did not become ready; see {log}")
-
-    def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
-            if self.proc.poll() is not None:
-                break
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        self.log.close()
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    def seconds(value: str, unit: str) -> float:
-        return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-
-    out: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
-    out["requests"] = float(re.search(r"(\d+) requests in", text).group(1))
-    for pct in ("50", "99"):
-        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s|m)\b", text)
-        out[f"p{pct}_ms"] = seconds(m.group(1), m.group(2)) * 1000
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    out["non_2xx"] = float(m.group(1)) if m else 0.0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    out["failed_connections"] = float(int(m.group(1)) + int(m.group(3)) + int(m.group(4))) if m else 0.0
-    return out
-
-
-def run_wrk(port: int, script: str, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
-    lua = workdir / "script.lua"
-    lua.write_text(script)
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}"]
-    return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
 def batch_script(num_items: int, size: int = 100, variants: int = 50) -> str:
@@ -210,18 +142,6 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
         truth = set(exact.recommend_for_history(body["history"], 10).item_ids)
         got_hist, want_hist = got_hist + len(served & truth), want_hist + len(truth)
     return {"recommend": got_known / want_known, "recommend_history": got_hist / want_hist}
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[str, dict[str, float]]:
@@ -352,16 +272,6 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str, tag: str = "serving") -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes (items)")
@@ -386,7 +296,7 @@ def main() -> int:
             results[size] = bench_size(size, routes, args, Path(tmp))
     command = "python scripts/benchmark_serving.py " + " ".join(sys.argv[1:])
     section = render(results, args, command.strip())
-    write_section(Path(args.output), section)
+    write_section(Path(args.output), section, "serving")
     print(section)
     return 0
 

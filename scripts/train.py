@@ -71,13 +71,15 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
     except DataFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    parsed = time.perf_counter()
     dataset = build_dataset(raw)
     del raw  # the id codes now live in the dataset; 20M rows of codes, ratings and stamps are 400 MB
     inter = dataset.interactions
     kind = "interactions (implicit)" if dataset.implicit else "ratings"
+    read, id_maps = time.perf_counter() - started, time.perf_counter() - parsed
     say(f"data: {dataset.source}: {len(inter)} {kind}, {inter.num_users} users, {inter.num_items} items "
-        f"(read in {time.perf_counter() - started:.1f}s)" + (f", rank 0 of {cluster.world}" if cluster.distributed
-                                                              else ""))  # fmt: skip
+        f"(read in {read:.1f}s, of which id maps {id_maps:.1f}s)" + (f", rank 0 of {cluster.world}"
+                                                                      if cluster.distributed else ""))  # fmt: skip
     config = args.config
     try:
         resolve(config, dataset.implicit, len(inter), cluster.distributed)
@@ -93,9 +95,11 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
         return 3
     if not cluster.is_main:
         return 0  # rank 0 alone writes; the weights are the same on every rank
+    saving = time.perf_counter()
     ckpt = checkpoint.from_training(result, dataset)
     out = checkpoint.save(ckpt, Path(args.out))
     curves = save_curves(result.history, Path(f"{out}.curves.png"), title=f"{ckpt.kind} ({result.config.loss})")
+    saved = time.perf_counter() - saving
     m, c = result.metrics, result.config
     parts = [f"trained {ckpt.kind} ({c.loss}) dim={c.dim}"]
     if "train_rmse" in m:
@@ -104,8 +108,10 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
         if key in m:
             parts.append(f"{label} {m[key]:.4f}")
     parts.append(f"{int(m['epochs_run'])} epochs (best {int(m['best_epoch'])}) in {m['fit_seconds']:.1f}s")
-    print(", ".join(parts))
-    print(f"wrote {out} (model_version {ckpt.model_version}), curves {curves}")
+    stages = [f"{label} {m[key]:.1f}s" for key, label in (("rating_seconds", "rating model"),
+                                                          ("rank_seconds", "ranking head")) if key in m]  # fmt: skip
+    print(", ".join(parts) + (f" ({', '.join(stages)})" if stages else ""))
+    print(f"wrote {out} (model_version {ckpt.model_version}) in {saved:.1f}s, curves {curves}")
     print(f"total {time.perf_counter() - started:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
     return 0
 

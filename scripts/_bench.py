@@ -1,0 +1,142 @@
+"""Helpers shared by the benchmark scripts: the real uWSGI on a free loopback port, wrk and its output,
+per-worker memory, the machine line, and the tagged sections of docs/benchmarks.md.
+
+Imported by ``scripts/benchmark_serving.py`` and ``scripts/benchmark_scale.py`` (the scripts directory is
+``sys.path[0]`` when a script runs; each script also puts it there for importers such as the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uWSGI with the repo's uwsgi.ini serving ``ckpt`` on a free loopback port, in its own process group.
+
+    Returns from the constructor once ``/readyz`` says ready (``ready_s`` seconds after the start), or
+    raises ``RuntimeError`` after ``ready_timeout`` seconds or when uWSGI exits."""
+
+    def __init__(self, ckpt: Path, log: Path, env: dict[str, str], ready_timeout: float = 300.0):
+        self.port = free_port()
+        self.log_path = log
+        environ = {**os.environ, "RECSYS_CHECKPOINT": str(ckpt), "RECSYS_PORT": str(self.port), **env}
+        self.log = open(log, "wb")
+        uwsgi = Path(sys.executable).parent / "uwsgi"
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(uwsgi), "--ini", str(REPO / "uwsgi.ini")],
+            cwd=REPO,
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = started + ready_timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                    if json.loads(r.read())["ready"]:
+                        self.ready_s = time.monotonic() - started
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"uWSGI did not become ready in {ready_timeout:.0f} s; see {log}")
+
+    def workers(self) -> list[int]:
+        """Pids of the worker processes (the master's children)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+    def stop(self) -> None:
+        for sig, grace in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+
+def process_memory_mib(pid: int) -> dict[str, float]:
+    """``rss`` (VmRSS: shared pages counted in full) and ``pss`` (shared pages divided among the processes
+    mapping them: the fair share of a memory-mapped checkpoint), MiB, from /proc."""
+    out = {}
+    for name, key, path in (("rss", "VmRSS:", "status"), ("pss", "Pss:", "smaps_rollup")):
+        try:
+            line = next(ln for ln in Path(f"/proc/{pid}/{path}").read_text().splitlines() if ln.startswith(key))
+            out[name] = int(line.split()[1]) / 1024  # kB
+        except (OSError, StopIteration):
+            out[name] = float("nan")
+    return out
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def seconds(value: str, unit: str) -> float:
+        return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+    out: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))}
+    out["requests"] = float(re.search(r"(\d+) requests in", text).group(1))
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s|m)\b", text)
+        out[f"p{pct}_ms"] = seconds(m.group(1), m.group(2)) * 1000
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    out["non_2xx"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["failed_connections"] = float(int(m.group(1)) + int(m.group(3)) + int(m.group(4))) if m else 0.0
+    return out
+
+
+def run_wrk(port: int, script: str, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
+    """wrk with one thread against the loopback port, requests made by the Lua ``script``. Failures are its
+    non-2xx responses and connect/write/timeout errors; its 'read' errors are the server closing each
+    connection after a whole response (uWSGI here has no keep-alive) and are not failures."""
+    lua = workdir / "script.lua"
+    lua.write_text(script)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}"]
+    return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def machine() -> str:
+    import torch  # only for its version: the scripts import it anyway
+
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def write_section(path: Path, section: str, tag: str) -> None:
+    """Replace the ``<!-- tag:begin -->`` .. ``<!-- tag:end -->`` section of ``path`` (or append it)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
