@@ -45,6 +45,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -349,10 +350,22 @@ def busy_check(fold: Path, flags: str, timeout: float, workdir: Path) -> dict:
             run = run_child(cmd, workdir / f"{name}.log", env, timeout=timeout)
         finally:
             if competitor is not None:
-                os.killpg(competitor.pid, 9)
-                competitor.wait()
+                stop_group(competitor)
         out[name] = {**run, **parse_train(run["output"])}
     return out
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGKILL ``proc``'s whole process group until no member is left (a child the loop was starting included)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        proc.poll()
+        time.sleep(0.05)
+    proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------- report

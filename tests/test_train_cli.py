@@ -118,6 +118,8 @@ def test_implicit_data_trains_a_ranking_model_full_batch_with_curves(tmp_path):
         "4",
         "--epochs",
         "3",
+        "--loss",
+        "softmax",
         "--batch-size",
         "full",
         "--device",
