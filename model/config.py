@@ -104,7 +104,8 @@ class TrainConfig:
     rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
-    threads: int = _opt(0, "torch threads; 0: the cores this process may use", minimum=0)
+    threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
+                        minimum=0)  # fmt: skip
 
 
 def choices(name: str | None) -> tuple[str, ...] | None:
