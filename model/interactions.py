@@ -70,8 +70,14 @@ class Interactions:
             self._seen = self._distinct_csr()
         return self._seen
 
+    def pair_keys(self) -> np.ndarray:
+        """One int64 key per row, ``user_idx * num_items + item_idx``: equal keys, equal (user, item) pairs.
+
+        Formed in int64: the int32 indices' own product overflows past 2^31 cells (138k users x 27k items)."""
+        return self.user_idx.astype(np.int64) * self.num_items + self.item_idx
+
     def _distinct_csr(self) -> tuple[np.ndarray, np.ndarray]:
-        key = sorted_unique(self.user_idx.astype(np.int64) * self.num_items + self.item_idx)
+        key = sorted_unique(self.pair_keys())
         users, items = key // self.num_items, key % self.num_items
         indptr = np.zeros(self.num_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
@@ -134,7 +140,7 @@ def pairs_of(inter: Interactions) -> tuple[Interactions, np.ndarray]:
     """One row per distinct (user, item) pair, in the order of first appearance (its latest timestamp, its
     first rating), and each row's pair (n,) int64: splits draw pairs, so a repeated pair is never on both
     sides. Without repeated pairs the pair rows are the rows themselves, in the same order."""
-    keys = inter.user_idx * inter.num_items + inter.item_idx
+    keys = inter.pair_keys()
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # pairs by first appearance
     rank = np.empty(len(order), dtype=np.int64)

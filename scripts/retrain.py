@@ -184,7 +184,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
         raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
     full = build_dataset(raw)
     inter = full.interactions
-    keys = inter.user_idx * inter.num_items + inter.item_idx
+    keys = inter.pair_keys()
     fresh = ~np.isin(keys, np.concatenate([seen_pairs(m, full) for m in recent] or [np.empty(0, np.int64)]))
     seed = holdout_seed(raw.fingerprint) if args.holdout_seed is None else args.holdout_seed
     try:

@@ -121,8 +121,9 @@ def test_a_worse_ranking_is_rejected_even_when_its_rmse_is_better(tmp_path, data
     old, new = snapshots(tmp_path, data)
     assert retrain.main(["--data", str(old), "--store", str(store_dir), *FAST]) == 0
     out = tmp_path / "r.json"
+    weak_head = ["--rank-loss", "softmax", "--rank-epochs", "1"]
     code = retrain.main(["--data", str(new), "--store", str(store_dir), "--report", str(out), "--quiet",
-                         "--epochs", "30", "--patience", "5", "--rank-loss", "softmax", "--rank-epochs", "1"])  # fmt: skip
+                         "--epochs", "30", "--patience", "5", *weak_head])  # fmt: skip
     report = json.loads(out.read_text())
     checks = {c["metric"]: c for c in report["decision"]["comparisons"]}
     assert checks["rmse"]["ok"] and checks["rmse"]["candidate"] < checks["rmse"]["best"], checks

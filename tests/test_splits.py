@@ -106,3 +106,13 @@ def test_a_repeated_pair_is_never_on_both_sides(rng, split):
     assert_partition(inter, train, test)
     keys = lambda part: set(zip(part.user_idx.tolist(), part.item_idx.tolist()))  # noqa: E731
     assert len(keys(inter)) < len(inter) and not keys(train) & keys(test)
+
+
+def test_pairs_are_told_apart_past_two_billion_cells():
+    """int32 indices: user 65536 x 65536 items wraps to 0 in int32, the key of (user 0, item 0)."""
+    from model.interactions import pairs_of
+
+    inter = Interactions(np.array([0, 65536]), np.array([0, 0]), np.ones(2), np.zeros(2), 65537, 65536)
+    pairs, pair_of_row = pairs_of(inter)
+    assert len(pairs) == 2 and pair_of_row.tolist() == [0, 1]
+    assert len(inter.seen_csr()[1]) == 2
