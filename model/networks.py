@@ -189,18 +189,6 @@ class MFEnsemble(nn.Module):
     def forward(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         return self.member_outputs(user_idx, item_idx).mean(-1)
 
-    def penalty(self, user_idx, item_idx, user_weight, item_weight, reg: float, reg_bias: float) -> torch.Tensor:
-        """Weighted L2 of the rows the batch touches, summed over members, averaged over the batch.
-
-        With ``user_weight = 1 / n_u`` (rows per user in the epoch) and likewise for items, one epoch adds
-        up to a penalty on every row once: plain L2 on all parameters (a Gaussian prior), not Funk's
-        per-example penalty that grows with a user's or item's number of ratings.
-        """
-        wu, wi = user_weight[user_idx], item_weight[item_idx]
-        factors = self.user_factors(user_idx).pow(2).sum(-1) * wu + self.item_factors(item_idx).pow(2).sum(-1) * wi
-        biases = self.user_bias(user_idx).pow(2).sum(-1) * wu + self.item_bias(item_idx).pow(2).sum(-1) * wi
-        return (reg * factors + reg_bias * biases).mean()
-
     @torch.no_grad()
     def merged(self) -> BiasedMF:
         """The equivalent single :class:`BiasedMF` (factors scaled by ``1/sqrt(members)``, biases averaged)."""

@@ -47,11 +47,12 @@ class _RatingLoss(nn.Module):
         self.register_buffer("item_weight", item_weight, persistent=False)
 
     def forward(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.network.member_outputs(u, i)  # (b, members)
-        # Each member's mean squared error, summed: the members train independently.
-        loss = (out - r[:, None]).pow(2).mean(0).sum()
-        loss = loss + self.network.penalty(u, i, self.user_weight, self.item_weight, self.reg, self.reg_bias)
-        return loss, out.detach()
+        # Each member's mean squared error, summed (the members train independently), plus the weighted L2.
+        net = self.network
+        return losses.EnsembleSquaredError.apply(
+            net.user_factors(u), net.item_factors(i), net.user_bias(u), net.item_bias(i), net.global_bias, r,
+            self.user_weight[u], self.item_weight[i], net.members, self.reg, self.reg_bias,
+        )  # fmt: skip
 
 
 def _train_rating(

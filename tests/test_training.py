@@ -60,3 +60,41 @@ def test_diverging_loss_is_reported(small_dataset):
 def test_rmse_and_mae_by_hand():
     assert rmse(np.array([1.0, 3.0]), np.array([2.0, 5.0])) == pytest.approx(np.sqrt((1 + 4) / 2))
     assert mae(np.array([1.0, 3.0]), np.array([2.0, 5.0])) == pytest.approx(1.5)
+
+
+def test_ensemble_loss_gradient_equals_autograd_of_its_definition():
+    """The MF ensemble's hand-written backward (losses.EnsembleSquaredError) against autograd through the
+    definition it replaces: members' MSE summed, plus the weighted L2 of the looked-up rows."""
+    from model.losses import EnsembleSquaredError
+    from model.networks import MFEnsemble
+
+    torch.manual_seed(0)
+    net = MFEnsemble(30, 40, members=4, member_dim=3, global_mean=3.0).double()
+    u, i = torch.randint(0, 30, (50,)), torch.randint(0, 40, (50,))
+    r = torch.rand(50, dtype=torch.float64) * 4 + 1
+    wu, wi = torch.rand(30, dtype=torch.float64), torch.rand(40, dtype=torch.float64)
+    reg, reg_bias = 0.7, 0.3
+
+    def by_definition():
+        pu, qi, bu, bi = net.user_factors(u), net.item_factors(i), net.user_bias(u), net.item_bias(i)
+        out = net.member_outputs(u, i)
+        factors = (pu.pow(2).sum(-1) * wu[u] + qi.pow(2).sum(-1) * wi[i]) * reg
+        biases = (bu.pow(2).sum(-1) * wu[u] + bi.pow(2).sum(-1) * wi[i]) * reg_bias
+        return (out - r[:, None]).pow(2).mean(0).sum() + (factors + biases).mean()
+
+    def fused():
+        rows = (net.user_factors(u), net.item_factors(i), net.user_bias(u), net.item_bias(i), net.global_bias)
+        return EnsembleSquaredError.apply(*rows, r, wu[u], wi[i], net.members, reg, reg_bias)[0] * 1.5
+
+    results = []
+    for loss_fn, scale in ((by_definition, 1.5), (fused, 1.0)):
+        net.zero_grad()
+        loss = loss_fn() * scale
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in net.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert len(grads_a) == 5
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b)
+        assert a.abs().sum() > 0
