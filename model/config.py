@@ -104,6 +104,7 @@ class TrainConfig:
     rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
+    cg_steps: int = _opt(0, "ials: conjugate-gradient steps per row and sweep; 0: exact solve (Cholesky)", minimum=0)
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
 

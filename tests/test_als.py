@@ -56,12 +56,15 @@ def test_explicit_sweep_solves_each_rows_ridge_regression(rng):
         np.testing.assert_allclose(out_bias[row].item(), want[3], rtol=1e-4, atol=1e-4)
 
 
-def test_implicit_sweep_is_hu_koren_volinsky_over_the_whole_matrix(rng):
+@pytest.mark.parametrize("cg_steps", [0, 3])
+def test_implicit_sweep_is_hu_koren_volinsky_over_the_whole_matrix(rng, cg_steps):
+    """Exact (Cholesky), and conjugate gradient: d = 3 steps solve a 3-dimensional system exactly from any
+    start (here 9.0 everywhere)."""
     mask, r, c, _ = random_csr(rng)
     other = torch.from_numpy(rng.normal(size=(mask.shape[1], 3)).astype(np.float32))
     out = torch.full((mask.shape[0], 3), 9.0)
     ones = np.ones(len(r), np.float32)
-    als.implicit_sweep(*als.csr(r, c, ones, mask.shape[0])[:2], other, 4.0, 0.5, out)
+    als.implicit_sweep(*als.csr(r, c, ones, mask.shape[0])[:2], other, 4.0, 0.5, out, cg_steps=cg_steps)
     y = other.numpy().astype(np.float64)
     for row in range(mask.shape[0]):
         weight = 1.0 + 4.0 * mask[row]  # every cell: observed 1 + alpha, unobserved 1
