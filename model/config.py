@@ -106,6 +106,9 @@ class TrainConfig:
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
+    items: str | None = _opt(None, "item metadata file (CSV/TSV/Parquet with a header, first column the item id; "
+                             "MovieLens movies.csv, movies.dat, u.item), stored in the checkpoint; retrain "
+                             "re-reads the current model's")  # fmt: skip
 
 
 def choices(name: str | None) -> tuple[str, ...] | None:
