@@ -182,6 +182,8 @@ class ServingIndex:
             return top, scores[top] + offset
         if candidates is not None:
             candidates = np.setdiff1d(candidates, banned, assume_unique=False)
+            if not len(candidates):  # nothing left to rank (a filter no item passes)
+                return candidates.astype(np.int64), np.empty(0, np.float32)
             scores = self._scores(query, candidates)
             top = top_k(scores, k)
             return candidates[top], scores[top] + offset
