@@ -20,6 +20,7 @@ from model.items import Attribute, ItemAttributes, canonical
 
 BITSET_SHARE = 256
 BITSET_BUDGET = 32 * 2**20
+CACHE_ITEMS = 100_000  # items whose attribute dicts are kept once built (about 0.5 KB each)
 
 
 class UnknownAttribute(KeyError):
@@ -70,6 +71,7 @@ class AttributeIndex:
 
     def __init__(self, attrs: ItemAttributes | None, num_items: int, budget: int = BITSET_BUDGET):
         self.num_items = num_items
+        self._cache: dict[int, dict[str, Any]] = {}
         self.by_name = {a.name: _Served(a, num_items) for a in (attrs.attributes if attrs else [])}
         # Bitsets for the most common values first, while they fit the budget.
         common = sorted(
@@ -89,19 +91,31 @@ class AttributeIndex:
 
     def describe(self, item_idx: np.ndarray) -> list[dict[str, Any]]:
         """Each item's attributes, ``{name: value}`` (a list for list attributes); attributes without a value
-        for the item are left out, so an item without metadata is ``{}``."""
-        out: list[dict[str, Any]] = [{} for _ in range(len(item_idx))]
+        for the item are left out, so an item without metadata is ``{}``. The dicts are cached per item (the
+        first ``CACHE_ITEMS`` items asked for: top-k answers repeat the same items) and shared: read only."""
+        if not self.by_name:
+            return [{} for _ in range(len(item_idx))]
+        out, cache = [], self._cache
+        for item in np.asarray(item_idx).tolist():
+            row = cache.get(item)
+            if row is None:
+                row = self._describe_one(item)
+                if len(cache) < CACHE_ITEMS:
+                    cache[item] = row
+            out.append(row)
+        return out
+
+    def _describe_one(self, item: int) -> dict[str, Any]:
+        row: dict[str, Any] = {}
         for name, served in self.by_name.items():
             if served.kind != "list":
-                for row, code in zip(out, served.single[item_idx].tolist()):
-                    if code >= 0:
-                        row[name] = served.shown[code]
-                continue
-            starts, stops = served.indptr[item_idx].tolist(), served.indptr[np.asarray(item_idx) + 1].tolist()
-            for row, start, stop in zip(out, starts, stops):
-                if stop > start:
-                    row[name] = [served.shown[c] for c in served.values[start:stop].tolist()]
-        return out
+                code = int(served.single[item])
+                if code >= 0:
+                    row[name] = served.shown[code]
+            elif served.indptr[item + 1] > served.indptr[item]:
+                codes = served.values[served.indptr[item] : served.indptr[item + 1]].tolist()
+                row[name] = [served.shown[c] for c in codes]
+        return row
 
     def compile(self, filters: Mapping[str, Sequence[str]] | None) -> ItemFilter | None:
         """A filter keeping the items that hold every ``name: value`` (None without filters).
@@ -123,24 +137,27 @@ class AttributeIndex:
                     raise BadFilterValue(name, str(given), served.kind)
                 code = served.code.get(value)
                 if code is None:  # a value no item holds: keeps nothing
-                    conditions.append((None, np.empty(0, np.int64)))
+                    conditions.append((None, np.empty(0, np.int64), None))
                 else:
-                    conditions.append((served.bits.get(code), served.items_of(code)))
+                    conditions.append((served.bits.get(code), served.items_of(code), (name, code)))
         return ItemFilter(conditions, self.num_items)
 
 
 class ItemFilter:
-    """Conditions that must all hold; each is (bitset or None, the sorted items holding the value)."""
+    """Conditions that must all hold; each is (bitset or None, the sorted items holding the value, (attribute,
+    value code) or None for a value no item holds)."""
 
-    def __init__(self, conditions: list[tuple[np.ndarray | None, np.ndarray]], num_items: int):
+    def __init__(self, conditions: list[tuple[np.ndarray | None, np.ndarray, tuple | None]], num_items: int):
         self.conditions, self.num_items = conditions, num_items
         self._mask: np.ndarray | None = None
+        # One (attribute, value): a key under which the caller may cache what it derives from the kept items.
+        self.key = conditions[0][2] if len(conditions) == 1 else None
 
     def allows(self, items: np.ndarray) -> np.ndarray:
         """Which of ``items`` (n,) the filter keeps, (n,) bool: a few operations per item, no (I,) array."""
         items = np.asarray(items, dtype=np.int64)
         keep = np.ones(len(items), dtype=bool)
-        for bits, members in self.conditions:
+        for bits, members, _ in self.conditions:
             if bits is not None:
                 keep &= ((bits[items >> 3] >> (items & 7).astype(np.uint8)) & 1).astype(bool)
             else:
@@ -152,7 +169,7 @@ class ItemFilter:
         """Every item the filter keeps, (I,) bool (computed once per request)."""
         if self._mask is None:
             mask = np.ones(self.num_items, dtype=bool)
-            for bits, members in self.conditions:
+            for bits, members, _ in self.conditions:
                 if bits is not None:
                     mask &= np.unpackbits(bits, count=self.num_items, bitorder="little").view(bool)
                 else:
@@ -163,5 +180,11 @@ class ItemFilter:
         return self._mask
 
     def items(self) -> np.ndarray:
-        """The kept item indices, ascending, int64."""
+        """The kept item indices, ascending, int64 (one condition: its inverse-index row, no (I,) pass)."""
+        if len(self.conditions) == 1:
+            return self.conditions[0][1]
         return np.flatnonzero(self.mask())
+
+    def count(self) -> int:
+        """How many items the filter keeps."""
+        return len(self.conditions[0][1]) if len(self.conditions) == 1 else int(self.mask().sum())

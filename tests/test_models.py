@@ -192,17 +192,20 @@ def test_filters_and_explanations_for_every_kind(trained):
     name, path, _ = trained
     ckpt = checkpoint.load(path)
     rows = {
-        idx: [[str(block(item))], ["even" if int(item[1:]) % 2 == 0 else "odd", f"b{block(item)}"]]
+        idx: [[str(block(item))], ["even" if int(item[1:]) % 2 == 0 else "odd", f"b{block(item)}"],
+              [f"s{int(item[1:]) // 4}"]]
         for idx, item in enumerate(ckpt.item_ids)
         if item != "i7"  # an item without metadata still serves, with no attributes
-    }
-    ckpt.item_attributes = build(["block", "tags"], ["int", "list"], rows, ckpt.num_items)
+    }  # fmt: skip
+    ckpt.item_attributes = build(["block", "tags", "shelf"], ["int", "list", "str"], rows, ckpt.num_items)
     plain = ServingIndex(ckpt)
     indexes = [plain]
     if plain.dot:  # lists of 6: most filtered answers run out of list and fall back to the scan
         lists = TopNCache.scan(plain.user_vectors, plain.item_vectors, plain.seen_indptr, plain.seen_indices, n=6)
         indexes.append(ServingIndex(ckpt, topn=lists))
+    # broad (a masked scan), two conditions (candidates), one narrow value (its contiguous block), none
     cases = [{"tags": ["even"]}, {"block": ["2"], "tags": ["odd"]}, {"tags": ["b1", "odd"]}, {"block": ["9"]}]
+    cases += [{"shelf": ["s2"]}, {"shelf": ["s5"]}]
     for user in ckpt.user_ids[::6]:
         full = plain.recommend(user, ckpt.num_items)  # every unseen item, best first
         for filters in cases:
