@@ -7,7 +7,8 @@ over the history: ``y_i . p = sum_h a_h y_i^T W^-1 y_h`` (implicit's ``explain``
 
 - implicit-ALS rankers (mf on implicit data, the default mf's ranking head): the user's closed-form solve,
   ``W = Y^T Y + alpha sum_h w_h y_h y_h^T + reg I``, ``a_h = 1 + alpha w_h``; for a known user the solve over
-  their training items (what training solves; the stored vector is that solve from the last sweep);
+  their training items, recomputed against the served item vectors (training solved users against the item
+  vectors of its previous half-sweep, so the stored vector differs from it slightly);
 - an mf ranking by predicted rating, for a history: the ridge solve of the fold-in, ``a_h`` = the rating
   minus the baseline; other dot-product rankers (mf on softmax/bce/bpr, gmf), for a history: the fold-in's
   weighted mean (``W = I``);

@@ -6,7 +6,8 @@ ANN index the lists are searched from it instead (:func:`build_lists`) and cache
 (:func:`load_or_build_lists`, files named and written by ``service.ann_cache``); otherwise the index scans
 per request. A request that the list cannot answer exactly (``k`` above N, ``exclude_seen=false``,
 candidate ``items=``, or so many ``exclude=`` hits that fewer than ``k`` remain) falls through to the scan
-(or the ANN search), so answers are the same.
+(or the ANN search), so answers are the same. A filter (``filter=genres:Comedy``) walks the list keeping what it
+passes, and falls through the same way when fewer than ``k`` pass.
 """
 
 from __future__ import annotations
