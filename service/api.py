@@ -14,7 +14,7 @@ from service.index import (
     UnknownAttribute,
     UnknownItem,
 )
-from service.openapi import build_document, documented
+from service.openapi import build_document, documented, with_filters
 from service.schemas import (
     ErrorResponse,
     Health,
@@ -222,4 +222,11 @@ def openapi():
     doc = current_app.extensions.get("recsys.openapi")
     if doc is None:
         doc = current_app.extensions["recsys.openapi"] = build_document("recsys", "1")
-    return jsonify(doc)
+    index = _holder().state.index  # the filters the served model answers (its item attributes)
+    version = None if index is None else index.model_version
+    cached = current_app.extensions.get("recsys.openapi.model")
+    if cached is None or cached[0] != version:
+        kinds = {} if index is None else {name: a.kind for name, a in index.attributes.by_name.items()}
+        explains = index is None or index.dot
+        cached = current_app.extensions["recsys.openapi.model"] = (version, with_filters(doc, kinds, explains))
+    return jsonify(cached[1])

@@ -180,7 +180,8 @@ class ServingIndex:
             top = top_k(scores, k)
             return top, scores[top] + offset
         if candidates is not None:  # sorted, unique
-            candidates = np.unique(candidates) if keep is None else candidates[keep.allows(np.unique(candidates))]
+            candidates = np.unique(candidates)
+            candidates = candidates if keep is None else candidates[keep.allows(candidates)]
         elif keep is not None:  # a narrow filter: score only the items it keeps (sorted, unique)
             block = self._value_block(keep)
             if block is not None:

@@ -98,6 +98,13 @@ def test_titles_filters_and_explanations_over_http(start_uwsgi, items_ckpt, loca
     status, _, body = call(server.base, "/recommend", {"history": ["i1"], "filter": {"mood": "calm"}})
     assert status == 422 and "'mood'" in body["error"]["details"][0]["reason"]
 
+    # The served OpenAPI document describes this model's filters (what a schema-valid request may name).
+    status, _, doc = call(server.base, "/openapi.json")
+    (param,) = [p for p in doc["paths"]["/recommend"]["get"]["parameters"] if p["name"] == "filter"]
+    assert param["schema"]["items"]["pattern"] == r"^(?:genres:|title:|year:\s*[+-]?[0-9]+\s*$)"
+    body = doc["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert sorted(body["properties"]["filter"]["anyOf"][0]["properties"]) == ["genres", "title", "year"]
+
 
 def test_explain_is_refused_for_neumf(tmp_path):
     """NeuMF's scores do not split over the history: a 422 naming explain, while filters still work."""
@@ -116,3 +123,7 @@ def test_explain_is_refused_for_neumf(tmp_path):
     assert client.get("/recommend?user_id=u0&k=2").json["items"][0]["attributes"] == {}  # no --items: {}
     resp = client.get("/recommend?user_id=u0&filter=genres:Comedy")
     assert resp.status_code == 422 and "trained without --items" in resp.json["error"]["details"][0]["reason"]
+    params = {
+        p["name"]: p["schema"] for p in client.get("/openapi.json").json["paths"]["/recommend"]["get"]["parameters"]
+    }
+    assert params["explain"]["enum"] == [False] and params["filter"]["maxItems"] == 0  # what this model answers

@@ -214,6 +214,10 @@ def test_filters_and_explanations_for_every_kind(trained):
                 got = index.recommend(user, 4, filters=filters)
                 assert got.item_ids == want[:4], (name, user, filters)
                 assert all(_holds(a, filters) for a in got.attributes)
+    user = ckpt.user_ids[1]
+    among = ["i19", "i3", "i12", "i5", "i3", "i30", "i22"]  # unsorted, a repeat: each odd item among them once
+    want = [i for i in plain.recommend(user, ckpt.num_items).item_ids if i in {"i19", "i3", "i5"}]
+    assert plain.recommend(user, 5, candidates=among, filters={"tags": ["odd"]}).item_ids == want
     popular = plain.recommend("nobody", 3, filters={"tags": ["b3"]})
     assert popular.fallback == "popular" and [a["block"] for a in popular.attributes] == [3, 3, 3]
     history = ["i20", "i21", "i22", "i23", "i5"]
