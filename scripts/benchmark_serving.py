@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -355,7 +356,7 @@ def main() -> int:
             if args.routes:
                 routes = ["healthz", *(r for r in args.routes.split(",") if r != "healthz")]
             results[size] = bench_size(size, routes, args, Path(tmp))
-    command = "python scripts/benchmark_serving.py " + " ".join(sys.argv[1:])
+    command = "python scripts/benchmark_serving.py " + shlex.join(sys.argv[1:])
     section = render(results, args, command.strip())
     write_section(Path(args.output), section, args.section)
     print(section)
