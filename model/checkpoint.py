@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.checkpoint_checks import consistency_error, field_errors
+from model.checkpoint_checks import consistency_error, field_errors, numpy_attributes
 from model.config import TrainConfig
 from model.interactions import Dataset
+from model.items import ItemAttributes, from_payload, to_payload
 from model.networks import build_network
 from model.serving_arrays import serving_arrays
 
@@ -72,6 +73,8 @@ class Checkpoint:
     history: list[dict[str, float]]
     # Ranking arrays derived from state_dict (see serving_arrays); empty for files written without them.
     serving: dict[str, np.ndarray] = field(default_factory=dict)
+    # Item metadata (scripts/train.py --items), aligned to item_ids; None when the model was trained without.
+    item_attributes: ItemAttributes | None = None
 
     @property
     def num_users(self) -> int:
@@ -93,8 +96,9 @@ class Checkpoint:
 LEGACY_CONFIG = {"loss": "mse", "rank_loss": "none"}
 
 
-def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
-    """Bundle a training result with the id maps and statistics of the data it was fitted on."""
+def from_training(result: TrainResult, dataset: Dataset, attributes: ItemAttributes | None = None) -> Checkpoint:
+    """Bundle a training result with the id maps and statistics of the data it was fitted on (and the items'
+    metadata, aligned to ``dataset``'s items, if any)."""
     inter = dataset.interactions
     indptr, indices = inter.seen_csr()
     state = {k: v.detach().cpu().clone() for k, v in result.network.state_dict().items()}
@@ -123,6 +127,7 @@ def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
         created_at=created.isoformat().replace("+00:00", "Z"),
         model_version=f"{result.config.model}-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
         history=list(result.history),
+        item_attributes=attributes,
     )
 
 
@@ -151,6 +156,11 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         # Always re-derived from state_dict, so it can never disagree with the weights it is saved with.
         "serving": {k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config).items()},
     }
+    if ckpt.item_attributes is not None:  # optional: files without metadata (and older files) have no key
+        payload["item_attributes"] = [
+            {**a, "indptr": torch.from_numpy(a["indptr"]), "values": torch.from_numpy(a["values"])}
+            for a in to_payload(ckpt.item_attributes)
+        ]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -213,6 +223,7 @@ def load(path: str | Path) -> Checkpoint:
 
 def _from_fields(raw: dict[str, Any]) -> Checkpoint:
     known = {f.name for f in fields(TrainConfig)}
+    attributes = numpy_attributes(raw.get("item_attributes"))
     return Checkpoint(
         kind=raw["kind"],
         config=TrainConfig(**{**LEGACY_CONFIG, **{k: v for k, v in raw["config"].items() if k in known}}),
@@ -230,4 +241,5 @@ def _from_fields(raw: dict[str, Any]) -> Checkpoint:
         model_version=str(raw["model_version"]),
         history=list(raw.get("history", [])),
         serving={str(k): v.numpy() for k, v in raw.get("serving", {}).items()},
+        item_attributes=None if attributes is None else from_payload(attributes, len(raw["item_ids"])),
     )

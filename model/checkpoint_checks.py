@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model.config import TrainConfig, field_type
+from model.items import payload_errors
 from model.networks import MODEL_KINDS, build_network, parse_layers
 from model.serving_arrays import serving_arrays
 
@@ -96,6 +97,18 @@ def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
         yield "serving is not a dict of tensors"
     else:
         yield from (_tensor_error(f"serving[{k!r}]", v, (torch.float32,)) for k, v in serving.items())
+    if raw.get("item_attributes") is not None:
+        num_items = len(raw["item_ids"]) if isinstance(raw["item_ids"], list) else 0
+        yield from payload_errors(numpy_attributes(raw["item_attributes"]), num_items)
+
+
+def numpy_attributes(payload: Any) -> Any:
+    """A stored ``item_attributes`` list with its tensors as numpy arrays (anything else left as it is, for
+    :func:`model.items.payload_errors` to name)."""
+    if not isinstance(payload, list):
+        return payload
+    as_numpy = lambda v: v.numpy() if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return [{k: as_numpy(v) for k, v in a.items()} if isinstance(a, dict) else a for a in payload]
 
 
 def field_errors(raw: dict[str, Any]) -> list[str]:

@@ -107,6 +107,9 @@ class TrainConfig:
     cg_steps: int = _opt(0, "ials: conjugate-gradient steps per row and sweep; 0: exact solve (Cholesky)", minimum=0)
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
+    items: str | None = _opt(None, "item metadata file (CSV/TSV/Parquet with a header, first column the item id; "
+                             "MovieLens movies.csv, movies.dat, u.item), stored in the checkpoint; retrain "
+                             "re-reads the current model's")  # fmt: skip
 
 
 def choices(name: str | None) -> tuple[str, ...] | None:

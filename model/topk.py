@@ -53,10 +53,35 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+SMALL = 512  # top_k: up to this many scores, one sort is cheaper than a partition and its tie checks
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` best positions of one score vector (I,), best first; fewer when fewer are returnable. int64."""
-    best = top_k_rows(np.asarray(scores)[None, :], k)[0]
-    return best[best >= 0]
+    """The ``k`` best positions of one score vector (I,), best first; fewer when fewer are returnable. int64.
+
+    :func:`top_k_rows` for one row, without its 2-d indexing machinery (the request path calls this per request)."""
+    scores = np.asarray(scores)
+    num_items = len(scores)
+    kk = min(k, num_items)
+    if kk <= 0:
+        return np.zeros(0, dtype=np.int64)
+    clean = np.where(np.isnan(scores), -np.inf, scores)
+    if num_items <= SMALL:  # one stable sort: ties keep index order
+        best = np.argsort(-clean, kind="stable")[:kk]
+        return best[clean[best] != -np.inf]
+    if kk < num_items:
+        part = np.argpartition(-clean, kk - 1)[:kk]
+        kth = clean[part].min()
+        if np.isfinite(kth) and (clean >= kth).sum() > kk:  # ties at the k-th score: the lowest indices
+            better = np.flatnonzero(clean > kth)
+            part = np.concatenate([better, np.flatnonzero(clean == kth)[: kk - len(better)]])
+    else:
+        part = np.arange(num_items, dtype=np.int64)
+    part = np.sort(part)  # ascending index, so the stable sort below breaks ties by index
+    part_scores = clean[part]
+    order = np.argsort(-part_scores, kind="stable")
+    best = part[order].astype(np.int64)
+    return best[part_scores[order] != -np.inf]
 
 
 def order_by_score(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,16 @@
 For each catalogue size it writes a synthetic checkpoint (64-d MF factors shaped like trained ones, 10k
 users with 20 seen items each), starts uWSGI on a free loopback port, and runs wrk against /recommend
 (known users, and fold-in of a new user's history), /predict (single and a batch of 100), /similar and
-the trivial /healthz route, in one run, then measures recall@10 of the served answers over HTTP. Failures
+the trivial /healthz route, in one run, then measures recall@10 of the served answers over HTTP. The items
+carry metadata (a title, a year, genres drawn with MovieLens 100k's genre shares), so every answer carries
+attributes, and ``recommend_filtered`` asks known users' top-10 with ``filter=genres:G``, G uniform over the
+18 genres (from Drama, 43% of the items, to Fantasy, 1.3%: narrow filters run out of the top-100 list and
+scan). A subset of routes and sizes can be rerun into its own section of docs/benchmarks.md:
+
+    .venv/bin/python scripts/benchmark_serving.py --sizes 10000 --routes healthz,recommend,recommend_filtered \
+        --section serving-filters
+
+Failures
 are counted from wrk's non-2xx responses and its connect/write/timeout errors; its "read" errors are
 the connection closes of a server without keep-alive and are not failures (every response is whole).
 """
@@ -16,10 +25,12 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -35,12 +46,21 @@ from _bench import Server, machine, run_wrk, write_section  # noqa: E402
 from model import checkpoint  # noqa: E402
 from model.data import RawRatings  # noqa: E402
 from model.interactions import build_dataset  # noqa: E402
+from model.items import build as build_attributes  # noqa: E402
 from model.networks import build_network  # noqa: E402
 from model.synthetic import clustered_factors  # noqa: E402
 from model.train import TrainConfig, TrainResult  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 NUM_USERS, SEEN_PER_USER, DIM = 10_000, 20, 64
+# Share of MovieLens 100k's 1,682 movies in each genre (u.item), used as each synthetic item's chance of it.
+GENRE_SHARES = {
+    "Drama": 0.431, "Comedy": 0.300, "Thriller": 0.149, "Action": 0.149, "Romance": 0.147, "Adventure": 0.080,
+    "Children's": 0.073, "Crime": 0.065, "Sci-Fi": 0.060, "Horror": 0.055, "War": 0.042, "Mystery": 0.036,
+    "Musical": 0.033, "Documentary": 0.030, "Animation": 0.025, "Western": 0.016, "Film-Noir": 0.014,
+    "Fantasy": 0.013,
+}  # fmt: skip
+GENRES = list(GENRE_SHARES)
 
 LUA = {
     "recommend": 'request = function() return wrk.format("GET", '
@@ -50,7 +70,14 @@ LUA = {
     "predict": 'request = function() return wrk.format("POST", "/predict", {{["Content-Type"]="application/json"}}, '
     '\'{{"user_id": "u\' .. math.random(0, {U}) .. \'", "item_id": "i\' .. math.random(0, {I}) .. \'"}}\') end',
     "healthz": 'request = function() return wrk.format("GET", "/healthz") end',
+    "recommend_filtered": "genres = {{{G}}}\n"
+    'request = function() return wrk.format("GET", "/recommend?user_id=u" .. math.random(0, {U}) .. '
+    '"&k=10&filter=genres:" .. genres[math.random(1, #genres)]) end',
 }
+ALL_ROUTES = [
+    "healthz", "recommend", "recommend_filtered", "recommend_history", "predict", "predict_batch100", "similar",
+]  # fmt: skip
+LARGE_ROUTES = ["healthz", "recommend", "recommend_history"]  # past the first size
 
 
 def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
@@ -79,7 +106,18 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
         net.item_factors.weight.copy_(torch.from_numpy(factors(dataset.interactions.num_items)))
         net.item_bias.weight.copy_(torch.from_numpy(0.3 * rng.normal(size=(num_items, 1)).astype(np.float32)))
     result = TrainResult(net, cfg, 3.5, (1.0, 5.0), {"val_rmse": 0.0})
-    return checkpoint.save(checkpoint.from_training(result, dataset), path)
+    return checkpoint.save(checkpoint.from_training(result, dataset, synthetic_attributes(dataset, rng)), path)
+
+
+def synthetic_attributes(dataset, rng: np.random.Generator):
+    """A title, a year and genres per item (each genre with its MovieLens 100k share; Drama when none drawn)."""
+    ids = dataset.item_map.ids
+    drawn = rng.random((len(ids), len(GENRES))) < np.array(list(GENRE_SHARES.values()))
+    rows = {}
+    for idx, item in enumerate(ids):
+        genres = [g for g, on in zip(GENRES, drawn[idx]) if on] or ["Drama"]
+        rows[idx] = [[f"Movie {item}"], [str(1950 + idx % 70)], genres]
+    return build_attributes(["title", "year", "genres"], ["str", "int", "list"], rows, len(ids))
 
 
 def batch_script(num_items: int, size: int = 100, variants: int = 50) -> str:
@@ -141,7 +179,20 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
         served = {x["item_id"] for x in http_json(port, "/recommend", body)["items"]}
         truth = set(exact.recommend_for_history(body["history"], 10).item_ids)
         got_hist, want_hist = got_hist + len(served & truth), want_hist + len(truth)
-    return {"recommend": got_known / want_known, "recommend_history": got_hist / want_hist}
+    got_filt = want_filt = 0
+    for u in rng.choice(NUM_USERS, users, replace=False):
+        genre = GENRES[int(rng.integers(len(GENRES)))]
+        path = f"/recommend?user_id=u{u}&k=10&filter=genres:{urllib.parse.quote(genre)}"
+        answer = http_json(port, path)["items"]
+        assert all(genre in x["attributes"]["genres"] for x in answer), (path, answer)
+        served = [x["item_id"] for x in answer]
+        truth = set(exact.recommend(f"u{u}", 10, filters={"genres": [genre]}).item_ids)
+        got_filt, want_filt = got_filt + len(set(served) & truth), want_filt + len(truth)
+    return {
+        "recommend": got_known / want_known,
+        "recommend_history": got_hist / want_hist,
+        "recommend_filtered": got_filt / want_filt,
+    }
 
 
 def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[str, dict[str, float]]:
@@ -159,7 +210,8 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
             elif route == "recommend_history":
                 scripts[route] = history_script(num_items)
             else:
-                scripts[route] = LUA[route].format(U=NUM_USERS - 1, I=num_items - 1)
+                genres = ",".join(f'"{urllib.parse.quote(g)}"' for g in GENRES)
+                scripts[route] = LUA[route].format(U=NUM_USERS - 1, I=num_items - 1, G=genres)
             run_wrk(server.port, scripts[route], 2, args.connections, workdir)  # warm-up
         # Rounds over all routes in turn, so a slow spell of the shared 2-core machine hits every route alike;
         # each route's ratio to /healthz is taken within its round.
@@ -169,7 +221,8 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
                 print(num_items, f"round {round_no + 1}", route, rounds[route][-1], flush=True)
         results = {route: summarize(samples, rounds["healthz"]) for route, samples in rounds.items()}
         for route, recall in recall_at_10(server.port, ckpt, num_items).items():
-            results[route]["recall10"] = recall
+            if route in results:
+                results[route]["recall10"] = recall
         results["healthz"]["ready_s"] = ready_s
     finally:
         server.stop()
@@ -212,6 +265,10 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
             + check("p99", small["p99_ms"], 5.0, False, " ms")
             + "."
         )
+    filtered = results.get(10_000, {}).get("recommend_filtered")
+    if filtered:
+        verdict = check("throughput", filtered["ratio"], 0.6, True, "x")
+        out.append(f"- 10,000 items, `/recommend` with a genre filter (known users): {verdict}.")
     big = results.get(1_000_000, {})
     for route, what in (
         ("recommend", "known users (top-100 lists searched from HNSW)"),
@@ -232,9 +289,10 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
 
 
 def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) -> str:
+    title = "" if args.section == "serving" else f" ({args.section}: a subset of the routes)"
     lines = [
-        "<!-- serving:begin -->",
-        "## Serving throughput and latency (real uWSGI + wrk on loopback)",
+        f"<!-- {args.section}:begin -->",
+        f"## Serving throughput and latency (real uWSGI + wrk on loopback){title}",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {machine()}",
         f"- command: `{command}`",
@@ -248,7 +306,9 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         "- recall@10: of 200 known users' `/recommend` answers (GET, from the precomputed lists where there are "
         "some) and 200 fold-in answers (`POST /recommend`, 20-item histories: always a live search) over HTTP, "
         "against exact ranking of every item with the same exclusions. `recommend_history` is the live top-k "
-        "path: a full numpy scan at 10k items, an HNSW search (faiss, efSearch 128) from 100k.",
+        "path: a full numpy scan at 10k items, an HNSW search (faiss, efSearch 128) from 100k. "
+        "`recommend_filtered`: 200 known users' top-10 with a random genre filter against exact filtered ranking "
+        "(every answer also checked to hold only the genre).",
         "- ready s: from starting uWSGI to /readyz answering, including building and caching the HNSW index "
         "and every user's top-100 list (the first worker builds them, the others map the cached files).",
         "",
@@ -268,7 +328,7 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
                 f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {int(r['requests']):,} | {fails} | {recall} |"
             )
-    lines += ["", *verdicts(results), "", "<!-- serving:end -->"]
+    lines += ["", *verdicts(results), *([f"- {args.note}"] if args.note else []), "", f"<!-- {args.section}:end -->"]
     return "\n".join(lines)
 
 
@@ -279,6 +339,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds over all routes (medians are reported)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--routes", help=f"only these routes, comma-separated (healthz is always run: the ratios' base); "
+                   f"default: {','.join(ALL_ROUTES)} at the first size, {','.join(LARGE_ROUTES)} past it")  # fmt: skip
+    p.add_argument("--section", default="serving", help="the tagged section of --output to (re)write (default serving)")
+    p.add_argument("--note", default="", help="a line about the conditions, written under the table (e.g. the load)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
@@ -288,15 +352,13 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, size in enumerate(sizes):
-            routes = (
-                ["healthz", "recommend", "recommend_history", "predict", "predict_batch100", "similar"]
-                if i == 0
-                else ["healthz", "recommend", "recommend_history"]
-            )
+            routes = ALL_ROUTES if i == 0 else LARGE_ROUTES
+            if args.routes:
+                routes = ["healthz", *(r for r in args.routes.split(",") if r != "healthz")]
             results[size] = bench_size(size, routes, args, Path(tmp))
-    command = "python scripts/benchmark_serving.py " + " ".join(sys.argv[1:])
+    command = "python scripts/benchmark_serving.py " + shlex.join(sys.argv[1:])
     section = render(results, args, command.strip())
-    write_section(Path(args.output), section, "serving")
+    write_section(Path(args.output), section, args.section)
     print(section)
     return 0
 

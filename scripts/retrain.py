@@ -33,6 +33,7 @@ from model import checkpoint
 from model.config import TrainConfig, config_flags, overrides, validate
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.interactions import Dataset, Interactions, build_dataset
+from model.item_files import read_items
 from model.metrics import hit_matrix, per_user_metrics, top_k_items
 from model.retrain import (
     ExitCode,
@@ -179,6 +180,11 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     current = recent[0] if recent else None
     config = train_config(args, current.config if current else TrainConfig(), raw.implicit, len(raw))
     report["config"] = asdict(config)
+    items = read_items(config.items) if config.items else None  # DataFormatError: exit 2, nothing promoted
+
+    def attributes(ds: Dataset):
+        return items.align(ds.item_map.ids) if items else None
+
     shape = (config.model, config.dim, config.member_dim)
     if args.warm_start and current and shape != (current.kind, current.config.dim, current.config.member_dim):
         raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
@@ -217,7 +223,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     started = time.perf_counter()
     result = fit(dataset.interactions, config, progress=not args.quiet, implicit=raw.implicit, init=init)
     timings["train_s"] = round(time.perf_counter() - started, 3)
-    candidate = checkpoint.from_training(result, dataset)
+    candidate = checkpoint.from_training(result, dataset, attributes(dataset))
 
     started = time.perf_counter()
     cand = measure(candidate, raw, full, held)
@@ -241,7 +247,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     print(f"refitting the promoted configuration on all {len(raw)} rows", flush=True)
     started = time.perf_counter()
     final = fit(inter, config, progress=not args.quiet, implicit=raw.implicit, init=warm(full))
-    promoted = checkpoint.from_training(final, full)
+    promoted = checkpoint.from_training(final, full, attributes(full))
     promoted.data.update(holdout_fraction=args.holdout, holdout_seed=seed, holdout_rows=int(held.sum()),
                          judged_as=candidate.model_version)  # fmt: skip
     timings["refit_s"] = round(time.perf_counter() - started, 3)

@@ -20,6 +20,7 @@ from model.config import TrainConfig, config_flags, overrides, validate
 from model.curves import save_curves
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.interactions import build_dataset
+from model.item_files import read_items
 from model.synthetic import planted_ratings
 from model.train import TrainingDiverged, fit, resolve, resolve_device
 
@@ -81,6 +82,13 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
         f"(read in {read:.1f}s, of which id maps {id_maps:.1f}s)" + (f", rank 0 of {cluster.world}"
                                                                       if cluster.distributed else ""))  # fmt: skip
     config = args.config
+    try:  # before training: a malformed metadata file costs nothing and writes nothing
+        items = read_items(config.items) if config.items else None
+    except DataFormatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if items is not None:
+        say(items.summary(dataset.item_map.ids))
     try:
         resolve(config, dataset.implicit, len(inter), cluster.distributed)
         resolve_device(config.device)
@@ -96,7 +104,7 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
     if not cluster.is_main:
         return 0  # rank 0 alone writes; the weights are the same on every rank
     saving = time.perf_counter()
-    ckpt = checkpoint.from_training(result, dataset)
+    ckpt = checkpoint.from_training(result, dataset, items.align(dataset.item_map.ids) if items else None)
     out = checkpoint.save(ckpt, Path(args.out))
     curves = save_curves(result.history, Path(f"{out}.curves.png"), title=f"{ckpt.kind} ({result.config.loss})")
     saved = time.perf_counter() - saving

@@ -5,9 +5,16 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from service import metrics
-from service.errors import ApiError
-from service.index import Recommendation, ServingIndex, UnknownItem
-from service.openapi import build_document, documented
+from service.errors import ApiError, error_response
+from service.index import (
+    BadFilterValue,
+    ExplainUnsupported,
+    Recommendation,
+    ServingIndex,
+    UnknownAttribute,
+    UnknownItem,
+)
+from service.openapi import build_document, documented, with_filters
 from service.schemas import (
     ErrorResponse,
     Health,
@@ -27,6 +34,7 @@ from service.state import ModelHolder, ModelState
 
 bp = Blueprint("api", __name__)
 LIST_PARAMS = ("exclude", "items")
+REPEATED_PARAMS = ("filter",)  # may repeat, never comma-split (a value may hold commas: "Birdcage, The (1996)")
 
 
 def _holder() -> ModelHolder:
@@ -46,6 +54,8 @@ def _query_args() -> dict:
     for name, values in request.args.lists():  # one pass over the parsed MultiDict (this runs on every GET)
         if name in LIST_PARAMS:
             args[name] = [part for value in values for part in value.split(",") if part]
+        elif name in REPEATED_PARAMS:
+            args[name] = values
         elif len(values) > 1:  # user_id=a&user_id=b: which one was meant? refuse, don't guess
             raise ApiError(422, "validation_error", "request is invalid", name, "given more than once")
         else:
@@ -63,11 +73,30 @@ def _json_body() -> object:
     return body
 
 
+@bp.errorhandler(UnknownAttribute)
+@bp.errorhandler(BadFilterValue)
+def _filter_error(exc: Exception):
+    return error_response(422, "validation_error", "request is invalid", [{"field": "filter", "reason": str(exc)}])
+
+
+@bp.errorhandler(ExplainUnsupported)
+def _explain_error(exc: ExplainUnsupported):
+    message, details = "explanations are not defined for this model", [{"field": "explain", "reason": str(exc)}]
+    return error_response(422, "explain_unsupported", message, details)
+
+
+def _items(rec: Recommendation) -> list[dict]:
+    """Each item with its score and attributes (and its explanation, when asked for)."""
+    items = [{"item_id": i, "score": s, "attributes": a} for i, s, a in zip(rec.item_ids, rec.scores, rec.attributes)]
+    for item, explanation in zip(items, rec.explanations or ()):
+        item["explanation"] = explanation
+    return items
+
+
 def _recommendation(user_id: str | None, rec: Recommendation, index: ServingIndex, endpoint: str) -> Response:
     if rec.fallback:
         metrics.FALLBACKS.labels(endpoint=endpoint, kind=rec.fallback).inc()
-    items = [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
-    return jsonify(user_id=user_id, items=items, model_version=index.model_version, fallback=rec.fallback)
+    return jsonify(user_id=user_id, items=_items(rec), model_version=index.model_version, fallback=rec.fallback)
 
 
 @bp.get("/healthz")
@@ -103,7 +132,9 @@ def model_info():
 def recommend():
     query = RecommendQuery.model_validate(_query_args())
     index = _model().index
-    rec = index.recommend(query.user_id, query.k, query.exclude_seen, query.exclude, query.items)
+    rec = index.recommend(
+        query.user_id, query.k, query.exclude_seen, query.exclude, query.items, query.filters(), query.explain
+    )
     return _recommendation(query.user_id, rec, index, "recommend")
 
 
@@ -120,7 +151,7 @@ def recommend_history():
     index = _model().index
     items = [h.item_id for h in req.history]
     ratings = None if req.history[0].rating is None else [h.rating for h in req.history]
-    rec = index.recommend_for_history(items, req.k, ratings, req.exclude, req.items)
+    rec = index.recommend_for_history(items, req.k, ratings, req.exclude, req.items, req.filters(), req.explain)
     return _recommendation(None, rec, index, "recommend_history")
 
 
@@ -136,11 +167,10 @@ def similar():
     query = SimilarQuery.model_validate(_query_args())
     index = _model().index
     try:
-        rec = index.similar(query.item_id, query.k)
+        rec = index.similar(query.item_id, query.k, query.filters())
     except UnknownItem:
         raise ApiError(404, "unknown_item", "no such item in the model", "item_id", "unknown item id") from None
-    items = [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
-    return jsonify(item_id=query.item_id, items=items, model_version=index.model_version)
+    return jsonify(item_id=query.item_id, items=_items(rec), model_version=index.model_version)
 
 
 @bp.post("/predict")
@@ -192,4 +222,11 @@ def openapi():
     doc = current_app.extensions.get("recsys.openapi")
     if doc is None:
         doc = current_app.extensions["recsys.openapi"] = build_document("recsys", "1")
-    return jsonify(doc)
+    index = _holder().state.index  # the filters the served model answers (its item attributes)
+    version = None if index is None else index.model_version
+    cached = current_app.extensions.get("recsys.openapi.model")
+    if cached is None or cached[0] != version:
+        kinds = {} if index is None else {name: a.kind for name, a in index.attributes.by_name.items()}
+        explains = index is None or index.dot
+        cached = current_app.extensions["recsys.openapi.model"] = (version, with_filters(doc, kinds, explains))
+    return jsonify(cached[1])

@@ -16,15 +16,21 @@ popular items; unknown users or items in predictions fall back to the baseline `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.checkpoint import Checkpoint
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
+from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
+from service.explain import ExplainUnsupported, contributions, top_contributors
+
+__all__ = ["BadFilterValue", "ExplainUnsupported", "Recommendation", "ServingIndex", "UnknownAttribute", "UnknownItem"]
+VALUE_BLOCK_BUDGET = 64 * 2**20
+Filters = Mapping[str, Sequence[str]]  # attribute -> values that must all hold, e.g. {"genres": ["Comedy"]}
 
 if TYPE_CHECKING:
     from service.ann import AnnIndex
@@ -41,9 +47,14 @@ class UnknownItem(KeyError):
 
 @dataclass(frozen=True)
 class Recommendation:
+    """Items best first, their scores, and per item its attributes (``{}`` without metadata) and, when asked
+    (``explain=True``), the history items that contributed most: ``[{"item_id", "share", "attributes"}]``."""
+
     item_ids: list[str]
     scores: list[float]
     fallback: str | None
+    attributes: list[dict[str, Any]] = field(default_factory=list)
+    explanations: list[list[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,9 @@ class ServingIndex:
         self.user_index = {raw: idx for idx, raw in enumerate(ckpt.user_ids)}
         self.item_index = {raw: idx for idx, raw in enumerate(ckpt.item_ids)}
         self.item_ids = np.array(ckpt.item_ids, dtype=object)
+        self.attributes = AttributeIndex(ckpt.item_attributes, ckpt.num_items)  # metadata and filters
+        self._blocks: dict[tuple, np.ndarray] = {}  # (attribute, value) -> its items' vectors (see _value_block)
+        self._block_bytes = 0
         self.low, self.high = ckpt.rating_scale
         self.fold_in_reg = max(float(ckpt.config.reg or 0.0), 1e-3)
         # Ranking fold-in (dot kinds with a ranking objective): a new user's vector is the mean of their items'
@@ -146,11 +160,37 @@ class ServingIndex:
         return (self.item_vectors if items is None else self.item_vectors[items]) @ query
 
     def _rank(
-        self, query, offset: float, k: int, banned: np.ndarray, candidates: np.ndarray | None
+        self,
+        query,
+        offset: float,
+        k: int,
+        banned: np.ndarray,
+        candidates: np.ndarray | None,
+        keep: ItemFilter | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items for a query, without ``banned``; optionally among ``candidates``."""
+        """Top-k items for a query, without ``banned``; optionally among ``candidates`` and those ``keep`` keeps.
+
+        A filter is applied before the top-k: a narrow one (under a quarter of the catalogue) scores only
+        the items it keeps, a broad one masks the full scan; either is exact (no ANN search).
+        """
+        if keep is not None and candidates is None and 4 * keep.count() >= self.num_items:  # broad: masked scan
+            scores = self._scores(query)  # (I,)
+            scores[banned] = -np.inf
+            scores[~keep.mask()] = -np.inf
+            top = top_k(scores, k)
+            return top, scores[top] + offset
+        if candidates is not None:  # sorted, unique
+            candidates = np.unique(candidates)
+            candidates = candidates if keep is None else candidates[keep.allows(candidates)]
+        elif keep is not None:  # a narrow filter: score only the items it keeps (sorted, unique)
+            block = self._value_block(keep)
+            if block is not None:
+                return self._rank_block(keep.items(), block @ query, offset, k, banned)
+            candidates = keep.items()
         if candidates is not None:
-            candidates = np.setdiff1d(candidates, banned, assume_unique=False)
+            candidates = _without(candidates, banned)
+            if not len(candidates):  # nothing left to rank (a filter no item passes)
+                return candidates.astype(np.int64), np.empty(0, np.float32)
             scores = self._scores(query, candidates)
             top = top_k(scores, k)
             return candidates[top], scores[top] + offset
@@ -162,6 +202,51 @@ class ServingIndex:
         top = top_k(scores, k)
         return top, scores[top] + offset
 
+    def _value_block(self, keep: ItemFilter) -> np.ndarray | None:
+        """The item vectors of the items one ``attribute: value`` keeps, as one contiguous (m, d+1) copy made on
+        first use (within ``VALUE_BLOCK_BUDGET`` bytes per worker): scoring a narrow filter's items then reads
+        memory in order instead of gathering m scattered rows per request (cache misses dominate there)."""
+        if keep.key is None or not self.dot:
+            return None
+        block = self._blocks.get(keep.key)
+        if block is None:
+            items = keep.items()
+            size = len(items) * self.item_vectors.shape[1] * self.item_vectors.itemsize
+            if self._block_bytes + size > VALUE_BLOCK_BUDGET:
+                return None
+            block = self._blocks[keep.key] = _frozen(np.ascontiguousarray(self.item_vectors[items]))
+            self._block_bytes += size
+        return block
+
+    @staticmethod
+    def _rank_block(items: np.ndarray, scores: np.ndarray, offset: float, k: int, banned: np.ndarray):
+        """Top-k of ``items`` (sorted) scored ``scores`` (their order), ``banned`` removed."""
+        if len(banned) and len(items):
+            pos = np.minimum(np.searchsorted(items, banned), len(items) - 1)
+            scores[pos[items[pos] == banned]] = -np.inf
+        top = top_k(scores, k)
+        return items[top], scores[top] + offset
+
+    def _answer(
+        self, idx: np.ndarray, scores, fallback: str | None = None, explained: tuple | None = None
+    ) -> Recommendation:
+        """The answer for item indices ``idx`` (k,): ids, scores, attributes and, with ``explained`` = (the
+        history's item indices, its fold-in system from :meth:`explain_system`), each item's top contributors."""
+        scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
+        explanations = None if explained is None else self._explanations(idx, *explained)
+        attributes = self.attributes.describe(idx)
+        return Recommendation(self.item_ids[idx].tolist(), scores, fallback, attributes, explanations)
+
+    def _explanations(self, idx: np.ndarray, hist_idx: np.ndarray, system) -> list[list[dict[str, Any]]]:
+        if not len(hist_idx) or not len(idx):
+            return [[] for _ in idx]
+        vectors, gram, coef = system
+        tops = top_contributors(contributions(self.item_vectors[idx, :-1], vectors, coef, gram))
+        named = np.unique([h for row in tops for h, _ in row])  # history positions named in any explanation
+        attrs = dict(zip(named.tolist(), self.attributes.describe(hist_idx[named])))
+        ids = self.item_ids[hist_idx]
+        return [[{"item_id": ids[h], "share": share, "attributes": attrs[h]} for h, share in row] for row in tops]
+
     def recommend(
         self,
         user_id: str,
@@ -169,12 +254,22 @@ class ServingIndex:
         exclude_seen: bool = True,
         exclude: Sequence[str] = (),
         candidates: Sequence[str] | None = None,
+        filters: Filters | None = None,
+        explain: bool = False,
     ) -> Recommendation:
         """Top-``k`` items for a user, best first; ``k`` is clamped to what can be returned.
 
         ``exclude`` drops those item ids; ``candidates`` restricts the answer to those ids (unknown ids
-        in either are ignored).
+        in either are ignored). ``filters`` keeps only items holding every ``attribute: value`` (applied
+        before the top-k, so k items come back when k exist); ``explain`` adds each item's top contributing
+        history items (:mod:`service.explain`; an unknown user has none).
+
+        Raises:
+            UnknownAttribute, BadFilterValue: a filter the items' attributes cannot answer.
+            ExplainUnsupported: ``explain`` for a kind whose scores do not split over the history (NeuMF).
         """
+        self._check_explain(explain)
+        keep = self.attributes.compile(filters)
         banned = self.item_indices(exclude)
         cand = None if candidates is None else self.item_indices(candidates)
         user_idx = self.user_index.get(user_id)
@@ -184,20 +279,66 @@ class ServingIndex:
             pool = self.popular_order if cand is None else cand[np.argsort(-self.popularity[cand], kind="stable")]
             if len(banned):
                 pool = pool[~np.isin(pool, banned)]
+            if keep is not None:
+                pool = pool[keep.allows(pool)]
             top = pool[:k]
             scores = self.popularity[top].astype(np.float32).tolist()
-            return Recommendation(self.item_ids[top].tolist(), scores, "popular")
+            return self._answer(top, scores, "popular", (np.empty(0, np.int64), None) if explain else None)
         # Reported score: the predicted rating when ranking by it, else the ranking model's own score.
         offset = self.global_bias + float(self.user_bias[user_idx]) if self.rank_is_rating else 0.0
-        if self.topn is not None and exclude_seen and cand is None:
-            hit = self.topn.lookup(user_idx, k, banned)
+        explained = (self.seen(user_idx), self.explain_system(self.seen(user_idx), known=True)) if explain else None
+        # A filter expected to keep under k/2 of the list's n items would rarely fill k from it: scan at once.
+        hopeless = keep is not None and self.topn is not None and 2 * keep.count() * self.topn.n < k * self.num_items
+        if self.topn is not None and exclude_seen and cand is None and not hopeless:
+            hit = self.topn.lookup(user_idx, k, banned, keep)
             if hit is not None:  # exactly what the scan below would answer
-                return Recommendation(self.item_ids[hit[0]].tolist(), (hit[1] + offset).tolist(), None)
+                return self._answer(hit[0], hit[1] + offset, None, explained)
         if exclude_seen:
             banned = np.concatenate([banned, self.seen(user_idx)])
         query = self.user_vectors[user_idx] if self.dot else self.torch_scorer.users(np.array([user_idx]))
-        idx, scores = self._rank(query, offset, k, banned, cand)
-        return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
+        idx, scores = self._rank(query, offset, k, banned, cand, keep)
+        return self._answer(idx, scores, None, explained)
+
+    def _check_explain(self, explain: bool) -> None:
+        if explain and not self.dot:
+            raise ExplainUnsupported(
+                f"explain is not defined for {self.kind}: its MLP mixes user and item before scoring, so a score "
+                "does not split over the history items"
+            )
+
+    def explain_system(self, item_idx: np.ndarray, ratings: np.ndarray | None = None, known: bool = False):
+        """The linear fold-in behind a user vector, ``p = W^-1 sum_h a_h y_h``: (the history's item vectors
+        ``y`` (n, d), ``W`` (d, d) or None for the identity, ``a`` (n,)). ``known``: a trained user, whose
+        vector only implicit ALS solves from the history (other kinds: item similarity, ``a = 1``).
+        See :mod:`service.explain`."""
+        if self.ials is not None:
+            return self._ials_system(item_idx, ratings)
+        if known:
+            return self.item_vectors[item_idx, :-1], None, np.ones(len(item_idx))
+        if self.rank_is_rating:
+            return self._ridge_system(item_idx, ratings)
+        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
+        y = self.item_vectors[item_idx, :-1]
+        mean = (weights[:, None] * y).sum(axis=0) / max(len(item_idx), 1)
+        scale = self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12)
+        return y, None, weights * scale / max(len(item_idx), 1)
+
+    def _ials_system(self, item_idx: np.ndarray, ratings: np.ndarray | None):
+        """Implicit ALS for one user: ``(YtY + alpha sum_h w_h y_h y_h^T + reg I) p = sum_h (1 + alpha w_h) y_h``
+        over liked items (w_h > 0): an item rated at the bottom of the scale counts as not interacted with."""
+        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
+        alpha = self.ials[0]
+        y = self.item_vectors[item_idx, :-1].astype(np.float64)
+        gram = self.ials_base + alpha * (y.T * weights) @ y
+        return y, gram, (1.0 + alpha * weights) * (weights > 0)
+
+    def _ridge_system(self, item_idx: np.ndarray, ratings: np.ndarray | None):
+        """The MF objective for one new user, items fixed: ``(F^T F + reg I) p = F^T (r - mu - b_i)``."""
+        factors = self.item_vectors[item_idx, :-1]  # (n, d)
+        target = (np.full(len(item_idx), self.high) if ratings is None else ratings) - self.global_bias
+        target = target - self.item_bias[item_idx]
+        gram = factors.T @ factors + self.fold_in_reg * np.eye(self.dim, dtype=np.float32)
+        return factors, gram, target.astype(np.float32)
 
     def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray | None = None):
         """A query for a history the model never trained on: a user vector ``[p, 1]`` (d+1,) (NeuMF: embeddings).
@@ -214,26 +355,14 @@ class ServingIndex:
         """
         if not self.dot:
             return self.torch_scorer.fold_in(item_idx)
-        if self.ials is not None:
-            # (YtY + alpha sum_h w_h y_h y_h^T + reg I) p = sum_h (1 + alpha w_h) y_h over liked items (w_h > 0):
-            # an item rated at the bottom of the scale counts as not interacted with.
-            weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-            alpha = self.ials[0]
-            y = self.item_vectors[item_idx, :-1].astype(np.float64)
-            gram = self.ials_base + alpha * (y.T * weights) @ y
-            p = np.linalg.solve(gram, y.T @ ((1.0 + alpha * weights) * (weights > 0)))
+        if self.ials is not None or self.rank_is_rating:
+            y, gram, coef = self._ials_system(item_idx, ratings) if self.ials else self._ridge_system(item_idx, ratings)
+            p = np.linalg.solve(gram, y.T @ coef)
             return np.append(p, 1.0).astype(np.float32)
-        if not self.rank_is_rating:
-            # Ratings weigh the history: the top of the scale counts fully, the bottom not at all.
-            weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-            mean = (weights[:, None] * self.item_vectors[item_idx, :-1]).sum(axis=0) / max(len(item_idx), 1)
-            p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
-            return np.append(p, 1.0).astype(np.float32)
-        factors = self.item_vectors[item_idx, :-1]  # (n, d)
-        target = (np.full(len(item_idx), self.high) if ratings is None else ratings) - self.global_bias
-        target = target - self.item_bias[item_idx]
-        gram = factors.T @ factors + self.fold_in_reg * np.eye(self.dim, dtype=np.float32)
-        p = np.linalg.solve(gram, factors.T @ target.astype(np.float32))
+        # Ratings weigh the history: the top of the scale counts fully, the bottom not at all.
+        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
+        mean = (weights[:, None] * self.item_vectors[item_idx, :-1]).sum(axis=0) / max(len(item_idx), 1)
+        p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
         return np.append(p, 1.0).astype(np.float32)
 
     def _liking(self, ratings: np.ndarray) -> np.ndarray:
@@ -249,22 +378,33 @@ class ServingIndex:
         ratings: Sequence[float] | None = None,
         exclude: Sequence[str] = (),
         candidates: Sequence[str] | None = None,
+        filters: Filters | None = None,
+        explain: bool = False,
     ) -> Recommendation:
-        """Top-``k`` for a new user described by the items they interacted with (excluded from the answer)."""
+        """Top-``k`` for a new user described by the items they interacted with (excluded from the answer);
+        ``filters`` and ``explain`` as for :meth:`recommend` (the contributions of the history given)."""
+        self._check_explain(explain)
         known = [(self.item_index.get(item), r) for item, r in zip(history, ratings or [None] * len(history))]
         known = [(idx, r) for idx, r in known if idx is not None]
         if not known:
-            return self.recommend("\0no-such-user", k, exclude=[*exclude, *history], candidates=candidates)
+            return self.recommend(
+                "\0no-such-user", k, exclude=[*exclude, *history], candidates=candidates, filters=filters,
+                explain=explain,
+            )  # fmt: skip
         hist_idx = np.array([idx for idx, _ in known], dtype=np.int64)
         hist_r = None if ratings is None else np.array([r for _, r in known], dtype=np.float32)
+        keep = self.attributes.compile(filters)
         query = self.fold_in(hist_idx, hist_r)
         banned = np.concatenate([self.item_indices(exclude), hist_idx])
         cand = None if candidates is None else self.item_indices(candidates)
-        idx, scores = self._rank(query, self.global_bias if self.rank_is_rating else 0.0, k, banned, cand)
-        return Recommendation(self.item_ids[idx].tolist(), scores.tolist(), None)
+        idx, scores = self._rank(query, self.global_bias if self.rank_is_rating else 0.0, k, banned, cand, keep)
+        explained = (hist_idx, self.explain_system(hist_idx, hist_r)) if explain else None
+        return self._answer(idx, scores, None, explained)
 
-    def similar(self, item_id: str, k: int) -> Recommendation:
-        """Nearest items by cosine similarity of the item factors (the item itself excluded)."""
+    def similar(self, item_id: str, k: int, filters: Filters | None = None) -> Recommendation:
+        """Nearest items by cosine similarity of the item factors (the item itself excluded), among the items
+        ``filters`` keeps (see :meth:`recommend`)."""
+        keep = self.attributes.compile(filters)
         item_idx = self.item_index.get(item_id)
         if item_idx is None:
             raise UnknownItem(item_id)
@@ -274,8 +414,10 @@ class ServingIndex:
         factors = self.item_vectors[:, :-1]
         scores = (factors @ factors[item_idx]) / (norms * norms[item_idx])
         scores[item_idx] = -np.inf
+        if keep is not None:
+            scores[~keep.mask()] = -np.inf
         top = top_k(scores, k)
-        return Recommendation(self.item_ids[top].tolist(), scores[top].tolist(), None)
+        return self._answer(top, scores[top])
 
     def predict(self, user_ids: list[str], item_ids: list[str]) -> Predictions:
         """Ratings for (user, item) pairs, clipped to the training scale; vectorised over pairs."""
@@ -298,6 +440,14 @@ class ServingIndex:
             rating = np.clip(rating, self.low, self.high)
         fallbacks = [None if ok else "baseline" for ok in both.tolist()]
         return Predictions(rating.astype(float).tolist(), fallbacks)
+
+
+def _without(items: np.ndarray, banned: np.ndarray) -> np.ndarray:
+    """Sorted unique ``items`` less ``banned`` (any order): a binary search per banned item, no sort of ``items``."""
+    if not len(banned) or not len(items):
+        return items
+    pos = np.minimum(np.searchsorted(items, banned), len(items) - 1)
+    return np.delete(items, pos[items[pos] == banned])
 
 
 def _ials_fold_in(config) -> tuple[float, float] | None:

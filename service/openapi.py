@@ -8,6 +8,9 @@ pays nothing for the documentation.
 
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,3 +111,45 @@ def build_document(title: str, version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": defs},
     }
+
+
+INTEGER = "[+-]?[0-9]+"
+
+
+def with_filters(doc: dict[str, Any], kinds: Mapping[str, str], explains: bool = True) -> dict[str, Any]:
+    """``doc`` (not modified) with the filters the served model answers: ``kinds`` maps each item attribute to
+    its kind (``str``, ``int``, ``list``; empty for a model trained without ``--items``); ``explains``: whether
+    the model's kind has explanations (not NeuMF: then ``explain`` may only be false).
+
+    Which attributes exist is the model's, not the code's, so the generic document would call
+    ``filter=colour:red`` valid and the service answers 422. Here the ``filter`` query parameters accept only
+    ``name:value`` with a known name (an integer for int attributes), and the body's ``filter`` only those
+    names: a schema-valid request is one the model answers.
+    """
+    doc = copy.deepcopy(doc)
+    names = sorted(kinds)
+    value = {"type": "string", "maxLength": 1024}
+    integer = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": f"^\\s*{INTEGER}\\s*$"}]}
+    entries = "|".join(re.escape(n) + (f":\\s*{INTEGER}\\s*$" if kinds[n] == "int" else ":") for n in names)
+    for path in ("/recommend", "/similar"):
+        for param in doc["paths"].get(path, {}).get("get", {}).get("parameters", []):
+            if param["name"] == "explain" and not explains:
+                param["schema"] = {**param["schema"], "enum": [False]}
+            if param["name"] == "filter":
+                param["schema"] = {**param["schema"], "items": {"type": "string", "maxLength": 1100,
+                                                                "pattern": f"^(?:{entries})"}}  # fmt: skip
+                if not names:
+                    param["schema"]["maxItems"] = 0
+    body = doc["paths"].get("/recommend", {}).get("post", {}).get("requestBody", {})
+    schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+    if "explain" in schema.get("properties", {}) and not explains:
+        schema["properties"]["explain"] = {**schema["properties"]["explain"], "enum": [False]}
+    if "filter" in schema.get("properties", {}):
+        properties = {}
+        for name in names:
+            one = integer if kinds[name] == "int" else value
+            properties[name] = {"anyOf": [one, {"type": "array", "items": one}]}
+        described = {"type": "object", "properties": properties, "additionalProperties": False,
+                     "description": schema["properties"]["filter"]["anyOf"][0].get("description", "")}  # fmt: skip
+        schema["properties"]["filter"] = {"anyOf": [described, {"type": "null"}], "default": None}
+    return doc

@@ -59,12 +59,44 @@ IdList = Annotated[list[RawId], Field(max_length=MAX_LIST)]
 QueryIdList = Annotated[list[RawId], Field(max_length=MAX_QUERY_LIST)]
 
 
+MAX_FILTERS = 32
+FILTER_DESCRIPTION = (
+    "keep only items with this attribute value, as attribute:value (e.g. genres:Comedy); repeat it for more: "
+    "all must hold, and a list attribute holds a value when any of its values equals it. Applied before the top-k"
+)
+QueryFilter = Annotated[str, StringConstraints(pattern=r"^[^:]+:", max_length=1100)]
+QueryFilterList = Annotated[list[QueryFilter], Field(max_length=MAX_FILTERS, description=FILTER_DESCRIPTION)]
+FilterValue = Annotated[str, BeforeValidator(_id_to_str), StringConstraints(max_length=1024)]
+BodyFilter = Annotated[
+    dict[str, FilterValue | list[FilterValue]],
+    Field(max_length=MAX_FILTERS, description="{attribute: value or [values]}: every value must hold (see GET)"),
+]
+EXPLAIN = "add to each item the user's history items that contributed most to its score, with their share"
+
+
+def _filters(entries: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:
+    """``["genres:Comedy", "year:1995"]`` or ``{"genres": "Comedy", "year": [1995]}`` as {attribute: [values]}."""
+    out: dict[str, list[str]] = {}
+    if isinstance(entries, dict):
+        for name, values in entries.items():
+            out.setdefault(name, []).extend(values if isinstance(values, list) else [values])
+    for entry in entries if isinstance(entries, list) else ():
+        name, value = entry.split(":", 1)
+        out.setdefault(name, []).append(value)
+    return out
+
+
 class RecommendQuery(_Strict):
     user_id: RawId
     k: K = 10
     exclude_seen: bool = Field(True, description="drop items the user rated in training")
     exclude: QueryIdList = Field([], description="item ids never to return (repeat the parameter or comma-separate)")
     items: QueryIdList | None = Field(None, description="return only these item ids (repeat or comma-separate)")
+    filter: QueryFilterList = []
+    explain: bool = Field(False, description=EXPLAIN)
+
+    def filters(self) -> dict[str, list[str]]:
+        return _filters(self.filter)
 
 
 class HistoryItem(_Body):
@@ -109,6 +141,11 @@ class RecommendHistoryRequest(_Body):
     k: BodyK = 10
     exclude: IdList = []
     items: IdList | None = None
+    filter: BodyFilter | None = None
+    explain: bool = Field(False, description=EXPLAIN)
+
+    def filters(self) -> dict[str, list[str]]:
+        return _filters(self.filter)
 
     @field_validator("history")
     @classmethod
@@ -121,11 +158,28 @@ class RecommendHistoryRequest(_Body):
 class SimilarQuery(_Strict):
     item_id: RawId
     k: K = 10
+    filter: QueryFilterList = []
+
+    def filters(self) -> dict[str, list[str]]:
+        return _filters(self.filter)
+
+
+ATTRIBUTES = "the item's metadata (scripts/train.py --items): {name: value or [values]}; {} without"
+
+
+class Contribution(BaseModel):
+    item_id: str = Field(description="a history item")
+    share: float = Field(description="its contribution over the sum of the whole history's (see README)")
+    attributes: dict[str, Any] = Field(description=ATTRIBUTES)
 
 
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    attributes: dict[str, Any] = Field(description=ATTRIBUTES)
+    explanation: list[Contribution] | None = Field(
+        None, description="with explain=true: the history items that contributed most, largest first"
+    )
 
 
 class RecommendResponse(BaseModel):

@@ -6,7 +6,8 @@ ANN index the lists are searched from it instead (:func:`build_lists`) and cache
 (:func:`load_or_build_lists`, files named and written by ``service.ann_cache``); otherwise the index scans
 per request. A request that the list cannot answer exactly (``k`` above N, ``exclude_seen=false``,
 candidate ``items=``, or so many ``exclude=`` hits that fewer than ``k`` remain) falls through to the scan
-(or the ANN search), so answers are the same.
+(or the ANN search), so answers are the same. A filter (``filter=genres:Comedy``) walks the list keeping what it
+passes, and falls through the same way when fewer than ``k`` pass.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from model.topk import order_by_score, top_k_rows
 from service.ann import AnnConfig, AnnIndex, exact_top, import_faiss
 from service.ann_cache import atomic_write, cache_path, lists_path, load_or_build_file, remove_stale_lists
+from service.attributes import ItemFilter
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +93,17 @@ class TopNCache:
             items[start:stop] = top_k_rows(scores, n)
         return cls(items, user_vectors, item_vectors)
 
-    def lookup(self, user_idx: int, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top-k without ``banned`` from the list, or None when the list cannot answer exactly."""
+    def lookup(
+        self, user_idx: int, k: int, banned: np.ndarray, keep: ItemFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k without ``banned`` (and among the items ``keep`` keeps) from the list, walked in order; None when
+        the list runs out before k and may not hold every candidate (then the caller scans)."""
         valid = int(self.valid[user_idx])
         items = self.items[user_idx, :valid]
         if len(banned):
             items = items[~np.isin(items, banned)]
+        if keep is not None:
+            items = items[keep.allows(items)]
         items = items[:k].astype(np.int64)
         # Fewer than k left: exact only if the list already held every unseen item.
         if len(items) < k and valid == self.n:

@@ -280,7 +280,7 @@ def test_openapi_document_covers_every_route(client, app):
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
     assert routes - {("/static/<path:filename>", "get")} == documented
     params = {p["name"] for p in doc["paths"]["/recommend"]["get"]["parameters"]}
-    assert params == {"user_id", "k", "exclude_seen", "exclude", "items"}
+    assert params == {"user_id", "k", "exclude_seen", "exclude", "items", "filter", "explain"}
     assert "RecommendResponse" in doc["components"]["schemas"]
 
 

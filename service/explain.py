@@ -1,0 +1,50 @@
+"""Why an item was recommended: how much each of the user's history items contributed to its score.
+
+Every dot-product ranker here scores item i as ``y_i . p + b_i`` with a user vector ``p``; where ``p`` is a
+linear function of the history, ``p = W^-1 sum_h a_h y_h``, the personal part of the score splits exactly
+over the history: ``y_i . p = sum_h a_h y_i^T W^-1 y_h`` (implicit's ``explain`` for ALS). What ``W`` and
+``a`` are per kind (``service.index.ServingIndex.explain_system``):
+
+- implicit-ALS rankers (mf on implicit data, the default mf's ranking head): the user's closed-form solve,
+  ``W = Y^T Y + alpha sum_h w_h y_h y_h^T + reg I``, ``a_h = 1 + alpha w_h``; for a known user the solve over
+  their training items, recomputed against the served item vectors (training solved users against the item
+  vectors of its previous half-sweep, so the stored vector differs from it slightly);
+- an mf ranking by predicted rating, for a history: the ridge solve of the fold-in, ``a_h`` = the rating
+  minus the baseline; other dot-product rankers (mf on softmax/bce/bpr, gmf), for a history: the fold-in's
+  weighted mean (``W = I``);
+- for a known user of those kinds, whose vector gradient descent learned rather than solved from the
+  history, the item-space similarity ``y_i . y_h`` (``W = I``, ``a_h = 1``): which history items the
+  recommendation is closest to in the model's item space.
+
+NeuMF's MLP mixes user and item before scoring, so its scores do not split over the history: no
+explanation (the API answers 422).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EXPLAIN_TOP = 5  # contributing history items reported per recommended item
+
+
+class ExplainUnsupported(ValueError):
+    """``explain`` asked of a model whose scores do not split over the user's history."""
+
+
+def contributions(items: np.ndarray, history: np.ndarray, coef: np.ndarray, gram: np.ndarray | None) -> np.ndarray:
+    """``a_h y_i^T W^-1 y_h`` for recommended items ``items`` (k, d) and history items ``history`` (n, d):
+    shape (k, n), float64; row i sums to ``y_i . p``. ``gram`` None stands for the identity."""
+    y = np.asarray(items, dtype=np.float64)
+    solved = y if gram is None else np.linalg.solve(np.asarray(gram, np.float64), y.T).T  # W^-1 y_i (W symmetric)
+    return (solved @ np.asarray(history, np.float64).T) * np.asarray(coef, np.float64)
+
+
+def top_contributors(contrib: np.ndarray, top: int = EXPLAIN_TOP) -> list[list[tuple[int, float]]]:
+    """Per row of ``contrib`` (k, n): the ``top`` largest contributions as (history position, share), share =
+    contribution / the row's sum (so shares over the whole history sum to 1; 0 when the sum is 0)."""
+    out = []
+    for row in contrib:
+        total = float(row.sum())
+        order = np.argsort(-row, kind="stable")[:top]
+        out.append([(int(h), float(row[h]) / total if total else 0.0) for h in order])
+    return out

@@ -1,0 +1,129 @@
+"""Item metadata, filters and explanations through the real uWSGI: a model trained with ``scripts/train.py --items``."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+import torch
+
+from model import checkpoint
+from model.interactions import build_dataset
+from model.networks import build_network
+from model.train import TrainConfig, TrainResult
+from service.index import ServingIndex
+from tests.conftest import write_lines
+from tests.test_items import _script
+from tests.test_models import BLOCK, block, checkerboard
+from tests.test_uwsgi import call
+
+
+def genres_of(i: int) -> str:
+    return f"Block{i // BLOCK}|{'Even' if i % 2 == 0 else 'Odd'}"
+
+
+@pytest.fixture(scope="module")
+def items_ckpt(tmp_path_factory):
+    """The default kind (rating MF + implicit-ALS head) on the checkerboard, trained by train.py with a movies.csv
+    whose genres are each item's block and parity, and a year that cycles over 1990..1994."""
+    tmp = tmp_path_factory.mktemp("items")
+    raw = checkerboard()
+    data = write_lines(tmp / "r.csv", [f"{u},{i},{r}" for u, i, r in zip(raw.user_ids, raw.item_ids, raw.ratings)])
+    n_items = len(set(raw.item_ids.tolist()))
+    movies = ["movieId,title,genres"] + [
+        f'i{i},"Movie {i}, The ({1990 + i % 5})",{genres_of(i)}' for i in range(n_items) if i != 3
+    ]  # i3 has no row: served without attributes
+    items = write_lines(tmp / "movies.csv", movies)
+    out = tmp / "m.ckpt"
+    flags = ["--dim", "8", "--member-dim", "4", "--epochs", "20", "--rank-dim", "8", "--rank-epochs", "10"]
+    flags += ["--quiet", "--data", str(data), "--items", str(items), "--out", str(out)]
+    assert _script("train").main(flags) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(items_ckpt):
+    return ServingIndex(checkpoint.load(items_ckpt))
+
+
+def get(server, path: str, **params) -> tuple[int, dict]:
+    query = urllib.parse.urlencode([(k, v) for k, vs in params.items() for v in (vs if isinstance(vs, list) else [vs])])
+    status, _, body = call(server.base, f"{path}?{query}")
+    return status, body
+
+
+def test_titles_filters_and_explanations_over_http(start_uwsgi, items_ckpt, local):
+    server = start_uwsgi(items_ckpt)
+    status, body = get(server, "/recommend", user_id="u0", k=5)
+    assert status == 200 and len(body["items"]) == 5
+    for item in body["items"]:
+        i = int(item["item_id"][1:])
+        want = {"title": f"Movie {i}, The ({1990 + i % 5})", "year": 1990 + i % 5, "genres": genres_of(i).split("|")}
+        assert item["attributes"] == ({} if i == 3 else want)
+
+    # A genre filter: only matching items, still k of them (the list walk or the scan, the same answer as in-process).
+    for user in ("u0", "u13", "u40"):
+        status, body = get(server, "/recommend", user_id=user, k=6, filter=["genres:Odd", "genres:Block2"])
+        assert status == 200 and len(body["items"]) == 5  # block 2 has 5 odd items, the user saw none of them
+        assert all(set(it["attributes"]["genres"]) == {"Odd", "Block2"} for it in body["items"])
+        want = local.recommend(user, 6, filters={"genres": ["Odd", "Block2"]}).item_ids
+        assert [it["item_id"] for it in body["items"]] == want
+    status, body = get(server, "/recommend", user_id="u0", k=4, filter="genres:Even")
+    assert len(body["items"]) == 4 and all("Even" in it["attributes"]["genres"] for it in body["items"])
+    status, body = get(server, "/recommend", user_id="u0", k=3, filter="title:Movie 12, The (1992)")
+    assert [it["item_id"] for it in body["items"]] == ["i12"]  # a value with a comma is one value
+    status, body = get(server, "/similar", item_id="i0", k=3, filter="year:1993")
+    assert status == 200 and len(body["items"]) == 3 and all(it["attributes"]["year"] == 1993 for it in body["items"])
+
+    # explain=true: each item names the user's own history items, largest share first.
+    seen = {local.item_ids[i] for i in local.seen(local.user_index["u0"])}
+    status, body = get(server, "/recommend", user_id="u0", k=3, explain="true")
+    assert status == 200
+    for item in body["items"]:
+        shares = [c["share"] for c in item["explanation"]]
+        assert 0 < len(shares) <= 5 and shares == sorted(shares, reverse=True)
+        assert {c["item_id"] for c in item["explanation"]} <= seen
+        assert all("title" in c["attributes"] or c["item_id"] == "i3" for c in item["explanation"])
+    history = {"history": ["i20", "i21", "i22", "i24"], "k": 3, "filter": {"genres": "Block2"}, "explain": True}
+    status, _, body = call(server.base, "/recommend", history)
+    assert status == 200 and [block(it["item_id"]) for it in body["items"]] == [2, 2, 2]
+    assert all({c["item_id"] for c in it["explanation"]} <= set(history["history"]) for it in body["items"])
+
+    # Bad filters: 422 naming the field and the attribute.
+    for params in ({"filter": "colour:red"}, {"filter": "nocolon"}, {"filter": "year:soon"}):
+        status, body = get(server, "/recommend", user_id="u0", **params)
+        assert status == 422 and body["error"]["details"][0]["field"].startswith("filter")
+    assert "unknown attribute 'colour' (known: title, year, genres)" in str(get(server, "/similar", item_id="i1",
+                                                                               filter="colour:red")[1])  # fmt: skip
+    status, _, body = call(server.base, "/recommend", {"history": ["i1"], "filter": {"mood": "calm"}})
+    assert status == 422 and "'mood'" in body["error"]["details"][0]["reason"]
+
+    # The served OpenAPI document describes this model's filters (what a schema-valid request may name).
+    status, _, doc = call(server.base, "/openapi.json")
+    (param,) = [p for p in doc["paths"]["/recommend"]["get"]["parameters"] if p["name"] == "filter"]
+    assert param["schema"]["items"]["pattern"] == r"^(?:genres:|title:|year:\s*[+-]?[0-9]+\s*$)"
+    body = doc["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert sorted(body["properties"]["filter"]["anyOf"][0]["properties"]) == ["genres", "title", "year"]
+
+
+def test_explain_is_refused_for_neumf(tmp_path):
+    """NeuMF's scores do not split over the history: a 422 naming explain, while filters still work."""
+    from service import create_app
+
+    dataset = build_dataset(checkerboard())
+    config = TrainConfig(model="neumf", loss="bce", dim=4, layers="8,4", epochs=1, lr=0.01, reg=0.0, batch_size=64)
+    torch.manual_seed(0)
+    net = build_network("neumf", dataset.interactions.num_users, dataset.interactions.num_items, config)
+    ckpt = checkpoint.from_training(TrainResult(net, config, 3.0, (1.0, 5.0), {}), dataset)
+    path = checkpoint.save(ckpt, tmp_path / "neumf.ckpt")
+    client = create_app({"CHECKPOINT": str(path), "TESTING": True, "RELOAD_INTERVAL": 0}).test_client()
+    resp = client.get("/recommend?user_id=u0&explain=true")
+    assert resp.status_code == 422 and resp.json["error"]["details"][0]["field"] == "explain"
+    assert "neumf" in resp.json["error"]["details"][0]["reason"]
+    assert client.get("/recommend?user_id=u0&k=2").json["items"][0]["attributes"] == {}  # no --items: {}
+    resp = client.get("/recommend?user_id=u0&filter=genres:Comedy")
+    assert resp.status_code == 422 and "trained without --items" in resp.json["error"]["details"][0]["reason"]
+    params = {
+        p["name"]: p["schema"] for p in client.get("/openapi.json").json["paths"]["/recommend"]["get"]["parameters"]
+    }
+    assert params["explain"]["enum"] == [False] and params["filter"]["maxItems"] == 0  # what this model answers
