@@ -66,8 +66,7 @@ def _json_body() -> object:
 def _recommendation(user_id: str | None, rec: Recommendation, index: ServingIndex, endpoint: str) -> Response:
     if rec.fallback:
         metrics.FALLBACKS.labels(endpoint=endpoint, kind=rec.fallback).inc()
-    items = [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
-    return jsonify(user_id=user_id, items=items, model_version=index.model_version, fallback=rec.fallback)
+    return jsonify(user_id=user_id, items=rec.records(), model_version=index.model_version, fallback=rec.fallback)
 
 
 @bp.get("/healthz")
@@ -139,8 +138,7 @@ def similar():
         rec = index.similar(query.item_id, query.k)
     except UnknownItem:
         raise ApiError(404, "unknown_item", "no such item in the model", "item_id", "unknown item id") from None
-    items = [{"item_id": i, "score": s} for i, s in zip(rec.item_ids, rec.scores)]
-    return jsonify(item_id=query.item_id, items=items, model_version=index.model_version)
+    return jsonify(item_id=query.item_id, items=rec.records(), model_version=index.model_version)
 
 
 @bp.post("/predict")

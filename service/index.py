@@ -45,6 +45,11 @@ class Recommendation:
     scores: list[float]
     fallback: str | None
 
+    def records(self) -> list[dict]:
+        """The answer's items as ``[{"item_id", "score"}]``, best first: the HTTP responses' ``items`` and the
+        notebook API's (:mod:`service.recommender`) lists are both this."""
+        return [{"item_id": i, "score": s} for i, s in zip(self.item_ids, self.scores)]
+
 
 @dataclass(frozen=True)
 class Predictions:
