@@ -91,3 +91,19 @@ def test_missing_checkpoint_or_users_file_exit_2(small_ckpt_path, tmp_path, caps
     missing = ["--checkpoint", str(small_ckpt_path), "--out", str(out), "--users", str(tmp_path / "no.txt"), "--quiet"]
     assert recommend_batch.main(missing) == 2
     assert "no.txt: cannot read user ids" in capsys.readouterr().err and not out.exists()
+
+
+def test_benchmark_script_writes_its_section(small_ckpt_path, small_ckpt, tmp_path):
+    """scripts/benchmark_batch.py end to end on the tiny model (its 'scale' part takes any checkpoint)."""
+    spec = importlib.util.spec_from_file_location("benchmark_batch", REPO / "scripts" / "benchmark_batch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    doc = write_lines(
+        tmp_path / "benchmarks.md", ["# Benchmarks", "", "<!-- batch-scale:begin -->old<!-- batch-scale:end -->"]
+    )
+    args = ["--only", "scale", "--scale-checkpoint", str(small_ckpt_path), "--workdir", str(tmp_path / "w")]
+    assert bench.main([*args, "--output", str(doc), "--note", "smoke"]) == 0
+    text = doc.read_text()
+    assert "old" not in text and text.count("<!-- batch-scale:begin -->") == 1
+    assert f"| scale-parquet | `scripts/recommend_batch.py --checkpoint {small_ckpt_path}" in text
+    assert f"| {small_ckpt.num_users:,} | {10 * small_ckpt.num_users:,} |" in text and "**smoke**" in text
