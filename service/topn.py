@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,10 @@ class TopNCache:
             items[start:stop] = top_k_rows(scores, n)
             return stop - start
 
-        with ThreadPoolExecutor(max(threads, 1)) as pool:
+        starts = range(0, num_users, block)
+        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
             done = 0
-            for count in pool.map(rank, range(0, num_users, block)):  # in order: the bar counts whole blocks
+            for count in pool.map(rank, starts) if pool else map(rank, starts):  # in order, whole blocks
                 done += count
                 if progress is not None:
                     progress(done, num_users)

@@ -41,6 +41,8 @@ def test_docs_render_in_headless_chromium(start_uwsgi, small_ckpt_path, tmp_path
     cmd = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        # Every host but the service's unresolvable: the page renders only if the service serves all it needs.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
         f"{server.base}/docs",
     ]  # fmt: skip
