@@ -20,8 +20,8 @@ and while writing (``--quiet``: none).
 the model does not know stops the run before anything is written (``FILE:LINE: unknown user``, exit 2);
 ``--skip-unknown`` leaves such users out instead and says how many on stderr.
 
-Exit codes: 0 written; 2 bad arguments, unreadable ``--users`` file, unknown users, or a checkpoint that
-does not load.
+Exit codes: 0 written; 1 writing failed (disk full...: ``--out`` untouched); 2 bad arguments, unreadable
+``--users`` file, unknown users, or a checkpoint that does not load.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--block must be at least 1")
     if Path(args.out).suffix.lower() not in FORMATS:
         p.error(f"--out {args.out}: the extension must be one of {', '.join(FORMATS)}")
+    if not Path(args.out).resolve().parent.is_dir():
+        p.error(f"--out {args.out}: no such directory")
     return args
 
 
@@ -142,7 +144,11 @@ def main(argv: list[str] | None = None, options: dict | None = None) -> int:
         return 2
     if skipped:
         print(f"skipped {skipped} unknown users of {args.users}", file=sys.stderr)
-    rows = write(rec, users, args, options or {})
+    try:
+        rows = write(rec, users, args, options or {})
+    except OSError as exc:  # disk full, permissions: the temporary file is gone, --out untouched
+        print(f"error: writing {args.out}: {exc}", file=sys.stderr)
+        return 1
     total = time.perf_counter() - started
     print(
         f"wrote {rows} rows for {len(users)} users (k={args.k}) to {args.out} in {total:.1f}s "

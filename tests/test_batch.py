@@ -76,6 +76,7 @@ def test_listed_users_in_file_order_once_and_unknown_users_refused(small_ckpt_pa
     [
         (["--out", "recs.json"], "the extension must be one of .parquet, .csv"),
         (["--out", "recs.csv", "--k", "0"], "--k must be between 1 and 1000"),
+        (["--out", "no/such/dir/recs.csv"], "no such directory"),
     ],
 )
 def test_bad_arguments_exit_2(small_ckpt_path, extra, message, capsys):
