@@ -7,8 +7,8 @@ cached list equals the scan" holds with ties too.
 
 ``argpartition`` alone picks among items tied at the k-th score by its internals; :func:`top_k_rows`
 therefore takes every item strictly better than the k-th score and fills the rest with the tied items of
-lowest index, then sorts the k by (score descending, index ascending). Cost: one ``argpartition`` and a
-few O(I) passes per row, the same order as the scan that produced the scores.
+lowest index, then sorts the k by (score descending, index ascending). Cost: one ``argpartition`` and two
+passes per row (NaN check, ties at the k-th score), the same order as the scan that produced the scores.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     kk = min(k, num_items)
     if kk <= 0 or n == 0:
         return out
-    clean = np.where(np.isnan(scores), -np.inf, scores)
+    nan = np.isnan(scores)
+    clean = np.where(nan, -np.inf, scores) if nan.any() else scores  # no copy in the usual case
     if kk < num_items:
-        part = np.argpartition(-clean, kk - 1, axis=1)[:, :kk]
+        # Ascending partition (the k best end the row): no negated copy of the scores.
+        part = np.argpartition(clean, num_items - kk, axis=1)[:, num_items - kk :]
         kth = np.take_along_axis(clean, part, 1).min(axis=1)  # (n,) the k-th best score of each row
         # Rows with more items tied at the k-th score than slots left: argpartition chose among them freely.
         # (A row whose k-th score is -inf already holds all its returnable items.)

@@ -1,8 +1,9 @@
 """Helpers shared by the benchmark scripts: the real uWSGI on a free loopback port, wrk and its output,
-per-worker memory, the machine line, and the tagged sections of docs/benchmarks.md.
+per-worker memory, a timed child process, the machine line, and the tagged sections of docs/benchmarks.md.
 
-Imported by ``scripts/benchmark_serving.py`` and ``scripts/benchmark_scale.py`` (the scripts directory is
-``sys.path[0]`` when a script runs; each script also puts it there for importers such as the tests).
+Imported by ``scripts/benchmark_serving.py``, ``scripts/benchmark_scale.py`` and ``scripts/benchmark_batch.py``
+(the scripts directory is ``sys.path[0]`` when a script runs; each script also puts it there for importers
+such as the tests).
 """
 
 from __future__ import annotations
@@ -115,6 +116,34 @@ def run_wrk(port: int, script: str, seconds: int, connections: int, workdir: Pat
     lua.write_text(script)
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}"]
     return parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
+    """Run ``cmd`` with stdout and stderr to ``log``; wall seconds, CPU seconds (user + system), peak RSS (GB, the
+    child's ``ru_maxrss``), exit code (``None`` when stopped after ``timeout`` seconds) and the output."""
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    deadline = None if timeout is None else started + timeout
+    while True:  # wait4 gives this child's own rusage; poll so a timeout can stop it
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if deadline else 0)
+        if pid:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            code = None
+            break
+        time.sleep(0.2)
+    proc.returncode = code if code is not None else -9  # reaped here: keep Popen from waiting again
+    return {
+        "wall_s": time.perf_counter() - started,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gb": usage.ru_maxrss / 2**20,
+        "code": code,
+        "output": log.read_text(errors="replace"),
+    }
 
 
 def machine() -> str:

@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from _bench import Server, machine, process_memory_mib, run_wrk, write_section  # noqa: E402
+from _bench import Server, machine, process_memory_mib, run_child, run_wrk, write_section  # noqa: E402
 
 from model import checkpoint  # noqa: E402
 from model.data import load_ratings  # noqa: E402
@@ -141,33 +141,6 @@ def rows_of(data, mask: np.ndarray):
 
 
 # ---------------------------------------------------------------------------------------------- children
-def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
-    """Run ``cmd`` with stdout and stderr to ``log``; wall seconds, peak RSS (GB, the child's ``ru_maxrss``),
-    exit code (``None`` when stopped after ``timeout`` seconds) and the output."""
-    started = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
-    deadline = None if timeout is None else started + timeout
-    while True:  # wait4 gives this child's own rusage; poll so a timeout can stop it
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if deadline else 0)
-        if pid:
-            code = os.waitstatus_to_exitcode(status)
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
-            code = None
-            break
-        time.sleep(0.2)
-    proc.returncode = code if code is not None else -9  # reaped here: keep Popen from waiting again
-    return {
-        "wall_s": time.perf_counter() - started,
-        "peak_rss_gb": usage.ru_maxrss / 2**20,
-        "code": code,
-        "output": log.read_text(errors="replace"),
-    }
-
-
 def train_cmd(data: Path, out: Path, flags: str) -> list[str]:
     return [
         sys.executable,

@@ -85,18 +85,10 @@ def _explain_error(exc: ExplainUnsupported):
     return error_response(422, "explain_unsupported", message, details)
 
 
-def _items(rec: Recommendation) -> list[dict]:
-    """Each item with its score and attributes (and its explanation, when asked for)."""
-    items = [{"item_id": i, "score": s, "attributes": a} for i, s, a in zip(rec.item_ids, rec.scores, rec.attributes)]
-    for item, explanation in zip(items, rec.explanations or ()):
-        item["explanation"] = explanation
-    return items
-
-
 def _recommendation(user_id: str | None, rec: Recommendation, index: ServingIndex, endpoint: str) -> Response:
     if rec.fallback:
         metrics.FALLBACKS.labels(endpoint=endpoint, kind=rec.fallback).inc()
-    return jsonify(user_id=user_id, items=_items(rec), model_version=index.model_version, fallback=rec.fallback)
+    return jsonify(user_id=user_id, items=rec.records(), model_version=index.model_version, fallback=rec.fallback)
 
 
 @bp.get("/healthz")
@@ -170,7 +162,7 @@ def similar():
         rec = index.similar(query.item_id, query.k, query.filters())
     except UnknownItem:
         raise ApiError(404, "unknown_item", "no such item in the model", "item_id", "unknown item id") from None
-    return jsonify(item_id=query.item_id, items=_items(rec), model_version=index.model_version)
+    return jsonify(item_id=query.item_id, items=rec.records(), model_version=index.model_version)
 
 
 @bp.post("/predict")

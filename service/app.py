@@ -109,8 +109,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         holder.start_watcher(float(settings["RELOAD_INTERVAL"]))
 
     from service.api import bp
+    from service.openapi import docs_blueprint
 
     app.register_blueprint(bp)
+    app.register_blueprint(docs_blueprint())
     register_error_handlers(app)
     _register_telemetry(app)
     return app

@@ -56,6 +56,16 @@ class Recommendation:
     attributes: list[dict[str, Any]] = field(default_factory=list)
     explanations: list[list[dict[str, Any]]] | None = None
 
+    def records(self) -> list[dict]:
+        """The answer's items as ``[{"item_id", "score", "attributes"}]`` (and ``"explanation"`` when asked for),
+        best first: the HTTP responses' ``items`` and the notebook API's (:mod:`service.recommender`) lists are
+        both this."""
+        attributes = self.attributes or [{} for _ in self.item_ids]
+        items = [{"item_id": i, "score": s, "attributes": a} for i, s, a in zip(self.item_ids, self.scores, attributes)]
+        for item, explanation in zip(items, self.explanations or ()):
+            item["explanation"] = explanation
+        return items
+
 
 @dataclass(frozen=True)
 class Predictions:

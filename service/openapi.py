@@ -153,3 +153,13 @@ def with_filters(doc: dict[str, Any], kinds: Mapping[str, str], explains: bool =
                      "description": schema["properties"]["filter"]["anyOf"][0].get("description", "")}  # fmt: skip
         schema["properties"]["filter"] = {"anyOf": [described, {"type": "null"}], "default": None}
     return doc
+
+
+def docs_blueprint():
+    """``GET /docs``: Swagger UI over ``/openapi.json``, every asset served by this service from the
+    flask-swagger-ui wheel (Swagger UI 5, which reads OpenAPI 3.1), so the page works on a host without
+    internet access. The validator badge is off: it would send the document to validator.swagger.io."""
+    from flask_swagger_ui import get_swaggerui_blueprint
+
+    config = {"app_name": "recsys API", "validatorUrl": None, "layout": "BaseLayout"}
+    return get_swaggerui_blueprint("/docs", "/openapi.json", config=config)

@@ -74,7 +74,7 @@ BodyFilter = Annotated[
 EXPLAIN = "add to each item the user's history items that contributed most to its score, with their share"
 
 
-def _filters(entries: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:
+def parse_filters(entries: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:
     """``["genres:Comedy", "year:1995"]`` or ``{"genres": "Comedy", "year": [1995]}`` as {attribute: [values]}."""
     out: dict[str, list[str]] = {}
     if isinstance(entries, dict):
@@ -96,7 +96,7 @@ class RecommendQuery(_Strict):
     explain: bool = Field(False, description=EXPLAIN)
 
     def filters(self) -> dict[str, list[str]]:
-        return _filters(self.filter)
+        return parse_filters(self.filter)
 
 
 class HistoryItem(_Body):
@@ -145,7 +145,7 @@ class RecommendHistoryRequest(_Body):
     explain: bool = Field(False, description=EXPLAIN)
 
     def filters(self) -> dict[str, list[str]]:
-        return _filters(self.filter)
+        return parse_filters(self.filter)
 
     @field_validator("history")
     @classmethod
@@ -161,7 +161,7 @@ class SimilarQuery(_Strict):
     filter: QueryFilterList = []
 
     def filters(self) -> dict[str, list[str]]:
-        return _filters(self.filter)
+        return parse_filters(self.filter)
 
 
 ATTRIBUTES = "the item's metadata (scripts/train.py --items): {name: value or [values]}; {} without"

@@ -58,17 +58,20 @@ def _signature(path: Path) -> tuple | None:
     return (str(real), st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig | None = None) -> ModelState:
+def load_state(
+    path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig | None = None, progress=None
+) -> ModelState:
     """Load a checkpoint into a serving index; on failure return an empty state with the reason.
 
     ``ann`` decides whether an approximate index is attached (default :class:`AnnConfig`: at 100,000
     items or more, when faiss is installed); ``topn`` whether every known user's top-N list is
     precomputed (default :class:`TopNConfig`: by scanning, up to 1e8 user x item scores and no ANN; with
-    an ANN index, searched from it and cached beside it). Never raises: any failure is the returned
-    state's ``error`` (the caller counts it, logs it and keeps the model it has).
+    an ANN index, searched from it and cached beside it); ``progress(done, users)`` is called after each block
+    of users that scan ranks. Never raises: any failure is the returned state's ``error`` (the caller
+    counts it, logs it and keeps the model it has).
     """
     try:
-        return _load_state(path, ann, topn)
+        return _load_state(path, ann, topn, progress)
     except checkpoint.CheckpointError as exc:
         return ModelState(error=str(exc))
     except Exception as exc:  # noqa: BLE001 - whatever breaks while loading is a refused load, never a crash
@@ -76,7 +79,7 @@ def load_state(path: str | Path, ann: AnnConfig | None = None, topn: TopNConfig 
         return ModelState(error=f"{path}: could not load ({type(exc).__name__}: {exc})")
 
 
-def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None) -> ModelState:
+def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None, progress=None) -> ModelState:
     ckpt = checkpoint.load(path)
     if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
         ckpt.serving = serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
@@ -106,7 +109,13 @@ def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None
     serving = ckpt.serving
     if ann_index is None and dot and topn.wants(ckpt.num_users, ckpt.num_items):
         cache = TopNCache.scan(
-            serving["user_vectors"], serving["item_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n
+            serving["user_vectors"],
+            serving["item_vectors"],
+            ckpt.seen_indptr,
+            ckpt.seen_indices,
+            topn.n,
+            progress=progress,
+            threads=topn.threads,
         )
     elif ann_index is not None and topn.wants_from_ann():
         try:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ class TopNConfig:
     max_cells: int = 100_000_000  # RECSYS_TOPN_MAX_CELLS
     n: int = 100  # RECSYS_TOPN_N
     with_ann: bool = True  # RECSYS_TOPN_WITH_ANN: with an ANN index, lists searched from it and cached on disk
+    threads: int = 1  # blocks ranked at once by the scan: 1 in a worker (one core each), every core in the batch
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> TopNConfig:
@@ -79,18 +82,35 @@ class TopNCache:
         seen_indices: np.ndarray,
         n: int = 100,
         block: int = 512,
+        progress: Callable[[int, int], None] | None = None,
+        threads: int = 1,
     ) -> TopNCache:
         """Every user's list by exact scores, in blocks of users: one matrix product, seen items masked, then
-        the shared top-k (``model.topk``: ties by lower item index, as the per-request scan)."""
+        the shared top-k (``model.topk``: ties by lower item index, as the per-request scan). ``progress`` is
+        called after each block with (users done, users) (``scripts/recommend_batch.py``'s bar).
+
+        ``threads`` > 1 ranks that many blocks at a time (numpy releases the GIL in the product and the
+        partition; the top-k, single-threaded, is most of the time). A service worker keeps 1: each worker
+        already has its core (``TopNConfig.threads``)."""
         num_users, num_items = len(user_vectors), len(item_vectors)
         n = min(n, num_items)
         items = np.empty((num_users, n), dtype=np.int32)
-        for start in range(0, num_users, block):
+
+        def rank(start: int) -> int:
             stop = min(start + block, num_users)
             scores = user_vectors[start:stop] @ item_vectors.T  # (b, I)
             rows = np.repeat(np.arange(stop - start), np.diff(seen_indptr[start : stop + 1]))
             scores[rows, seen_indices[seen_indptr[start] : seen_indptr[stop]]] = -np.inf
             items[start:stop] = top_k_rows(scores, n)
+            return stop - start
+
+        starts = range(0, num_users, block)
+        with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
+            done = 0
+            for count in pool.map(rank, starts) if pool else map(rank, starts):  # in order, whole blocks
+                done += count
+                if progress is not None:
+                    progress(done, num_users)
         return cls(items, user_vectors, item_vectors)
 
     def lookup(

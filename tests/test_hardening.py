@@ -105,7 +105,7 @@ def test_no_endpoint_changes_state(app):
     assert routes == {
         ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/model"), ("GET", "/recommend"), ("POST", "/recommend"),
         ("GET", "/similar"), ("POST", "/predict"), ("GET", "/metrics"), ("GET", "/openapi.json"),
-        ("GET", "/static/<path:filename>"),
+        ("GET", "/static/<path:filename>"), ("GET", "/docs/"), ("GET", "/docs/<path:path>"),
     }  # fmt: skip
 
 

@@ -127,3 +127,26 @@ def test_explain_is_refused_for_neumf(tmp_path):
         p["name"]: p["schema"] for p in client.get("/openapi.json").json["paths"]["/recommend"]["get"]["parameters"]
     }
     assert params["explain"]["enum"] == [False] and params["filter"]["maxItems"] == 0  # what this model answers
+
+
+def test_batch_file_with_filters_equals_the_filtered_recommend(items_ckpt, local, tmp_path, capsys):
+    """scripts/recommend_batch.py --filter: each user's rows are the filtered /recommend answer (the call the view
+    makes); an unknown attribute or a non-integer year stops the run before anything is written."""
+    import pyarrow.parquet as pq
+
+    batch = _script("recommend_batch")
+    out = tmp_path / "comedy.parquet"
+    base = ["--checkpoint", str(items_ckpt), "--k", "4", "--quiet"]
+    assert batch.main([*base, "--out", str(out), "--filter", "genres:Odd", "--filter", "year:1991"]) == 0
+    rows = pq.read_table(out).to_pylist()
+    by_user: dict[str, list[str]] = {}
+    for row in rows:
+        by_user.setdefault(row["user_id"], []).append(row["item_id"])
+    assert len(by_user) == len(local.user_index)
+    for user, items in by_user.items():
+        assert items == local.recommend(user, 4, filters={"genres": ["Odd"], "year": ["1991"]}).item_ids
+        assert all(int(i[1:]) % 2 == 1 and int(i[1:]) % 5 == 1 for i in items)
+    for bad, message in (("colour:red", "colour"), ("year:soon", "year"), ("genres", "attribute:value")):
+        missing = tmp_path / "never.parquet"
+        assert batch.main([*base, "--out", str(missing), "--filter", bad]) == 2
+        assert message in capsys.readouterr().err and not missing.exists()

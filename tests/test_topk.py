@@ -25,6 +25,8 @@ def test_ties_go_to_the_lower_item_index():
     assert top_k(np.array([1.0, 2.0, 2.0, 2.0, 0.0]), 2).tolist() == [1, 2]
     assert top_k(np.array([0.0, 5.0, -np.inf, 5.0]), 10).tolist() == [1, 3, 0]
     assert top_k_rows(np.array([[-np.inf, 1.0, 1.0]]), 3).tolist() == [[1, 2, -1]]
+    assert top_k_rows(np.array([[np.nan, 1.0, 3.0, 1.0], [2.0, 2.0, 2.0, 2.0]]), 2).tolist() == [[2, 1], [0, 1]]
+    assert top_k_rows(np.array([[np.nan, 1.0, np.nan]]), 2).tolist() == [[1, -1]]  # NaN never returned
     items, scores = order_by_score(np.array([9, 3, 5]), np.array([1.0, 1.0, 2.0]))
     assert items.tolist() == [5, 3, 9] and scores.tolist() == [2.0, 1.0, 1.0]
 

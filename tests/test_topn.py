@@ -55,3 +55,14 @@ def test_served_answers_identical_with_and_without_lists(small_ckpt_path):
             a, b = cached.recommend(user, **kwargs), scanned.recommend(user, **kwargs)
             assert a.item_ids == b.item_ids
             assert np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_on_threads_equals_one_thread_and_reports_progress(rng):
+    users, items = rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(30, 4)).astype(np.float32)
+    indptr = np.arange(0, 101, 2, dtype=np.int64)
+    seen = rng.integers(0, 30, size=100).astype(np.int64)
+    one = TopNCache.scan(users, items, indptr, seen, n=6, block=7)
+    calls = []
+    many = TopNCache.scan(users, items, indptr, seen, n=6, block=7, threads=3, progress=lambda *a: calls.append(a))
+    assert np.array_equal(one.items, many.items)
+    assert calls == [(min(stop, 50), 50) for stop in range(7, 57, 7)]  # every block, in order
