@@ -66,8 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-unknown", action="store_true", help="leave out --users the model does not know")
     p.add_argument("--block", type=int, default=8192, help="users per written block (default: 8192)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--filter", action="append", default=[], metavar="ATTRIBUTE:VALUE",
-                   help="keep only items with this attribute value (repeatable: all must hold), as /recommend's filter")  # fmt: skip
+    p.add_argument(
+        "--filter", action="append", default=[], metavar="ATTRIBUTE:VALUE",
+        help="keep only items with this attribute value (repeatable: all must hold), as /recommend's filter",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if not 1 <= args.k <= MAX_K:
         p.error(f"--k must be between 1 and {MAX_K}")
