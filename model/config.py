@@ -24,6 +24,9 @@ RANKING_DEFAULTS = {
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS
+    # Autoencoders (model.autoencoder): dim is the latent size, batch_size users per step, reg unused.
+    "vae": {"dim": 200, "epochs": 200, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600},
+    "dae": {"dim": 200, "epochs": 200, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600},
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
@@ -104,6 +107,10 @@ class TrainConfig:
     rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
+    hidden: int | None = _opt(None, "vae, dae: the encoder's hidden width", minimum=1)
+    dropout: float = _opt(0.5, "vae, dae: input dropout on the user's item vector", minimum=0, below=1)
+    anneal_cap: float = _opt(0.2, "vae: the KL weight's cap, reached linearly over the first half of the epochs",
+                             minimum=0)  # fmt: skip
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
 

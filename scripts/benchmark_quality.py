@@ -48,15 +48,17 @@ import numpy as np
 
 from model import checkpoint
 from model.data import RawRatings, load_ratings
-from model.interactions import Dataset, Interactions, build_dataset, encode_with
-from model.metrics import METRIC_NAMES, evaluate_ranking
-from model.splits import stratified_split
+from model.interactions import Dataset, Interactions, build_dataset, encode_new_users, encode_with
+from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
+from model.splits import fold_in_split, holdout_users, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 K = 10
 TARGET_RMSE, TARGET_RMSE_FIT_S = 0.905, 30.0
 TARGET_NDCG, TARGET_NDCG_FIT_S = 0.50, 60.0
+STRONG_USERS, FOLD_IN = 0.2, 0.8  # strong generalisation: users held out whole; share of their items folded in
+TARGET_STRONG_OVER_EASE = 1.03  # our best fold-in's NDCG@100 against EASE's
 
 # Grids over the usual ranges (the libraries' defaults included where they fit). --quick keeps the first two values.
 SVD_GRID = {
@@ -123,17 +125,21 @@ def combos(grid: dict[str, list]) -> list[dict]:
 # ---------------------------------------------------------------- ours: the two commands a user runs
 
 
-def run_ours(train_file: Path, test_file: Path, workdir: Path) -> tuple[Result, dict]:
-    """``scripts/train.py`` with defaults, then ``scripts/evaluate.py --json``; returns (timing, report)."""
-    ckpt_path = workdir / f"{train_file.stem}.ckpt"
-    train_cmd = [sys.executable, "scripts/train.py", "--quiet", "--data", str(train_file), "--out", str(ckpt_path)]
+def run_ours(
+    train_file: Path, test_file: Path, workdir: Path, flags: tuple[str, ...] = (), eval_flags: tuple[str, ...] = ()
+) -> tuple[Result, dict]:
+    """``scripts/train.py`` with defaults (plus ``flags``), then ``scripts/evaluate.py --json``; returns (timing,
+    report)."""
+    ckpt_path = workdir / f"{train_file.stem}{''.join(flags).replace('-', '_')}.ckpt"
+    train_cmd = [sys.executable, "scripts/train.py", "--quiet", "--data", str(train_file), "--out", str(ckpt_path),
+                 *flags]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(train_cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(train_cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}")
     eval_cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", str(ckpt_path), "--test", str(test_file)]
-    proc = subprocess.run([*eval_cmd, "--k", str(K), "--json"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([*eval_cmd, "--k", str(K), "--json", *eval_flags], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(eval_cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
     ckpt = checkpoint.load(ckpt_path)
@@ -147,8 +153,8 @@ def ours_rating(base: Path, test: Path, workdir: Path) -> Result:
     return result
 
 
-def ours_ranking(train_file: Path, test_file: Path, workdir: Path) -> Result:
-    result, report = run_ours(train_file, test_file, workdir)
+def ours_ranking(train_file: Path, test_file: Path, workdir: Path, flags: tuple[str, ...] = ()) -> Result:
+    result, report = run_ours(train_file, test_file, workdir, flags)
     rank = report["ranking"]
     result.metrics = {name: rank[name] for name in (*METRIC_NAMES, "coverage", "ndcg_se")}
     result.metrics["users"] = rank["users"]
@@ -227,8 +233,9 @@ def user_items(inter: Interactions):
     return csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(inter.num_users, inter.num_items))
 
 
-def fit_implicit(kind: str, train: Interactions, params: dict) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fit implicit's ALS or BPR on one thread of BLAS (implicit's own threads do the work); returns factors."""
+def fit_implicit(kind: str, train: Interactions, params: dict, model_out: list | None = None):
+    """Fit implicit's ALS or BPR on one thread of BLAS (implicit's own threads do the work); returns (user factors,
+    item factors, fit seconds); the fitted model is appended to ``model_out`` when given."""
     from threadpoolctl import threadpool_limits
 
     if kind == "als":
@@ -241,6 +248,8 @@ def fit_implicit(kind: str, train: Interactions, params: dict) -> tuple[np.ndarr
         started = time.perf_counter()
         model.fit(matrix, show_progress=False)
         fit_s = time.perf_counter() - started
+    if model_out is not None:
+        model_out.append(model)
     # BPR's factors carry the item bias as a last column and users a matching column of ones.
     return np.asarray(model.user_factors), np.asarray(model.item_factors), fit_s
 
@@ -257,8 +266,8 @@ def rank_metrics(score, train: Interactions, test: Interactions) -> dict[str, fl
     return out
 
 
-def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bool, seed: int) -> Result:
-    """Grid search on a validation split of ``train`` (best nDCG@10), then refit on all of ``train``."""
+def tune_implicit(kind: str, train: Interactions, quick: bool, seed: int) -> tuple[dict, float, float]:
+    """Grid search on a validation split of ``train``: (best parameters by nDCG@10, that nDCG, seconds)."""
     fit_part, val_part = stratified_split(train, 0.25, seed=seed + 1)
     grid = small_grid(ALS_GRID if kind == "als" else BPR_GRID, quick)
     started, best, best_ndcg = time.perf_counter(), None, -1.0
@@ -267,7 +276,12 @@ def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bo
         ndcg = rank_metrics(factor_scores(users, items), fit_part, val_part)["ndcg"]
         if ndcg > best_ndcg:
             best, best_ndcg = params, ndcg
-    tune_s = time.perf_counter() - started
+    return best, best_ndcg, time.perf_counter() - started
+
+
+def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bool, seed: int) -> Result:
+    """Grid search on a validation split of ``train`` (best nDCG@10), then refit on all of ``train``."""
+    best, best_ndcg, tune_s = tune_implicit(kind, train, quick, seed)
     users, items, fit_s = fit_implicit(kind, train, best)
     note = ", ".join(f"{k}={v}" for k, v in best.items()) + f" (validation nDCG {best_ndcg:.4f})"
     return Result(rank_metrics(factor_scores(users, items), train, test), fit_s, tune_s, note)
@@ -322,8 +336,8 @@ def _ease_scores(x: np.ndarray, weights: np.ndarray, users: np.ndarray) -> np.nd
     return x[users] @ weights
 
 
-def ease(train: Interactions, test: Interactions, seed: int) -> Result:
-    """EASE with its L2 chosen on the same validation split as implicit's grids, then refitted on ``train``."""
+def tune_ease(train: Interactions, seed: int) -> tuple[float, float, float]:
+    """EASE's L2 chosen on the same validation split as implicit's grids: (lambda, its nDCG@10, seconds)."""
     fit_part, val_part = stratified_split(train, 0.25, seed=seed + 1)
     started, best, best_ndcg = time.perf_counter(), None, -1.0
     x = binary_matrix(fit_part)
@@ -332,7 +346,12 @@ def ease(train: Interactions, test: Interactions, seed: int) -> Result:
         ndcg = rank_metrics(functools.partial(_ease_scores, x, weights), fit_part, val_part)["ndcg"]
         if ndcg > best_ndcg:
             best, best_ndcg = lam, ndcg
-    tune_s = time.perf_counter() - started
+    return best, best_ndcg, time.perf_counter() - started
+
+
+def ease(train: Interactions, test: Interactions, seed: int) -> Result:
+    """EASE with its L2 chosen on the same validation split as implicit's grids, then refitted on ``train``."""
+    best, best_ndcg, tune_s = tune_ease(train, seed)
     weights, fit_s = fit_ease(train, best)
     note = f"lambda={best:g} (validation nDCG {best_ndcg:.4f}); closed form, item x item, no embeddings"
     metrics = rank_metrics(functools.partial(_ease_scores, binary_matrix(train), weights), train, test)
@@ -398,6 +417,89 @@ def ranking_task(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
                 "EASE (reference, tuned)": lambda: ease(train, test, args.seed),
                 "Surprise SVD as ranker": lambda: svd_ranker(train_file, dataset, test),
                 "popularity": lambda: popularity(train, test),
+            }
+        )
+    return {name: guarded(name, run) for name, run in runs.items()}
+
+
+# ---------------------------------------------------------------- strong generalisation (new users, fold-in)
+
+
+def ours_fold_in(train_file: Path, test_file: Path, workdir: Path, seed: int, flags: tuple[str, ...] = ()) -> Result:
+    """Ours trained by ``scripts/train.py`` (plus ``flags``), new users folded in by ``scripts/evaluate.py --fold-in``
+    (the service's own ``ServingIndex.score_history``)."""
+    result, report = run_ours(train_file, test_file, workdir, flags, ("--fold-in", str(FOLD_IN), "--seed", str(seed)))
+    result.metrics = {name: report["fold_in"][name] for name in (*FOLD_IN_METRICS, "users")}
+    return result
+
+
+def fold_in_scores(score_history: Callable[[np.ndarray], np.ndarray], history: Interactions, heldout: Interactions):
+    """A peer's :data:`FOLD_IN_METRICS`: ``score_history(items) -> (I,)`` ranks each new user from their history."""
+    indptr, indices = history.seen_csr()
+
+    def score(users: np.ndarray) -> np.ndarray:
+        return np.stack([score_history(indices[indptr[u] : indptr[u + 1]]) for u in users])
+
+    return evaluate_fold_in(score, (indptr, indices), heldout.seen_csr(), history.num_items)
+
+
+def ease_fold_in(train: Interactions, history: Interactions, heldout: Interactions, seed: int) -> Result:
+    """EASE needs no fold-in: a new user's scores are their history's rows of ``B`` summed (``x B``)."""
+    lam, val_ndcg, tune_s = tune_ease(train, seed)
+    weights, fit_s = fit_ease(train, lam)
+    metrics = fold_in_scores(lambda items: weights[items].sum(axis=0), history, heldout)
+    return Result(metrics, fit_s, tune_s, f"lambda={lam:g} (validation nDCG@10 {val_ndcg:.4f})")
+
+
+def als_fold_in(train: Interactions, history: Interactions, heldout: Interactions, quick: bool, seed: int) -> Result:
+    """implicit's ALS, tuned as in the ranking task; a new user solved by its ``recalculate_user``."""
+    from scipy.sparse import csr_matrix
+
+    params, val_ndcg, tune_s = tune_implicit("als", train, quick, seed)
+    models: list = []
+    _, items, fit_s = fit_implicit("als", train, params, models)
+
+    def score_history(hist: np.ndarray) -> np.ndarray:
+        row = csr_matrix((np.ones(len(hist), np.float32), (np.zeros(len(hist)), hist)), shape=(1, train.num_items))
+        return np.asarray(models[0].recalculate_user(0, row)).reshape(-1) @ items.T
+
+    note = ", ".join(f"{k}={v}" for k, v in params.items()) + f" (validation nDCG@10 {val_ndcg:.4f})"
+    return Result(fold_in_scores(score_history, history, heldout), fit_s, tune_s, note)
+
+
+def strong_task(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
+    """Whole users held out (``STRONG_USERS`` of them, seed ``args.seed``); every model trains on the others, then
+    folds in ``FOLD_IN`` of each held-out user's items and is scored on the rest (the same split for all)."""
+    raw = load_ratings(args.data_dir / "u.data", "ml-100k")
+    full = build_dataset(raw).interactions
+    rows = Interactions(
+        full.user_idx, full.item_idx, full.ratings, np.arange(len(full)), full.num_users, full.num_items
+    )
+    is_test = np.zeros(len(raw), dtype=bool)
+    is_test[holdout_users(rows, STRONG_USERS, seed=args.seed)[1].timestamps] = True
+    train_file = write_tsv(raw, ~is_test, workdir / "strong-train.tsv")
+    test_file = write_tsv(raw, is_test, workdir / "strong-test.tsv")
+    dataset = build_dataset(load_ratings(train_file, "ml-100k"))
+    train = dataset.interactions
+    new_users = encode_new_users(load_ratings(test_file, "ml-100k"), dataset.user_map, dataset.item_map)
+    history, heldout = fold_in_split(new_users, FOLD_IN, seed=args.seed)  # what evaluate.py --fold-in draws
+    log(f"strong generalisation: {train.num_users} training users, {new_users.num_users} new users (seed {args.seed})")
+    runs = {
+        "ours (default `scripts/train.py`)": lambda: ours_fold_in(train_file, test_file, workdir, args.seed),
+        **{
+            f"ours `--model {kind}`": functools.partial(
+                ours_fold_in, train_file, test_file, workdir, args.seed, ("--model", kind)
+            )
+            for kind in ("vae", "dae")
+        },
+    }
+    if not args.skip_peers:
+        runs.update(
+            {
+                "EASE (tuned)": lambda: ease_fold_in(train, history, heldout, args.seed),
+                "implicit ALS (tuned), recalculate_user": lambda: als_fold_in(
+                    train, history, heldout, args.quick, args.seed
+                ),
             }
         )
     return {name: guarded(name, run) for name, run in runs.items()}
@@ -483,7 +585,33 @@ def verdicts(rating, ranking) -> list[str]:
     return out
 
 
-def render(args, command: str, load_start: str, rating, ranking) -> str:
+def strong_table(results: dict[str, Result]) -> list[str]:
+    head = ["model", *(name.replace("ndcg", "NDCG").replace("recall", "Recall") for name in FOLD_IN_METRICS)]
+    head += ["fit s", "tuning s", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
+    for name, r in results.items():
+        cells = ["failed"] * len(FOLD_IN_METRICS) if r.error else [cell(r.metrics[m]) for m in FOLD_IN_METRICS]
+        lines.append("| " + " | ".join([name, *cells, cell(r.fit_s, 1), cell(r.tune_s, 1), r.error or r.note]) + " |")
+    return lines
+
+
+def strong_verdict(strong: dict[str, Result]) -> list[str]:
+    ours = {n: r.metrics["ndcg@100"] for n, r in strong.items() if n.startswith("ours") and not r.error}
+    ease_r = strong.get("EASE (tuned)")
+    als_r = strong.get("implicit ALS (tuned), recalculate_user")
+    if not ours or ease_r is None or als_r is None or ease_r.error or als_r.error:
+        return []
+    best = max(ours, key=ours.get)
+    ratio = ours[best] / ease_r.metrics["ndcg@100"]
+    ok = ratio >= TARGET_STRONG_OVER_EASE and ours[best] > als_r.metrics["ndcg@100"]
+    return [
+        f"- Strong generalisation target (our best fold-in NDCG@100 >= {TARGET_STRONG_OVER_EASE}x EASE's and above"
+        f" ALS recalculate_user): {'met' if ok else 'NOT met'} ({best}: {cell(ours[best])}, {ratio:.3f}x EASE;"
+        f" ALS {cell(als_r.metrics['ndcg@100'])})."
+    ]
+
+
+def render(args, command: str, load_start: str, rating, ranking, strong=None) -> str:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         BEGIN,
@@ -521,7 +649,20 @@ def render(args, command: str, load_start: str, rating, ranking) -> str:
             f" BPR `{BPR_GRID}`; EASE lambda `{EASE_LAMBDAS}` on the same split.",
             "",
         ]
-    lines += [*verdicts(rating, ranking), END]
+    if strong:
+        lines += [
+            f"### Strong generalisation: {STRONG_USERS:.0%} of the users held out whole (seed {args.seed})",
+            "",
+            "Every model trains on the other users' rows; each held-out user's items are split at random,"
+            f" {FOLD_IN:.0%} folded in (ours: `scripts/evaluate.py --fold-in`, through the service's"
+            " `ServingIndex.score_history`),"
+            " the rest scored (the same split for every model; history items never recommended). Recall@k = hits /"
+            " min(k, held-out items), as in Liang et al. 2018.",
+            "",
+            *strong_table(strong),
+            "",
+        ]
+    lines += [*verdicts(rating, ranking), *(strong_verdict(strong) if strong else []), END]
     return "\n".join(lines)
 
 
@@ -542,7 +683,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/datasets/ml-100k", help="MovieLens 100k folder (u.data, uN.*)")
     p.add_argument("--folds", default="1,2,3,4,5", help="official folds for the rating task (default: 1,2,3,4,5)")
-    p.add_argument("--tasks", default="rating,ranking", help="comma-separated: rating, ranking")
+    p.add_argument("--tasks", default="rating,ranking,strong", help="comma-separated: rating, ranking, strong")
     p.add_argument("--skip-peers", action="store_true", help="run only ours")
     p.add_argument("--quick", action="store_true", help="smoke run: fold 1 only, first two values of each grid")
     p.add_argument("--seed", type=int, default=0, help="seed of the ranking split (default: 0)")
@@ -556,10 +697,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--folds must name folds between 1 and 5")
     args.folds = args.folds[:1] if args.quick else args.folds
     args.tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
-    if not args.tasks or args.tasks - {"rating", "ranking"}:
-        p.error("--tasks takes rating, ranking or both")
+    if not args.tasks or args.tasks - {"rating", "ranking", "strong"}:
+        p.error("--tasks takes any of rating, ranking, strong")
     args.data_dir, args.output = REPO / args.data_dir, REPO / args.output
-    needed = [args.data_dir / "u.data"] if "ranking" in args.tasks else []
+    needed = [args.data_dir / "u.data"] if args.tasks & {"ranking", "strong"} else []
     needed += (
         [args.data_dir / f"u{f}.{s}" for f in args.folds for s in ("base", "test")] if "rating" in args.tasks else []
     )
@@ -576,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         rating = rating_task(args, Path(tmp)) if "rating" in args.tasks else None
         ranking = ranking_task(args, Path(tmp)) if "ranking" in args.tasks else None
-    section = render(args, command, load_start, rating, ranking)
+        strong = strong_task(args, Path(tmp)) if "strong" in args.tasks else None
+    section = render(args, command, load_start, rating, ranking, strong)
     print(section)
     write_section(args.output, section)
     log(f"wrote {args.output} after {time.perf_counter() - started:.0f}s")

@@ -1,11 +1,15 @@
 """HTTP serving benchmark: the real uWSGI with the real uwsgi.ini, driven by wrk on loopback.
 
     .venv/bin/python scripts/benchmark_serving.py            # writes the serving section of docs/benchmarks.md
+    .venv/bin/python scripts/benchmark_serving.py --model vae --sizes 10000 --history 50 \
+        --routes recommend_history,recommend         # the vae section: fold-in of 50-item histories at 10k items
 
 For each catalogue size it writes a synthetic checkpoint (64-d MF factors shaped like trained ones, 10k
 users with 20 seen items each), starts uWSGI on a free loopback port, and runs wrk against /recommend
 (known users, and fold-in of a new user's history), /predict (single and a batch of 100), /similar and
-the trivial /healthz route, in one run, then measures recall@10 of the served answers over HTTP. Failures
+the trivial /healthz route, in one run (``--routes`` picks some; ``--model vae`` serves a Mult-VAE checkpoint
+of the default vae sizes with random weights instead, whose fold-in runs its encoder per request), then
+measures recall@10 of the served answers over HTTP. Failures
 are counted from wrk's non-2xx responses and its connect/write/timeout errors; its "read" errors are
 the connection closes of a server without keep-alive and are not failures (every response is whole).
 """
@@ -37,7 +41,7 @@ from model.data import RawRatings  # noqa: E402
 from model.interactions import build_dataset  # noqa: E402
 from model.networks import build_network  # noqa: E402
 from model.synthetic import clustered_factors  # noqa: E402
-from model.train import TrainConfig, TrainResult  # noqa: E402
+from model.train import TrainConfig, TrainResult, resolve  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 NUM_USERS, SEEN_PER_USER, DIM = 10_000, 20, 64
@@ -53,7 +57,7 @@ LUA = {
 }
 
 
-def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
+def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0, kind: str = "mf") -> Path:
     """A checkpoint of the real format with synthetic factors shaped like trained ones (serving cost does
     not depend on training): clustered rank-16 factors in 64-d with varying norms and item biases, the
     recipe of ``scripts/benchmark_ann.py``. Random-init factors would be the worst case for HNSW."""
@@ -71,6 +75,13 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
         "bench",
     )
     dataset = build_dataset(raw)
+    if kind == "vae":  # the default sizes (latent and hidden widths), random weights: serving cost is the same
+        inter = dataset.interactions
+        cfg = resolve(TrainConfig(model="vae"), implicit=False, num_rows=len(inter))
+        net = build_network("vae", inter.num_users, inter.num_items, cfg)
+        net.encode_users(inter)
+        result = TrainResult(net.eval(), cfg, 3.5, (1.0, 5.0), {"val_ndcg10": 0.0})
+        return checkpoint.save(checkpoint.from_training(result, dataset), path)
     cfg = TrainConfig(dim=DIM)
     net = build_network("mf", dataset.interactions.num_users, dataset.interactions.num_items, cfg, 3.5)
     factors = clustered_factors(rng, DIM)  # the recipe of scripts/benchmark_ann.py
@@ -110,8 +121,8 @@ def history_bodies(num_items: int, variants: int = 200, size: int = 20, seed: in
     ]
 
 
-def history_script(num_items: int) -> str:
-    lua_bodies = ",".join("[[" + json.dumps(b) + "]]" for b in history_bodies(num_items))
+def history_script(num_items: int, size: int) -> str:
+    lua_bodies = ",".join("[[" + json.dumps(b) + "]]" for b in history_bodies(num_items, size=size))
     return (
         f'bodies = {{{lua_bodies}}}\nrequest = function() return wrk.format("POST", "/recommend", '
         f'{{["Content-Type"]="application/json"}}, bodies[math.random(1, #bodies)]) end'
@@ -126,7 +137,7 @@ def http_json(port: int, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dict[str, float]:
+def recall_at_10(port: int, ckpt: Path, num_items: int, history: int, users: int = 200) -> dict[str, float]:
     """Recall@10 of what the server answers against exact ranking (numpy over every item, seen excluded),
     for known users (GET) and for fold-in histories (POST)."""
     exact = ServingIndex(checkpoint.load(ckpt))  # no ANN, no lists: a full scan per query
@@ -137,7 +148,7 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
         truth = set(exact.recommend(f"u{u}", 10).item_ids)
         got_known, want_known = got_known + len(served & truth), want_known + len(truth)
     got_hist = want_hist = 0
-    for body in history_bodies(num_items)[:users]:
+    for body in history_bodies(num_items, size=history)[:users]:
         served = {x["item_id"] for x in http_json(port, "/recommend", body)["items"]}
         truth = set(exact.recommend_for_history(body["history"], 10).item_ids)
         got_hist, want_hist = got_hist + len(served & truth), want_hist + len(truth)
@@ -145,7 +156,7 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
 
 
 def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[str, dict[str, float]]:
-    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt")
+    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt", kind=args.model)
     started = time.monotonic()
     # Ready includes building the HNSW index and the top-N lists (100k items and up), cached beside the file.
     server = Server(ckpt, workdir / f"uwsgi-{num_items}.log", {"RECSYS_RELOAD_INTERVAL": "5"})
@@ -157,7 +168,7 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
             if route == "predict_batch100":
                 scripts[route] = batch_script(num_items)
             elif route == "recommend_history":
-                scripts[route] = history_script(num_items)
+                scripts[route] = history_script(num_items, args.history)
             else:
                 scripts[route] = LUA[route].format(U=NUM_USERS - 1, I=num_items - 1)
             run_wrk(server.port, scripts[route], 2, args.connections, workdir)  # warm-up
@@ -168,8 +179,9 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
                 rounds[route].append(run_wrk(server.port, scripts[route], args.seconds, args.connections, workdir))
                 print(num_items, f"round {round_no + 1}", route, rounds[route][-1], flush=True)
         results = {route: summarize(samples, rounds["healthz"]) for route, samples in rounds.items()}
-        for route, recall in recall_at_10(server.port, ckpt, num_items).items():
-            results[route]["recall10"] = recall
+        for route, recall in recall_at_10(server.port, ckpt, num_items, args.history).items():
+            if route in results:
+                results[route]["recall10"] = recall
         results["healthz"]["ready_s"] = ready_s
     finally:
         server.stop()
@@ -193,7 +205,7 @@ def summarize(samples: list[dict[str, float]], healthz: list[dict[str, float]]) 
     }
 
 
-def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+def verdicts(results: dict[int, dict[str, dict[str, float]]], args) -> list[str]:
     """The issue's targets against this run: met, or by how much they are missed."""
 
     def check(label: str, got: float, target: float, higher: bool, unit: str = "", digits: int = 2) -> str:
@@ -204,6 +216,15 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
 
     out = []
     small = results.get(10_000, {}).get("recommend")
+    folded = results.get(10_000, {}).get("recommend_history")
+    if folded and args.model == "vae":
+        out.append(
+            f"- 10,000 items, vae `POST /recommend` with a {args.history}-item history: "
+            + check("throughput", folded["ratio"], 0.5, True, "x")
+            + "; "
+            + check("p99", folded["p99_ms"], 5.0, False, " ms")
+            + "."
+        )
     if small:
         out.append(
             "- 10,000 items, `/recommend`: "
@@ -231,17 +252,24 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
     return out
 
 
+def section_name(args) -> str:
+    """The docs section a run replaces: the vae run has its own, beside the mf one."""
+    return "serving" if args.model == "mf" else f"serving-{args.model}"
+
+
 def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) -> str:
     lines = [
-        "<!-- serving:begin -->",
-        "## Serving throughput and latency (real uWSGI + wrk on loopback)",
+        f"<!-- {section_name(args)}:begin -->",
+        "## Serving throughput and latency (real uWSGI + wrk on loopback)"
+        + (" of a Mult-VAE checkpoint (`--model vae`)" if args.model == "vae" else ""),
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {machine()}",
         f"- command: `{command}`",
         f"- load: wrk 1 thread, {args.connections} connections, {args.rounds} rounds of {args.seconds} s per route "
         "(routes in turn within a round) after a 2 s warm-up of each; "
         f"uWSGI with the repo's uwsgi.ini (processes = cores, no keep-alive); {DIM}-d factors, {NUM_USERS} users "
-        f"with at least {SEEN_PER_USER} seen items each; load average at start {args.load_start}.",
+        f"with at least {SEEN_PER_USER} seen items each; fold-in histories of {args.history} items; load average at "
+        f"start {args.load_start}.",
         "- failures = non-2xx responses + failed connections (connect/write/timeout); wrk's 'read' errors are "
         "the server closing each connection after a whole response (no keep-alive) and are not failures.",
         "",
@@ -268,7 +296,7 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
                 f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {int(r['requests']):,} | {fails} | {recall} |"
             )
-    lines += ["", *verdicts(results), "", "<!-- serving:end -->"]
+    lines += ["", *verdicts(results, args), "", f"<!-- {section_name(args)}:end -->"]
     return "\n".join(lines)
 
 
@@ -279,6 +307,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds over all routes (medians are reported)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--model", default="mf", choices=("mf", "vae"), help="the checkpoint served (default: mf)")
+    p.add_argument("--history", type=int, default=20, help="items in each fold-in history (default: 20)")
+    p.add_argument("--routes", help="comma-separated routes to run (default: all at the first size, then three)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
@@ -293,10 +324,12 @@ def main() -> int:
                 if i == 0
                 else ["healthz", "recommend", "recommend_history"]
             )
+            if args.routes:
+                routes = ["healthz", *(r for r in args.routes.split(",") if r != "healthz")]
             results[size] = bench_size(size, routes, args, Path(tmp))
     command = "python scripts/benchmark_serving.py " + " ".join(sys.argv[1:])
     section = render(results, args, command.strip())
-    write_section(Path(args.output), section, "serving")
+    write_section(Path(args.output), section, section_name(args))
     print(section)
     return 0
 

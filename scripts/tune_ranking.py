@@ -31,6 +31,9 @@ from model.train import fit  # noqa: E402
 GRIDS = {
     "ials": {"alpha": [1.0, 2.0, 3.0, 5.0], "reg": [10.0, 30.0, 50.0], "dim": [64]},
     "softmax": {"lr": [0.003, 0.006], "batch_size": [64, 256], "dim": [64]},
+    # Mult-VAE / DAE (--model vae|dae): fixed epochs (val_fraction 0) against early stopping on 5% of the rows.
+    "vae": {"model": ["vae"], "epochs": [30, 60, 100], "dim": [64, 200], "val_fraction": [0.0]},
+    "dae": {"model": ["dae"], "epochs": [30, 60], "dim": [64, 200], "val_fraction": [0.0]},
 }
 
 
@@ -38,7 +41,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--losses", default="ials,softmax")
+    p.add_argument("--losses", default="ials,softmax", help="grids to run: ials, softmax, vae, dae")
     args = p.parse_args()
     full = build_dataset(load_ratings(args.data_dir / "u.data", "ml-100k")).interactions
     train, _ = stratified_split(full, 0.25, seed=args.seed)  # the benchmark's training part; its test unused
@@ -49,7 +52,8 @@ def main() -> int:
         for values in itertools.product(*grid.values()):
             params = dict(zip(grid, values))
             started = time.perf_counter()
-            result = fit(inner, TrainConfig(loss=loss, seed=args.seed, **params), progress=False)
+            loss_flag = {} if "model" in params else {"loss": loss}
+            result = fit(inner, TrainConfig(seed=args.seed, **loss_flag, **params), progress=False)
             network = result.network
 
             def score(users, network=network):
