@@ -25,8 +25,8 @@ RANKING_DEFAULTS = {
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS
     # Autoencoders (model.autoencoder): dim is the latent size, batch_size users per step, reg unused.
-    "vae": {"dim": 200, "epochs": 200, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600},
-    "dae": {"dim": 200, "epochs": 200, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600},
+    "vae": {"dim": 200, "epochs": 60, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600},
+    "dae": {"dim": 200, "epochs": 60, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600},
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
