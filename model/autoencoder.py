@@ -3,7 +3,8 @@
 A user is their item vector ``x`` (I,), 0/1. The encoder L2-normalises it, drops items out (training only),
 and maps it through one tanh layer to a latent code; the VAE's code is a Gaussian (mean and log-variance,
 sampled by the reparameterisation trick, the KL divergence to N(0, I) weighed by a factor annealed from 0
-to ``anneal_cap``), the DAE's the mean alone. The decoder is one linear layer to logits over the catalogue,
+to ``anneal_cap``, or by default RecVAE's ``kl_per_item`` times the user's number of items), the DAE's the
+mean alone. The decoder is one linear layer to logits over the catalogue,
 and the loss the multinomial log-likelihood of the user's items under their softmax (the full-softmax
 cross entropy). Shapes: ``[I -> hidden -> dim -> I]``.
 
@@ -72,11 +73,12 @@ class AutoEncoder(nn.Module):
     def rows(self, user_idx: torch.Tensor, item_idx: torch.Tensor):
         return [], []
 
-    def loss(self, items, offsets, weights, targets, target_rows, beta: float) -> torch.Tensor:
-        """Mean over the batch of ``-log-likelihood + beta * KL`` (the negative ELBO; the DAE has no KL).
+    def loss(self, items, offsets, weights, targets, target_rows, kl_weight: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ``-log-likelihood + kl_weight * KL`` (the negative ELBO; the DAE has no KL).
 
         ``targets`` (n,) are the batch's items and ``target_rows`` (n,) the row of each: the multinomial
         log-likelihood of a user is ``sum over their items of logit_i - n_u * logsumexp(logits)``.
+        ``kl_weight`` (b,) weighs each user's KL term (see :func:`kl_weights`).
         """
         out = self.encode(items, offsets, weights)
         batch = len(offsets)
@@ -84,14 +86,14 @@ class AutoEncoder(nn.Module):
         if self.variational:
             mean, log_var = out[:, : self.dim], out[:, self.dim :]
             z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var) if self.training else mean
-            kl = 0.5 * (torch.exp(log_var) + mean.pow(2) - 1.0 - log_var).sum() / batch
+            kl = (kl_weight * 0.5 * (torch.exp(log_var) + mean.pow(2) - 1.0 - log_var).sum(1)).sum() / batch
         else:
             z = out
         logits = self.decode(z)  # (b, I)
         counts = torch.bincount(target_rows, minlength=batch).to(logits.dtype)
         picked = logits[target_rows, targets].sum()
         nll = (counts * torch.logsumexp(logits, dim=1)).sum() - picked
-        return nll / batch + beta * kl
+        return nll / batch + kl
 
     @torch.no_grad()
     def encode_users(self, rows: Interactions, block: int = 4096) -> None:
@@ -101,6 +103,15 @@ class AutoEncoder(nn.Module):
             users = np.arange(start, min(start + block, rows.num_users))
             items, offsets, weights, _ = history_bag(indptr, indices, users)
             self.user_factors.weight[users] = self.encode(items, offsets, weights)[:, : self.dim]
+
+
+def kl_weights(counts: torch.Tensor, progress: float, anneal_cap: float, kl_per_item: float) -> torch.Tensor:
+    """Each user's KL weight (b,) from their history sizes ``counts`` (b,): RecVAE's ``kl_per_item * n_u``
+    (Shenbin et al. 2020: a user with more items has more evidence to move away from the prior) when
+    ``kl_per_item`` > 0, else Mult-VAE's global ``anneal_cap * progress`` (``progress`` in [0, 1])."""
+    if kl_per_item > 0:
+        return kl_per_item * counts.float()
+    return torch.full(counts.shape, anneal_cap * progress)
 
 
 def history_bag(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, keep: np.ndarray | None = None):

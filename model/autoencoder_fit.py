@@ -9,14 +9,14 @@ import math
 import numpy as np
 import torch
 
-from model.autoencoder import AutoEncoder, history_bag
+from model.autoencoder import AutoEncoder, history_bag, kl_weights
 from model.interactions import Interactions
 from model.loop import make_optimizer, run_epochs, take_step
 from model.validation import ndcg_at_k
 
 
 def _epoch(network: AutoEncoder, optimizer, rows: Interactions, config, generator: np.random.Generator):
-    """One pass over the users of ``rows`` in shuffled batches; the KL weight rises by a fixed step per batch."""
+    """One pass over the users of ``rows`` in shuffled batches (an annealed KL weight rises by a step per batch)."""
     indptr, indices = rows.seen_csr()
     users = np.flatnonzero(np.diff(indptr))
     batch = config.batch_size or len(users)
@@ -33,7 +33,8 @@ def _epoch(network: AutoEncoder, optimizer, rows: Interactions, config, generato
             items, offsets, weights, _ = history_bag(indptr, indices, chunk, keep)
             targets, _, _, target_rows = history_bag(indptr, indices, chunk)  # the whole history, undropped
             done = (epoch - 1) * steps_per_epoch + step
-            beta = config.anneal_cap * min(1.0, done / anneal_steps) if network.variational else 0.0
+            sizes = torch.from_numpy(indptr[chunk + 1] - indptr[chunk])
+            beta = kl_weights(sizes, min(1.0, done / anneal_steps), config.anneal_cap, config.kl_per_item)
             loss = network.loss(items, offsets, weights, targets, target_rows, beta)
             take_step(optimizer, loss, epoch)
             total += float(loss.detach()) * len(chunk)

@@ -18,6 +18,7 @@ from model.config import (  # noqa: F401 - TrainConfig re-exported
     RANK_HEAD_DEFAULTS,
     RANKING_DEFAULTS,
     RATING_DEFAULTS,
+    VAL_FRACTION,
     TrainConfig,
 )
 from model.distributed import SINGLE, Cluster, threads_per_process
@@ -88,6 +89,8 @@ def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed:
     head = RANK_HEAD_DEFAULTS.get(rank_loss, RANK_HEAD_DEFAULTS["softmax"])
     filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in {**defaults, **head}.items()}
     out = replace(config, loss=loss, engine=engine, rank_loss=rank_loss, **filled)
+    if out.val_fraction is None:
+        out = replace(out, val_fraction=VAL_FRACTION)
     if loss != "mse":
         out = replace(out, rank_loss="none")  # the model itself is the ranker
     if config.negatives == 0 and loss in ("bce", "bpr"):

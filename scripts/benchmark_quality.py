@@ -61,7 +61,7 @@ from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evalu
 from model.splits import fold_in_split, holdout_users, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"  # a run without the rating task: quality-<tasks>
 K = 10
 TARGET_RMSE, TARGET_RMSE_FIT_S = 0.905, 30.0
 TARGET_NDCG, TARGET_NDCG_FIT_S = 0.50, 60.0
@@ -665,8 +665,9 @@ def strong_verdict(strong: dict[int, dict[str, Result]]) -> list[str]:
 def render(args, command: str, load_start: str, rating, ranking, strong=None) -> str:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        BEGIN,
-        "## Quality on MovieLens 100k: ours (defaults) vs the peers",
+        markers(args)[0],
+        "## Quality on MovieLens 100k: ours (defaults) vs the peers"
+        + ("" if "rating" in args.tasks else f" ({', '.join(sorted(args.tasks))} only)"),
         "",
         f"- Date: {date}{' (QUICK smoke run: one fold, small grids; not the benchmark)' if args.quick else ''}",
         f"- Machine: {platform.platform()}; CPU {cpu_model()}, {os.cpu_count()} cores; Python "
@@ -719,17 +720,26 @@ def render(args, command: str, load_start: str, rating, ranking, strong=None) ->
         ]
     if strong:
         lines += seed_summary(strong, "ndcg@100", "NDCG@100 (new users)")
-    lines += [*verdicts(rating, ranking), *(strong_verdict(strong) if strong else []), END]
+    lines += [*verdicts(rating, ranking), *(strong_verdict(strong) if strong else []), markers(args)[1]]
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the delimited section in ``path`` (append it if absent; create the file if missing)."""
+def markers(args) -> tuple[str, str]:
+    """The section a run replaces: ``quality`` for a run with the rating task, else one per set of tasks (a
+    ranking-only run leaves the rating figures of the full run in place)."""
+    if "rating" in args.tasks:
+        return BEGIN, END
+    tag = "quality-" + "-".join(sorted(args.tasks))
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the ``begin`` .. ``end`` section in ``path`` (append it if absent; create the file if missing)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    elif BEGIN in text or END in text:
-        raise SystemExit(f"{path}: unbalanced {BEGIN} / {END} markers; fix them by hand")
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    elif begin in text or end in text:
+        raise SystemExit(f"{path}: unbalanced {begin} / {end} markers; fix them by hand")
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -783,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         strong = {seed: strong_task(args, Path(tmp), seed) for seed in args.seeds} if "strong" in args.tasks else None
     section = render(args, command, load_start, rating, ranking, strong)
     print(section)
-    write_section(args.output, section)
+    write_section(args.output, section, *markers(args))
     log(f"wrote {args.output} after {time.perf_counter() - started:.0f}s")
     return 0
 
