@@ -7,6 +7,10 @@ through the serving index must recommend the rest of their block, exactly as for
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +21,7 @@ from model.data import RawRatings
 from model.interactions import build_dataset
 from model.train import TrainConfig, fit
 from service.index import ServingIndex
+from tests.conftest import REPO
 
 GROUPS, USERS, BLOCK, TAKEN = 5, 16, 12, 7
 
@@ -50,11 +55,11 @@ def served(request, tmp_path_factory):
     config = TrainConfig(model=request.param, dim=8, hidden=32, epochs=80, lr=0.01, batch_size=16, val_fraction=0)
     result = fit(dataset.interactions, config, progress=False)
     path = checkpoint.save(checkpoint.from_training(result, dataset), tmp_path_factory.mktemp("ae") / "m.ckpt")
-    return request.param, checkpoint.load(path), held
+    return request.param, checkpoint.load(path), held, path
 
 
 def test_recovers_planted_blocks_and_folds_in_unseen_users(served):
-    kind, ckpt, held = served
+    kind, ckpt, held, _ = served
     index = ServingIndex(ckpt)
     # Known users: the 5 unseen items of their own block come first.
     for user in ckpt.user_ids:
@@ -72,7 +77,7 @@ def test_recovers_planted_blocks_and_folds_in_unseen_users(served):
 
 def test_serving_encoder_is_the_training_encoder(served):
     """The numpy fold-in (request path) computes the network's own mean code, and a known user's stored code."""
-    _, ckpt, _ = served
+    _, ckpt, _, _ = served
     network = ckpt.network()
     arrays = encoder_arrays({k: v.numpy() for k, v in ckpt.state_dict.items()}, ckpt.config.dim)
     indptr, indices = ckpt.seen_indptr, ckpt.seen_indices
@@ -93,3 +98,21 @@ def test_vae_learns_a_posterior_dae_does_not():
         config = TrainConfig(model=kind, dim=8, hidden=16, epochs=2, batch_size=16, val_fraction=0)
         state = fit(dataset.interactions, config, progress=False).network.state_dict()
         assert state["latent.weight"].shape == (width, 16)
+
+
+def test_evaluate_fold_in_scores_new_users_through_the_service(served, tmp_path):
+    """scripts/evaluate.py --fold-in: the held-out users are new to the model; 80% of their 7 items folded in,
+    the rest scored. Their block's other items come first, so every held-out item is in the top 20."""
+    _, _, held, path = served
+    rows = [f"{user},{item},1" for user, items in held.items() for item in items] + ["u000,i000,1"]  # u000: known
+    test = tmp_path / "new-users.csv"
+    test.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--checkpoint", str(path), "--test", str(test)]
+    proc = subprocess.run([*cmd, "--fold-in", "0.8", "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    fold = json.loads(proc.stdout)["fold_in"]
+    assert fold["users"] == GROUPS and fold["known_users_skipped"] == 1 and fold["fraction"] == 0.8
+    assert fold["recall@20"] == fold["recall@50"] == 1.0, fold
+    assert 0.3 < fold["ndcg@10"] <= 1.0 and 0.3 < fold["ndcg@100"] <= 1.0, fold
+    bad = subprocess.run([*cmd, "--fold-in", "1.5"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "--fold-in" in bad.stderr
