@@ -604,7 +604,7 @@ def verdicts(rating, ranking) -> list[str]:
             above = means[default] > peers[best_peer]
             out.append(
                 f"- Above every peer (mean nDCG@10): {'yes' if above else 'NO'} (ours {cell(means[default])}, best"
-                f" peer {best_peer} {cell(peers[best_peer])})."
+                f" peer {best_peer} {cell(peers[best_peer])}); per seed: {'; '.join(beaten_by(ranking, default))}."
             )
     return out
 
@@ -633,6 +633,17 @@ def seed_means(per_seed: dict[int, dict[str, Result]], metric: str) -> dict[str,
         )  # fmt: skip
         for name in names
     }
+
+
+def beaten_by(per_seed: dict[int, dict[str, Result]], ours: str, metric: str = "ndcg") -> list[str]:
+    """Per seed, the peers that score above ``ours`` (``above every peer`` when none does)."""
+    out = []
+    for seed, results in per_seed.items():
+        mine = results[ours].metrics.get(metric, math.nan)
+        above = [f"{n} {cell(r.metrics[metric])}" for n, r in results.items()
+                 if not n.startswith("ours") and not r.error and r.metrics[metric] >= mine]  # fmt: skip
+        out.append(f"seed {seed}: " + (f"below {', '.join(above)}" if above else f"above every peer ({cell(mine)})"))
+    return out
 
 
 def strong_table(results: dict[str, Result]) -> list[str]:
