@@ -140,7 +140,7 @@ def _weight_shape_error(ckpt: Checkpoint) -> str | None:
     gives the parameter names and shapes, and the placeholders are mapped back to the real sizes.
     """
     try:
-        sizes = [ckpt.config.dim, ckpt.config.rank_dim, *parse_layers(ckpt.config.layers)]
+        sizes = [ckpt.config.dim, ckpt.config.rank_dim, ckpt.config.hidden or 1, *parse_layers(ckpt.config.layers)]
         fake_users, fake_items = max(sizes) + 7, max(sizes) + 13
         tiny = build_network(ckpt.kind, fake_users, fake_items, ckpt.config, ckpt.global_mean).state_dict()
     except (RuntimeError, ValueError, TypeError) as exc:

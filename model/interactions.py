@@ -136,6 +136,16 @@ def encode_with(raw: RawRatings, user_map: IdMap, item_map: IdMap) -> tuple[Inte
     return inter, known
 
 
+def encode_new_users(raw: RawRatings, user_map: IdMap, item_map: IdMap) -> Interactions:
+    """The rows of users absent from ``user_map`` (new users, as in strong generalisation), in an id space of
+    their own (their sorted raw ids), items in ``item_map``; rows whose item is unknown are dropped."""
+    new_user = user_map.encode(raw.user_vocab)[raw.user_codes] < 0
+    items = item_map.encode(raw.item_vocab)[raw.item_codes]
+    keep = new_user & (items >= 0)
+    new_map, users = _fit_codes(raw.user_codes[keep], raw.user_vocab) if keep.any() else (IdMap([]), items[:0])
+    return Interactions(users, items[keep], raw.ratings[keep], raw.timestamps[keep], len(new_map), len(item_map))
+
+
 def pairs_of(inter: Interactions) -> tuple[Interactions, np.ndarray]:
     """One row per distinct (user, item) pair, in the order of first appearance (its latest timestamp, its
     first rating), and each row's pair (n,) int64: splits draw pairs, so a repeated pair is never on both

@@ -191,3 +191,28 @@ def evaluate_ranking(
         k=k, **means, coverage=coverage(top, num_items), users=len(users), skipped_users=skipped, ndcg_se=se
     )
     return metrics, {"user_idx": users, **per_user}
+
+
+# The strong-generalisation figures (Liang et al. 2018's table, plus nDCG@10): name -> (metric, cutoff).
+FOLD_IN_METRICS = {"ndcg@100": ("ndcg", 100), "recall@20": ("recall", 20), "recall@50": ("recall", 50),
+                   "ndcg@10": ("ndcg", 10)}  # fmt: skip
+
+
+def evaluate_fold_in(score: ScoreFn, history: CSR, heldout: CSR, num_items: int) -> dict[str, float]:
+    """:data:`FOLD_IN_METRICS` over users never trained on: ``score`` ranks from each user's ``history`` (excluded
+    from their list) and their ``heldout`` items are relevant. nDCG as :func:`per_user_metrics`; recall as in
+    the Mult-VAE paper, ``hits@k / min(k, R_u)`` (so a perfect list scores 1). Means over users with a relevant
+    item; ``users`` counts them."""
+    relevant = relevant_items(heldout, history, num_items)
+    n_rel = np.diff(relevant[0])
+    users = np.flatnonzero(n_rel > 0).astype(np.int64)
+    depth = max(cutoff for _, cutoff in FOLD_IN_METRICS.values())
+    top = top_k_items(score, users, depth, num_items, history)
+    hits = hit_matrix(top, relevant, users, num_items)
+    out: dict[str, float] = {"users": float(len(users))}
+    for name, (metric, k) in FOLD_IN_METRICS.items():
+        if metric == "ndcg":
+            out[name] = float(per_user_metrics(hits[:, :k], n_rel[users])["ndcg"].mean())
+        else:
+            out[name] = float((hits[:, :k].sum(axis=1) / np.minimum(k, n_rel[users])).mean())
+    return out

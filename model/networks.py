@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.autoencoder import AUTOENCODERS, AutoEncoder
+
 
 class BiasedMF(nn.Module):
     """Biased matrix factorization: ``r_ui = mu + b_u + b_i + U_u . I_i``.
@@ -202,7 +204,7 @@ class MFEnsemble(nn.Module):
         return net
 
 
-MODEL_KINDS = ("mf", "gmf", "neumf")
+MODEL_KINDS = ("mf", "gmf", "neumf", *AUTOENCODERS)
 
 
 def parse_layers(spec: str) -> tuple[int, ...]:
@@ -229,4 +231,6 @@ def build_network(kind: str, num_users: int, num_items: int, config, global_mean
         return GMF(num_users, num_items, config.dim)
     if kind == "neumf":
         return NeuMF(num_users, num_items, config.dim, parse_layers(config.layers), config.activation)
+    if kind in AUTOENCODERS:
+        return AutoEncoder(num_users, num_items, config.dim, config.hidden, variational=kind == "vae")
     raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")

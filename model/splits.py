@@ -1,4 +1,4 @@
-"""Train/test splits of :class:`Interactions`: random, per-user stratified, per-user leave-last-out.
+"""Train/test splits of :class:`Interactions`: random, per-user stratified, per-user leave-last-out, whole users.
 
 Every split returns ``(train, test)`` in the same id space as its input (rows keep their original
 order within each part), is a partition of the rows (disjoint, together all of them) and is
@@ -12,7 +12,7 @@ import numpy as np
 
 from model.interactions import Interactions, pairs_of, random_split
 
-__all__ = ["random_split", "stratified_split", "leave_last_out"]
+__all__ = ["random_split", "stratified_split", "leave_last_out", "holdout_users", "fold_in_split"]
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -80,3 +80,20 @@ def leave_last_out(inter: Interactions, num_last: int = 1, seed: int = 0) -> tup
     position[order_key] = np.arange(len(pairs), dtype=np.int64)
     rank, counts = _rank_within_user(pairs, position)
     return _partition(inter, pair_of_row, rank < np.minimum(num_last, counts - 1))
+
+
+def holdout_users(inter: Interactions, test_fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Hold out every row of ``round(users * test_fraction)`` users drawn at random (among users with rows):
+    the strong-generalisation protocol (Liang et al. 2018), where test users are never seen in training."""
+    _check_fraction(test_fraction)
+    users = np.unique(inter.user_idx)
+    chosen = np.random.default_rng(seed).choice(users, int(round(len(users) * test_fraction)), replace=False)
+    is_test = np.zeros(inter.num_users, dtype=bool)
+    is_test[chosen] = True
+    return inter.subset(~is_test[inter.user_idx]), inter.subset(is_test[inter.user_idx])
+
+
+def fold_in_split(new_users: Interactions, fraction: float = 0.8, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """(history, held out) of held-out users: a random ``fraction`` of each one's items to fold in, the rest to
+    score (the per-user split of :func:`stratified_split`)."""
+    return stratified_split(new_users, 1.0 - fraction, seed=seed)

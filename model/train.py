@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from model import als, objectives
+from model import als, autoencoder, autoencoder_fit, objectives
 from model.config import (  # noqa: F401 - TrainConfig re-exported
     ALS_MIN_ROWS,
     ALS_RATING_DEFAULTS,
     RANK_HEAD_DEFAULTS,
     RANKING_DEFAULTS,
     RATING_DEFAULTS,
+    VAL_FRACTION,
     TrainConfig,
 )
 from model.distributed import SINGLE, Cluster, threads_per_process
@@ -68,10 +69,13 @@ def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed:
     loss = config.loss
     if loss == "auto":
         loss = (ranker if implicit else "mse") if config.model == "mf" else "bce"
+        loss = "softmax" if config.model in autoencoder.AUTOENCODERS else loss
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of auto, {', '.join(LOSSES)}")
     if loss in ("mse", "ials") and config.model != "mf":
         raise ValueError(f"--loss {loss} needs --model mf: {config.model} ends in a sigmoid, use bce, bpr or softmax")
+    if config.model in autoencoder.AUTOENCODERS and loss != "softmax":
+        raise ValueError(f"--model {config.model} trains on the multinomial likelihood (--loss softmax), not {loss}")
     if loss == "mse" and implicit:
         raise ValueError("--loss mse needs ratings; this data has none (implicit), use bce, bpr, softmax or ials")
     rank_loss = ranker if config.rank_loss == "auto" else config.rank_loss
@@ -85,6 +89,8 @@ def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed:
     head = RANK_HEAD_DEFAULTS.get(rank_loss, RANK_HEAD_DEFAULTS["softmax"])
     filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in {**defaults, **head}.items()}
     out = replace(config, loss=loss, engine=engine, rank_loss=rank_loss, **filled)
+    if out.val_fraction is None:
+        out = replace(out, val_fraction=VAL_FRACTION)
     if loss != "mse":
         out = replace(out, rank_loss="none")  # the model itself is the ranker
     if config.negatives == 0 and loss in ("bce", "bpr"):
@@ -199,6 +205,8 @@ def _fit_ranker(train, fit_part, val_part, config: TrainConfig, device, progress
     _use_threads(config, cluster, closed_form=config.loss == "ials")
     if config.loss == "ials":
         return als.fit_ranking(train, fit_part, val_part, config, progress, desc)
+    if config.model in autoencoder.AUTOENCODERS:
+        return autoencoder_fit.fit(train, fit_part, val_part, config, progress, desc)
     torch.manual_seed(config.seed)
     network = build_network(config.model, train.num_users, train.num_items, config)
     return objectives.fit_ranking(network, train, fit_part, val_part, config, device, progress, desc, cluster)
@@ -207,8 +215,8 @@ def _fit_ranker(train, fit_part, val_part, config: TrainConfig, device, progress
 def _negatives(loss: str, num_items: int, kind: str, given: int | None) -> int:
     """Negatives per positive: as given, else 4 for bce/bpr; softmax: the whole catalogue (0) when it is small
     enough (and the network scores it as one product), else ``SAMPLED_SOFTMAX_NEGATIVES``."""
-    if loss == "ials":
-        return 0  # closed form over every cell: nothing is sampled
+    if loss == "ials" or kind in autoencoder.AUTOENCODERS:
+        return 0  # closed form over every cell, or the autoencoders' full softmax: nothing is sampled
     if given is not None and given > 0:
         return given
     if loss != "softmax":

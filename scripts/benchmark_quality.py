@@ -1,6 +1,7 @@
 """Quality of our default training command against the peers on MovieLens 100k: ratings and top-k ranking.
 
-    python scripts/benchmark_quality.py [--folds 1,2,3,4,5] [--tasks rating,ranking] [--skip-peers] [--quick]
+    python scripts/benchmark_quality.py [--folds 1,2,3,4,5] [--tasks rating,ranking,strong] [--seed 0,1,2]
+                                        [--skip-peers] [--quick]
                                         [--data-dir ../shared/datasets/ml-100k] [--output docs/benchmarks.md]
 
 Ours is always run exactly as a user runs it: ``scripts/train.py --quiet --data TRAIN --out X`` (no tuning
@@ -17,7 +18,14 @@ files and scored by the same code (``model.metrics``), with the same rules.
   metrics at k=10 as defined in ``model/metrics.py``. Peers: implicit ALS and BPR (tuned on a validation
   split carved from the 75%: a second per-user 75/25 split, best nDCG@10, then refitted on all of the 75%),
   EASE (closed-form item-item, a reference: lambda tuned on the same split), Surprise SVD ranking by
-  predicted rating, and item popularity.
+  predicted rating, and item popularity. Ours also with ``--model vae`` and ``--model dae``.
+- strong task (new users, Liang et al. 2018): 20% of the users held out whole (``model.splits.holdout_users``);
+  every model trains on the others, then folds in a random 80% of each held-out user's items and is scored
+  on the rest (NDCG@100, Recall@20, Recall@50, nDCG@10). Ours (default, vae, dae) through ``scripts/evaluate.py
+  --fold-in``; peers on the same split: EASE (``x B``, lambda tuned as above on the training users) and implicit
+  ALS (tuned as above) folding in by its ``recalculate_user``.
+
+``--seed 0,1,2`` runs the ranking and strong tasks once per split seed, with a table per seed and the means.
 
 A peer that fails is reported as failed in the table. The section between ``<!-- quality:begin -->`` and
 ``<!-- quality:end -->`` of ``--output`` is replaced. Relative paths are taken from the repo root. Peers need
@@ -48,15 +56,17 @@ import numpy as np
 
 from model import checkpoint
 from model.data import RawRatings, load_ratings
-from model.interactions import Dataset, Interactions, build_dataset, encode_with
-from model.metrics import METRIC_NAMES, evaluate_ranking
-from model.splits import stratified_split
+from model.interactions import Dataset, Interactions, build_dataset, encode_new_users, encode_with
+from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
+from model.splits import fold_in_split, holdout_users, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"  # a run without the rating task: quality-<tasks>
 K = 10
 TARGET_RMSE, TARGET_RMSE_FIT_S = 0.905, 30.0
 TARGET_NDCG, TARGET_NDCG_FIT_S = 0.50, 60.0
+STRONG_USERS, FOLD_IN = 0.2, 0.8  # strong generalisation: users held out whole; share of their items folded in
+TARGET_STRONG_OVER_EASE = 1.03  # our best fold-in's NDCG@100 against EASE's
 
 # Grids over the usual ranges (the libraries' defaults included where they fit). --quick keeps the first two values.
 SVD_GRID = {
@@ -123,17 +133,21 @@ def combos(grid: dict[str, list]) -> list[dict]:
 # ---------------------------------------------------------------- ours: the two commands a user runs
 
 
-def run_ours(train_file: Path, test_file: Path, workdir: Path) -> tuple[Result, dict]:
-    """``scripts/train.py`` with defaults, then ``scripts/evaluate.py --json``; returns (timing, report)."""
-    ckpt_path = workdir / f"{train_file.stem}.ckpt"
-    train_cmd = [sys.executable, "scripts/train.py", "--quiet", "--data", str(train_file), "--out", str(ckpt_path)]
+def run_ours(
+    train_file: Path, test_file: Path, workdir: Path, flags: tuple[str, ...] = (), eval_flags: tuple[str, ...] = ()
+) -> tuple[Result, dict]:
+    """``scripts/train.py`` with defaults (plus ``flags``), then ``scripts/evaluate.py --json``; returns (timing,
+    report)."""
+    ckpt_path = workdir / f"{train_file.stem}{''.join(flags).replace('-', '_')}.ckpt"
+    train_cmd = [sys.executable, "scripts/train.py", "--quiet", "--data", str(train_file), "--out", str(ckpt_path),
+                 *flags]  # fmt: skip
     started = time.perf_counter()
     proc = subprocess.run(train_cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(train_cmd)} exited {proc.returncode}: {(proc.stderr or proc.stdout)[-500:]}")
     eval_cmd = [sys.executable, "scripts/evaluate.py", "--checkpoint", str(ckpt_path), "--test", str(test_file)]
-    proc = subprocess.run([*eval_cmd, "--k", str(K), "--json"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([*eval_cmd, "--k", str(K), "--json", *eval_flags], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(eval_cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
     ckpt = checkpoint.load(ckpt_path)
@@ -147,8 +161,8 @@ def ours_rating(base: Path, test: Path, workdir: Path) -> Result:
     return result
 
 
-def ours_ranking(train_file: Path, test_file: Path, workdir: Path) -> Result:
-    result, report = run_ours(train_file, test_file, workdir)
+def ours_ranking(train_file: Path, test_file: Path, workdir: Path, flags: tuple[str, ...] = ()) -> Result:
+    result, report = run_ours(train_file, test_file, workdir, flags)
     rank = report["ranking"]
     result.metrics = {name: rank[name] for name in (*METRIC_NAMES, "coverage", "ndcg_se")}
     result.metrics["users"] = rank["users"]
@@ -227,8 +241,9 @@ def user_items(inter: Interactions):
     return csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(inter.num_users, inter.num_items))
 
 
-def fit_implicit(kind: str, train: Interactions, params: dict) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fit implicit's ALS or BPR on one thread of BLAS (implicit's own threads do the work); returns factors."""
+def fit_implicit(kind: str, train: Interactions, params: dict, model_out: list | None = None):
+    """Fit implicit's ALS or BPR on one thread of BLAS (implicit's own threads do the work); returns (user factors,
+    item factors, fit seconds); the fitted model is appended to ``model_out`` when given."""
     from threadpoolctl import threadpool_limits
 
     if kind == "als":
@@ -241,6 +256,8 @@ def fit_implicit(kind: str, train: Interactions, params: dict) -> tuple[np.ndarr
         started = time.perf_counter()
         model.fit(matrix, show_progress=False)
         fit_s = time.perf_counter() - started
+    if model_out is not None:
+        model_out.append(model)
     # BPR's factors carry the item bias as a last column and users a matching column of ones.
     return np.asarray(model.user_factors), np.asarray(model.item_factors), fit_s
 
@@ -257,8 +274,8 @@ def rank_metrics(score, train: Interactions, test: Interactions) -> dict[str, fl
     return out
 
 
-def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bool, seed: int) -> Result:
-    """Grid search on a validation split of ``train`` (best nDCG@10), then refit on all of ``train``."""
+def tune_implicit(kind: str, train: Interactions, quick: bool, seed: int) -> tuple[dict, float, float]:
+    """Grid search on a validation split of ``train``: (best parameters by nDCG@10, that nDCG, seconds)."""
     fit_part, val_part = stratified_split(train, 0.25, seed=seed + 1)
     grid = small_grid(ALS_GRID if kind == "als" else BPR_GRID, quick)
     started, best, best_ndcg = time.perf_counter(), None, -1.0
@@ -267,7 +284,12 @@ def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bo
         ndcg = rank_metrics(factor_scores(users, items), fit_part, val_part)["ndcg"]
         if ndcg > best_ndcg:
             best, best_ndcg = params, ndcg
-    tune_s = time.perf_counter() - started
+    return best, best_ndcg, time.perf_counter() - started
+
+
+def tuned_implicit(kind: str, train: Interactions, test: Interactions, quick: bool, seed: int) -> Result:
+    """Grid search on a validation split of ``train`` (best nDCG@10), then refit on all of ``train``."""
+    best, best_ndcg, tune_s = tune_implicit(kind, train, quick, seed)
     users, items, fit_s = fit_implicit(kind, train, best)
     note = ", ".join(f"{k}={v}" for k, v in best.items()) + f" (validation nDCG {best_ndcg:.4f})"
     return Result(rank_metrics(factor_scores(users, items), train, test), fit_s, tune_s, note)
@@ -322,8 +344,8 @@ def _ease_scores(x: np.ndarray, weights: np.ndarray, users: np.ndarray) -> np.nd
     return x[users] @ weights
 
 
-def ease(train: Interactions, test: Interactions, seed: int) -> Result:
-    """EASE with its L2 chosen on the same validation split as implicit's grids, then refitted on ``train``."""
+def tune_ease(train: Interactions, seed: int) -> tuple[float, float, float]:
+    """EASE's L2 chosen on the same validation split as implicit's grids: (lambda, its nDCG@10, seconds)."""
     fit_part, val_part = stratified_split(train, 0.25, seed=seed + 1)
     started, best, best_ndcg = time.perf_counter(), None, -1.0
     x = binary_matrix(fit_part)
@@ -332,7 +354,12 @@ def ease(train: Interactions, test: Interactions, seed: int) -> Result:
         ndcg = rank_metrics(functools.partial(_ease_scores, x, weights), fit_part, val_part)["ndcg"]
         if ndcg > best_ndcg:
             best, best_ndcg = lam, ndcg
-    tune_s = time.perf_counter() - started
+    return best, best_ndcg, time.perf_counter() - started
+
+
+def ease(train: Interactions, test: Interactions, seed: int) -> Result:
+    """EASE with its L2 chosen on the same validation split as implicit's grids, then refitted on ``train``."""
+    best, best_ndcg, tune_s = tune_ease(train, seed)
     weights, fit_s = fit_ease(train, best)
     note = f"lambda={best:g} (validation nDCG {best_ndcg:.4f}); closed form, item x item, no embeddings"
     metrics = rank_metrics(functools.partial(_ease_scores, binary_matrix(train), weights), train, test)
@@ -371,7 +398,7 @@ def write_tsv(raw: RawRatings, mask: np.ndarray, path: Path) -> Path:
     return path
 
 
-def ranking_task(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
+def ranking_task(args: argparse.Namespace, workdir: Path, seed: int) -> dict[str, Result]:
     raw = load_ratings(args.data_dir / "u.data", "ml-100k")
     full = build_dataset(raw).interactions
     # Split a copy whose timestamps are the row numbers, so the held-out rows can be written out in raw ids.
@@ -379,25 +406,114 @@ def ranking_task(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
         full.user_idx, full.item_idx, full.ratings, np.arange(len(full)), full.num_users, full.num_items
     )
     is_test = np.zeros(len(raw), dtype=bool)
-    is_test[stratified_split(rows, 0.25, seed=args.seed)[1].timestamps] = True
+    is_test[stratified_split(rows, 0.25, seed=seed)[1].timestamps] = True
     train_file = write_tsv(raw, ~is_test, workdir / "ranking-train.tsv")
     test_file = write_tsv(raw, is_test, workdir / "ranking-test.tsv")
-    log(f"ranking task: {int((~is_test).sum())} training rows, {int(is_test.sum())} held-out (seed {args.seed})")
+    log(f"ranking task: {int((~is_test).sum())} training rows, {int(is_test.sum())} held-out (seed {seed})")
     # The id space every model ranks in: the training file's, exactly as train.py builds it.
     dataset = build_dataset(load_ratings(train_file, "ml-100k"))
     train = dataset.interactions
     test, _ = encode_with(load_ratings(test_file, "ml-100k"), dataset.user_map, dataset.item_map)
-    runs = {"ours (default `scripts/train.py`)": lambda: ours_ranking(train_file, test_file, workdir)}
+    runs = {
+        "ours (default `scripts/train.py`)": lambda: ours_ranking(train_file, test_file, workdir),
+        **{
+            f"ours `--model {kind}`": functools.partial(ours_ranking, train_file, test_file, workdir, ("--model", kind))
+            for kind in ("vae", "dae")
+        },
+    }
     if not args.skip_peers:
         runs.update(
             {
-                "implicit ALS (tuned)": lambda: tuned_implicit("als", train, test, args.quick, args.seed),
+                "implicit ALS (tuned)": lambda: tuned_implicit("als", train, test, args.quick, seed),
                 "implicit ALS (defaults)": lambda: default_implicit("als", train, test),
-                "implicit BPR (tuned)": lambda: tuned_implicit("bpr", train, test, args.quick, args.seed),
+                "implicit BPR (tuned)": lambda: tuned_implicit("bpr", train, test, args.quick, seed),
                 "implicit BPR (defaults)": lambda: default_implicit("bpr", train, test),
-                "EASE (reference, tuned)": lambda: ease(train, test, args.seed),
+                "EASE (reference, tuned)": lambda: ease(train, test, seed),
                 "Surprise SVD as ranker": lambda: svd_ranker(train_file, dataset, test),
                 "popularity": lambda: popularity(train, test),
+            }
+        )
+    return {name: guarded(name, run) for name, run in runs.items()}
+
+
+# ---------------------------------------------------------------- strong generalisation (new users, fold-in)
+
+
+def ours_fold_in(train_file: Path, test_file: Path, workdir: Path, seed: int, flags: tuple[str, ...] = ()) -> Result:
+    """Ours trained by ``scripts/train.py`` (plus ``flags``), new users folded in by ``scripts/evaluate.py --fold-in``
+    (the service's own ``ServingIndex.score_history``)."""
+    result, report = run_ours(train_file, test_file, workdir, flags, ("--fold-in", str(FOLD_IN), "--seed", str(seed)))
+    result.metrics = {name: report["fold_in"][name] for name in (*FOLD_IN_METRICS, "users")}
+    return result
+
+
+def fold_in_scores(score_history: Callable[[np.ndarray], np.ndarray], history: Interactions, heldout: Interactions):
+    """A peer's :data:`FOLD_IN_METRICS`: ``score_history(items) -> (I,)`` ranks each new user from their history."""
+    indptr, indices = history.seen_csr()
+
+    def score(users: np.ndarray) -> np.ndarray:
+        return np.stack([score_history(indices[indptr[u] : indptr[u + 1]]) for u in users])
+
+    return evaluate_fold_in(score, (indptr, indices), heldout.seen_csr(), history.num_items)
+
+
+def ease_fold_in(train: Interactions, history: Interactions, heldout: Interactions, seed: int) -> Result:
+    """EASE needs no fold-in: a new user's scores are their history's rows of ``B`` summed (``x B``)."""
+    lam, val_ndcg, tune_s = tune_ease(train, seed)
+    weights, fit_s = fit_ease(train, lam)
+    metrics = fold_in_scores(lambda items: weights[items].sum(axis=0), history, heldout)
+    return Result(metrics, fit_s, tune_s, f"lambda={lam:g} (validation nDCG@10 {val_ndcg:.4f})")
+
+
+def als_fold_in(train: Interactions, history: Interactions, heldout: Interactions, quick: bool, seed: int) -> Result:
+    """implicit's ALS, tuned as in the ranking task; a new user solved by its ``recalculate_user``."""
+    from scipy.sparse import csr_matrix
+
+    params, val_ndcg, tune_s = tune_implicit("als", train, quick, seed)
+    models: list = []
+    _, items, fit_s = fit_implicit("als", train, params, models)
+
+    def score_history(hist: np.ndarray) -> np.ndarray:
+        row = csr_matrix((np.ones(len(hist), np.float32), (np.zeros(len(hist)), hist)), shape=(1, train.num_items))
+        return np.asarray(models[0].recalculate_user(0, row)).reshape(-1) @ items.T
+
+    note = ", ".join(f"{k}={v}" for k, v in params.items()) + f" (validation nDCG@10 {val_ndcg:.4f})"
+    return Result(fold_in_scores(score_history, history, heldout), fit_s, tune_s, note)
+
+
+def strong_task(args: argparse.Namespace, workdir: Path, seed: int) -> dict[str, Result]:
+    """Whole users held out (``STRONG_USERS`` of them, seed ``seed``); every model trains on the others, then
+    folds in ``FOLD_IN`` of each held-out user's items and is scored on the rest (the same split for all)."""
+    raw = load_ratings(args.data_dir / "u.data", "ml-100k")
+    full = build_dataset(raw).interactions
+    rows = Interactions(
+        full.user_idx, full.item_idx, full.ratings, np.arange(len(full)), full.num_users, full.num_items
+    )
+    is_test = np.zeros(len(raw), dtype=bool)
+    is_test[holdout_users(rows, STRONG_USERS, seed=seed)[1].timestamps] = True
+    train_file = write_tsv(raw, ~is_test, workdir / "strong-train.tsv")
+    test_file = write_tsv(raw, is_test, workdir / "strong-test.tsv")
+    dataset = build_dataset(load_ratings(train_file, "ml-100k"))
+    train = dataset.interactions
+    new_users = encode_new_users(load_ratings(test_file, "ml-100k"), dataset.user_map, dataset.item_map)
+    history, heldout = fold_in_split(new_users, FOLD_IN, seed=seed)  # what evaluate.py --fold-in draws
+    log(f"strong generalisation: {train.num_users} training users, {new_users.num_users} new users (seed {seed})")
+    runs = {
+        "ours (default `scripts/train.py`)": lambda: ours_fold_in(train_file, test_file, workdir, seed),
+        **{
+            f"ours `--model {kind}`": functools.partial(
+                ours_fold_in, train_file, test_file, workdir, seed, ("--model", kind)
+            )
+            for kind in ("vae", "dae")
+        },
+    }
+    if not args.skip_peers:
+        runs.update(
+            {
+                "EASE (tuned)": lambda: ease_fold_in(train, history, heldout, seed),
+                "implicit ALS (tuned), recalculate_user": lambda: als_fold_in(
+                    train, history, heldout, args.quick, seed
+                ),
             }
         )
     return {name: guarded(name, run) for name, run in runs.items()}
@@ -473,21 +589,96 @@ def verdicts(rating, ranking) -> list[str]:
             f"{'met' if ok else 'NOT met'} (RMSE {cell(rmse)}, slowest fold {worst:.1f} s)."
         )
     if ranking:
-        ours = ranking["ours (default `scripts/train.py`)"]
-        ndcg = ours.metrics.get("ndcg", math.nan)
-        ok = ndcg >= TARGET_NDCG and ours.fit_s < TARGET_NDCG_FIT_S
+        default = "ours (default `scripts/train.py`)"
+        means = seed_means(ranking, "ndcg")
+        slowest = max(res[default].fit_s for res in ranking.values())
+        ok = means[default] >= TARGET_NDCG and slowest < TARGET_NDCG_FIT_S
         out.append(
-            f"- Ranking target (nDCG@10 >= {TARGET_NDCG}, fit under {TARGET_NDCG_FIT_S:.0f} s): "
-            f"{'met' if ok else 'NOT met'} (nDCG@10 {cell(ndcg)}, fit {ours.fit_s:.1f} s)."
+            f"- Ranking target (nDCG@10 >= {TARGET_NDCG}, fit under {TARGET_NDCG_FIT_S:.0f} s; mean over seeds"
+            f" {', '.join(map(str, ranking))}): {'met' if ok else 'NOT met'} (nDCG@10 {cell(means[default])},"
+            f" slowest fit {slowest:.1f} s)."
         )
+        peers = {n: v for n, v in means.items() if not n.startswith("ours")}
+        best_peer = max(peers, key=lambda n: -math.inf if math.isnan(peers[n]) else peers[n], default=None)
+        if best_peer is not None:
+            above = means[default] > peers[best_peer]
+            out.append(
+                f"- Above every peer (mean nDCG@10): {'yes' if above else 'NO'} (ours {cell(means[default])}, best"
+                f" peer {best_peer} {cell(peers[best_peer])}); per seed: {'; '.join(beaten_by(ranking, default))}."
+            )
     return out
 
 
-def render(args, command: str, load_start: str, rating, ranking) -> str:
+def seed_summary(per_seed: dict[int, dict[str, Result]], metric: str, label: str) -> list[str]:
+    """One row per model: ``metric`` per seed and its mean over the seeds (n/a where a seed failed)."""
+    seeds = list(per_seed)
+    names = list(dict.fromkeys(name for results in per_seed.values() for name in results))
+    lines = [f"#### {label} per split seed and the mean", "", "| model | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean |", "|---" + "|---:" * (len(seeds) + 1) + "|"]  # fmt: skip
+    for name in names:
+        runs = [per_seed[s].get(name) for s in seeds]
+        values = [math.nan if r is None or r.error else r.metrics[metric] for r in runs]
+        lines.append(f"| {name} | " + " | ".join(cell(v) for v in values) + f" | {cell(float(np.mean(values)))} |")
+    return [*lines, ""]
+
+
+def seed_means(per_seed: dict[int, dict[str, Result]], metric: str) -> dict[str, float]:
+    """Each model's mean of ``metric`` over the seeds (NaN if it failed on one)."""
+    names = dict.fromkeys(name for results in per_seed.values() for name in results)
+    return {
+        name: float(
+            np.mean(
+                [r.metrics[metric] if (r := res.get(name)) and not r.error else math.nan for res in per_seed.values()]
+            )
+        )  # fmt: skip
+        for name in names
+    }
+
+
+def beaten_by(per_seed: dict[int, dict[str, Result]], ours: str, metric: str = "ndcg") -> list[str]:
+    """Per seed, the peers that score above ``ours`` (``above every peer`` when none does)."""
+    out = []
+    for seed, results in per_seed.items():
+        mine = results[ours].metrics.get(metric, math.nan)
+        above = [f"{n} {cell(r.metrics[metric])}" for n, r in results.items()
+                 if not n.startswith("ours") and not r.error and r.metrics[metric] >= mine]  # fmt: skip
+        out.append(f"seed {seed}: " + (f"below {', '.join(above)}" if above else f"above every peer ({cell(mine)})"))
+    return out
+
+
+def strong_table(results: dict[str, Result]) -> list[str]:
+    head = ["model", *(name.replace("ndcg", "NDCG").replace("recall", "Recall") for name in FOLD_IN_METRICS)]
+    head += ["fit s", "tuning s", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
+    for name, r in results.items():
+        cells = ["failed"] * len(FOLD_IN_METRICS) if r.error else [cell(r.metrics[m]) for m in FOLD_IN_METRICS]
+        lines.append("| " + " | ".join([name, *cells, cell(r.fit_s, 1), cell(r.tune_s, 1), r.error or r.note]) + " |")
+    return lines
+
+
+def strong_verdict(strong: dict[int, dict[str, Result]]) -> list[str]:
+    means = seed_means(strong, "ndcg@100")
+    ours = {n: v for n, v in means.items() if n.startswith("ours") and not math.isnan(v)}
+    ease_v = means.get("EASE (tuned)", math.nan)
+    als_v = means.get("implicit ALS (tuned), recalculate_user", math.nan)
+    if not ours or math.isnan(ease_v) or math.isnan(als_v):
+        return []
+    best = max(ours, key=ours.get)
+    ratio = ours[best] / ease_v
+    ok = ratio >= TARGET_STRONG_OVER_EASE and ours[best] > als_v
+    return [
+        f"- Strong generalisation target (our best fold-in NDCG@100 >= {TARGET_STRONG_OVER_EASE}x EASE's and above"
+        f" ALS recalculate_user; means over seeds {', '.join(map(str, strong))}): {'met' if ok else 'NOT met'}"
+        f" ({best}: {cell(ours[best])}, {ratio:.3f}x EASE's {cell(ease_v)}; ALS {cell(als_v)})."
+    ]
+
+
+def render(args, command: str, load_start: str, rating, ranking, strong=None) -> str:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        BEGIN,
-        "## Quality on MovieLens 100k: ours (defaults) vs the peers",
+        markers(args)[0],
+        "## Quality on MovieLens 100k: ours (defaults) vs the peers"
+        + ("" if "rating" in args.tasks else f" ({', '.join(sorted(args.tasks))} only)"),
         "",
         f"- Date: {date}{' (QUICK smoke run: one fold, small grids; not the benchmark)' if args.quick else ''}",
         f"- Machine: {platform.platform()}; CPU {cpu_model()}, {os.cpu_count()} cores; Python "
@@ -507,31 +698,59 @@ def render(args, command: str, load_start: str, rating, ranking) -> str:
             *rating_table(*rating),
         ]
         lines += ["", f"Surprise SVD tuning grid (GridSearchCV, 3-fold CV on uN.base, RMSE): `{SVD_GRID}`.", ""]
-    if ranking:
+    for seed, results in (ranking or {}).items():
         lines += [
-            f"### Top-{K} ranking: u.data split per user at random, 75% train / 25% test (seed {args.seed})",
+            f"### Top-{K} ranking: u.data split per user at random, 75% train / 25% test (seed {seed})",
             "",
             "Training items excluded from each list; every held-out item relevant; users with no held-out item"
             " known to the model skipped. Definitions in `model/metrics.py` (nDCG as implicit's"
             " `ranking_metrics_at_k`; recall = hits / held-out items). nDCG ± its standard error over users.",
             "",
-            *ranking_table(ranking),
+            *ranking_table(results),
             "",
+        ]
+    if ranking:
+        lines += [
+            *seed_summary(ranking, "ndcg", f"nDCG@{K}"),
             f"implicit grids, tuned on a per-user 75/25 split of the training part: ALS `{ALS_GRID}`;"
             f" BPR `{BPR_GRID}`; EASE lambda `{EASE_LAMBDAS}` on the same split.",
             "",
         ]
-    lines += [*verdicts(rating, ranking), END]
+    for seed, results in (strong or {}).items():
+        lines += [
+            f"### Strong generalisation: {STRONG_USERS:.0%} of the users held out whole (seed {seed})",
+            "",
+            "Every model trains on the other users' rows; each held-out user's items are split at random,"
+            f" {FOLD_IN:.0%} folded in (ours: `scripts/evaluate.py --fold-in`, through the service's"
+            " `ServingIndex.score_history`),"
+            " the rest scored (the same split for every model; history items never recommended). Recall@k = hits /"
+            " min(k, held-out items), as in Liang et al. 2018.",
+            "",
+            *strong_table(results),
+            "",
+        ]
+    if strong:
+        lines += seed_summary(strong, "ndcg@100", "NDCG@100 (new users)")
+    lines += [*verdicts(rating, ranking), *(strong_verdict(strong) if strong else []), markers(args)[1]]
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the delimited section in ``path`` (append it if absent; create the file if missing)."""
+def markers(args) -> tuple[str, str]:
+    """The section a run replaces: ``quality`` for a run with the rating task, else one per set of tasks (a
+    ranking-only run leaves the rating figures of the full run in place)."""
+    if "rating" in args.tasks:
+        return BEGIN, END
+    tag = "quality-" + "-".join(sorted(args.tasks))
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the ``begin`` .. ``end`` section in ``path`` (append it if absent; create the file if missing)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    elif BEGIN in text or END in text:
-        raise SystemExit(f"{path}: unbalanced {BEGIN} / {END} markers; fix them by hand")
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    elif begin in text or end in text:
+        raise SystemExit(f"{path}: unbalanced {begin} / {end} markers; fix them by hand")
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -542,10 +761,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/datasets/ml-100k", help="MovieLens 100k folder (u.data, uN.*)")
     p.add_argument("--folds", default="1,2,3,4,5", help="official folds for the rating task (default: 1,2,3,4,5)")
-    p.add_argument("--tasks", default="rating,ranking", help="comma-separated: rating, ranking")
+    p.add_argument("--tasks", default="rating,ranking,strong", help="comma-separated: rating, ranking, strong")
     p.add_argument("--skip-peers", action="store_true", help="run only ours")
     p.add_argument("--quick", action="store_true", help="smoke run: fold 1 only, first two values of each grid")
-    p.add_argument("--seed", type=int, default=0, help="seed of the ranking split (default: 0)")
+    p.add_argument("--seed", default="0", help="seed(s) of the ranking and strong splits, e.g. 0,1,2 (default: 0)")
     p.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose quality section is replaced")
     args = p.parse_args(argv)
     try:
@@ -555,11 +774,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.folds or any(not 1 <= f <= 5 for f in args.folds):
         p.error("--folds must name folds between 1 and 5")
     args.folds = args.folds[:1] if args.quick else args.folds
+    try:
+        args.seeds = [int(x) for x in str(args.seed).split(",") if x.strip()]
+    except ValueError:
+        p.error("--seed must be comma-separated integers, e.g. 0,1,2")
     args.tasks = {t.strip() for t in args.tasks.split(",") if t.strip()}
-    if not args.tasks or args.tasks - {"rating", "ranking"}:
-        p.error("--tasks takes rating, ranking or both")
+    if not args.tasks or args.tasks - {"rating", "ranking", "strong"}:
+        p.error("--tasks takes any of rating, ranking, strong")
     args.data_dir, args.output = REPO / args.data_dir, REPO / args.output
-    needed = [args.data_dir / "u.data"] if "ranking" in args.tasks else []
+    needed = [args.data_dir / "u.data"] if args.tasks & {"ranking", "strong"} else []
     needed += (
         [args.data_dir / f"u{f}.{s}" for f in args.folds for s in ("base", "test")] if "rating" in args.tasks else []
     )
@@ -575,10 +798,13 @@ def main(argv: list[str] | None = None) -> int:
     load_start, started = load_avg(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         rating = rating_task(args, Path(tmp)) if "rating" in args.tasks else None
-        ranking = ranking_task(args, Path(tmp)) if "ranking" in args.tasks else None
-    section = render(args, command, load_start, rating, ranking)
+        ranking = (
+            {seed: ranking_task(args, Path(tmp), seed) for seed in args.seeds} if "ranking" in args.tasks else None
+        )
+        strong = {seed: strong_task(args, Path(tmp), seed) for seed in args.seeds} if "strong" in args.tasks else None
+    section = render(args, command, load_start, rating, ranking, strong)
     print(section)
-    write_section(args.output, section)
+    write_section(args.output, section, *markers(args))
     log(f"wrote {args.output} after {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -1,11 +1,15 @@
 """HTTP serving benchmark: the real uWSGI with the real uwsgi.ini, driven by wrk on loopback.
 
     .venv/bin/python scripts/benchmark_serving.py            # writes the serving section of docs/benchmarks.md
+    .venv/bin/python scripts/benchmark_serving.py --model vae --sizes 10000 --history 50 \
+        --routes recommend_history,recommend         # the vae section: fold-in of 50-item histories at 10k items
 
 For each catalogue size it writes a synthetic checkpoint (64-d MF factors shaped like trained ones, 10k
 users with 20 seen items each), starts uWSGI on a free loopback port, and runs wrk against /recommend
 (known users, and fold-in of a new user's history), /predict (single and a batch of 100), /similar and
-the trivial /healthz route, in one run, then measures recall@10 of the served answers over HTTP. The items
+the trivial /healthz route, in one run (``--routes`` picks some; ``--model vae`` serves a Mult-VAE checkpoint
+of the default vae sizes with random weights instead, whose fold-in runs its encoder per request), then
+measures recall@10 of the served answers over HTTP. The items
 carry metadata (a title, a year, genres drawn with MovieLens 100k's genre shares), so every answer carries
 attributes, and ``recommend_filtered`` asks known users' top-10 with ``filter=genres:G``, G uniform over the
 18 genres (from Drama, 43% of the items, to Fantasy, 1.3%: narrow filters run out of the top-100 list and
@@ -49,7 +53,7 @@ from model.interactions import build_dataset  # noqa: E402
 from model.items import build as build_attributes  # noqa: E402
 from model.networks import build_network  # noqa: E402
 from model.synthetic import clustered_factors  # noqa: E402
-from model.train import TrainConfig, TrainResult  # noqa: E402
+from model.train import TrainConfig, TrainResult, resolve  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 NUM_USERS, SEEN_PER_USER, DIM = 10_000, 20, 64
@@ -80,7 +84,7 @@ ALL_ROUTES = [
 LARGE_ROUTES = ["healthz", "recommend", "recommend_history"]  # past the first size
 
 
-def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
+def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0, kind: str = "mf") -> Path:
     """A checkpoint of the real format with synthetic factors shaped like trained ones (serving cost does
     not depend on training): clustered rank-16 factors in 64-d with varying norms and item biases, the
     recipe of ``scripts/benchmark_ann.py``. Random-init factors would be the worst case for HNSW."""
@@ -98,6 +102,13 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
         "bench",
     )
     dataset = build_dataset(raw)
+    if kind == "vae":  # the default sizes (latent and hidden widths), random weights: serving cost is the same
+        inter = dataset.interactions
+        cfg = resolve(TrainConfig(model="vae"), implicit=False, num_rows=len(inter))
+        net = build_network("vae", inter.num_users, inter.num_items, cfg)
+        net.encode_users(inter)
+        result = TrainResult(net.eval(), cfg, 3.5, (1.0, 5.0), {"val_ndcg10": 0.0})
+        return checkpoint.save(checkpoint.from_training(result, dataset), path)
     cfg = TrainConfig(dim=DIM)
     net = build_network("mf", dataset.interactions.num_users, dataset.interactions.num_items, cfg, 3.5)
     factors = clustered_factors(rng, DIM)  # the recipe of scripts/benchmark_ann.py
@@ -148,8 +159,8 @@ def history_bodies(num_items: int, variants: int = 200, size: int = 20, seed: in
     ]
 
 
-def history_script(num_items: int) -> str:
-    lua_bodies = ",".join("[[" + json.dumps(b) + "]]" for b in history_bodies(num_items))
+def history_script(num_items: int, size: int) -> str:
+    lua_bodies = ",".join("[[" + json.dumps(b) + "]]" for b in history_bodies(num_items, size=size))
     return (
         f'bodies = {{{lua_bodies}}}\nrequest = function() return wrk.format("POST", "/recommend", '
         f'{{["Content-Type"]="application/json"}}, bodies[math.random(1, #bodies)]) end'
@@ -164,7 +175,7 @@ def http_json(port: int, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dict[str, float]:
+def recall_at_10(port: int, ckpt: Path, num_items: int, history: int, users: int = 200) -> dict[str, float]:
     """Recall@10 of what the server answers against exact ranking (numpy over every item, seen excluded),
     for known users (GET) and for fold-in histories (POST)."""
     exact = ServingIndex(checkpoint.load(ckpt))  # no ANN, no lists: a full scan per query
@@ -175,7 +186,7 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
         truth = set(exact.recommend(f"u{u}", 10).item_ids)
         got_known, want_known = got_known + len(served & truth), want_known + len(truth)
     got_hist = want_hist = 0
-    for body in history_bodies(num_items)[:users]:
+    for body in history_bodies(num_items, size=history)[:users]:
         served = {x["item_id"] for x in http_json(port, "/recommend", body)["items"]}
         truth = set(exact.recommend_for_history(body["history"], 10).item_ids)
         got_hist, want_hist = got_hist + len(served & truth), want_hist + len(truth)
@@ -196,7 +207,7 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
 
 
 def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[str, dict[str, float]]:
-    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt")
+    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt", kind=args.model)
     started = time.monotonic()
     # Ready includes building the HNSW index and the top-N lists (100k items and up), cached beside the file.
     server = Server(ckpt, workdir / f"uwsgi-{num_items}.log", {"RECSYS_RELOAD_INTERVAL": "5"})
@@ -208,7 +219,7 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
             if route == "predict_batch100":
                 scripts[route] = batch_script(num_items)
             elif route == "recommend_history":
-                scripts[route] = history_script(num_items)
+                scripts[route] = history_script(num_items, args.history)
             else:
                 genres = ",".join(f'"{urllib.parse.quote(g)}"' for g in GENRES)
                 scripts[route] = LUA[route].format(U=NUM_USERS - 1, I=num_items - 1, G=genres)
@@ -220,7 +231,7 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
                 rounds[route].append(run_wrk(server.port, scripts[route], args.seconds, args.connections, workdir))
                 print(num_items, f"round {round_no + 1}", route, rounds[route][-1], flush=True)
         results = {route: summarize(samples, rounds["healthz"]) for route, samples in rounds.items()}
-        for route, recall in recall_at_10(server.port, ckpt, num_items).items():
+        for route, recall in recall_at_10(server.port, ckpt, num_items, args.history).items():
             if route in results:
                 results[route]["recall10"] = recall
         results["healthz"]["ready_s"] = ready_s
@@ -246,7 +257,7 @@ def summarize(samples: list[dict[str, float]], healthz: list[dict[str, float]]) 
     }
 
 
-def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+def verdicts(results: dict[int, dict[str, dict[str, float]]], args) -> list[str]:
     """The issue's targets against this run: met, or by how much they are missed."""
 
     def check(label: str, got: float, target: float, higher: bool, unit: str = "", digits: int = 2) -> str:
@@ -257,6 +268,15 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
 
     out = []
     small = results.get(10_000, {}).get("recommend")
+    folded = results.get(10_000, {}).get("recommend_history")
+    if folded and args.model == "vae":
+        out.append(
+            f"- 10,000 items, vae `POST /recommend` with a {args.history}-item history: "
+            + check("throughput", folded["ratio"], 0.5, True, "x")
+            + "; "
+            + check("p99", folded["p99_ms"], 5.0, False, " ms")
+            + "."
+        )
     if small:
         out.append(
             "- 10,000 items, `/recommend`: "
@@ -288,18 +308,25 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
     return out
 
 
+def section_name(args) -> str:
+    """The docs section a run replaces: ``--section``, or for the vae run its own beside the mf one."""
+    return f"serving-{args.model}" if args.section == "serving" and args.model != "mf" else args.section
+
+
 def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) -> str:
     title = "" if args.section == "serving" else f" ({args.section}: a subset of the routes)"
     lines = [
-        f"<!-- {args.section}:begin -->",
-        f"## Serving throughput and latency (real uWSGI + wrk on loopback){title}",
+        f"<!-- {section_name(args)}:begin -->",
+        f"## Serving throughput and latency (real uWSGI + wrk on loopback){title}"
+        + (" of a Mult-VAE checkpoint (`--model vae`)" if args.model == "vae" else ""),
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {machine()}",
         f"- command: `{command}`",
         f"- load: wrk 1 thread, {args.connections} connections, {args.rounds} rounds of {args.seconds} s per route "
         "(routes in turn within a round) after a 2 s warm-up of each; "
         f"uWSGI with the repo's uwsgi.ini (processes = cores, no keep-alive); {DIM}-d factors, {NUM_USERS} users "
-        f"with at least {SEEN_PER_USER} seen items each; load average at start {args.load_start}.",
+        f"with at least {SEEN_PER_USER} seen items each; fold-in histories of {args.history} items; load average at "
+        f"start {args.load_start}.",
         "- failures = non-2xx responses + failed connections (connect/write/timeout); wrk's 'read' errors are "
         "the server closing each connection after a whole response (no keep-alive) and are not failures.",
         "",
@@ -328,7 +355,8 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
                 f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {int(r['requests']):,} | {fails} | {recall} |"
             )
-    lines += ["", *verdicts(results), *([f"- {args.note}"] if args.note else []), "", f"<!-- {args.section}:end -->"]
+    lines += ["", *verdicts(results, args), *([f"- {args.note}"] if args.note else []), "",
+              f"<!-- {section_name(args)}:end -->"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -343,6 +371,8 @@ def main() -> int:
                    f"default: {','.join(ALL_ROUTES)} at the first size, {','.join(LARGE_ROUTES)} past it")  # fmt: skip
     p.add_argument("--section", default="serving", help="the tagged section of --output to (re)write (default serving)")
     p.add_argument("--note", default="", help="a line about the conditions, written under the table (e.g. the load)")
+    p.add_argument("--model", default="mf", choices=("mf", "vae"), help="the checkpoint served (default: mf)")
+    p.add_argument("--history", type=int, default=20, help="items in each fold-in history (default: 20)")
     args = p.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
@@ -358,7 +388,7 @@ def main() -> int:
             results[size] = bench_size(size, routes, args, Path(tmp))
     command = "python scripts/benchmark_serving.py " + shlex.join(sys.argv[1:])
     section = render(results, args, command.strip())
-    write_section(Path(args.output), section, args.section)
+    write_section(Path(args.output), section, section_name(args))
     print(section)
     return 0
 

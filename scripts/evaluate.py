@@ -1,6 +1,7 @@
 """Evaluate a checkpoint on a held-out rating file: RMSE, MAE and top-k ranking metrics.
 
     python scripts/evaluate.py --checkpoint artifacts/model.ckpt --test test.csv [--k 10] [--json]
+                               [--fold-in 0.8 --seed 0]
 
 What is measured is what is served: the checkpoint goes through ``service.index.ServingIndex``, the
 same index the HTTP service answers from.
@@ -15,6 +16,12 @@ same index the HTTP service answers from.
   or those rated ``>= --min-rating``). Users the model has never seen are skipped (``unknown_users``;
   the service would answer them with popular items, which says nothing about the model), and rows
   whose item the model has never seen cannot be hits, so they are dropped (``unknown_item_rows``).
+
+- Fold-in (``--fold-in 0.8``, the strong-generalisation protocol of Liang et al. 2018): every test user the
+  model has never seen is a new user. A random 80% of their items (``--seed``) is folded in through the
+  service's own path (``ServingIndex.score_history``, what ``POST /recommend`` ranks by) and the other 20%
+  is scored: nDCG@100, Recall@20, Recall@50 (``hits / min(k, held-out)``, the paper's) and nDCG@10. Every
+  row counts as an interaction (ratings are not used as weights), as in training.
 
 Exit codes: 0 evaluated; 2 bad arguments, or a checkpoint or test file that cannot be read.
 """
@@ -33,8 +40,10 @@ import numpy as np
 from model import checkpoint
 from model.data import FORMAT_CHOICES, DataFormatError, RawRatings, load_ratings
 from model.evaluate import mae, rmse
-from model.interactions import Interactions
-from model.metrics import METRIC_NAMES, evaluate_ranking
+from model.idmap import IdMap
+from model.interactions import Interactions, encode_new_users
+from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
+from model.splits import fold_in_split
 from service.index import ServingIndex
 
 
@@ -46,9 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10, help="length of the top-k lists (default: 10)")
     p.add_argument("--min-rating", type=float, help="only held-out rows rated at least this are relevant")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--fold-in", type=float, help="fold in this fraction of each unknown user's items, score the rest")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --fold-in split (default: 0)")
     args = p.parse_args(argv)
     if args.k < 1:
         p.error("--k must be >= 1")
+    if args.fold_in is not None and not 0.0 < args.fold_in < 1.0:
+        p.error("--fold-in must be a fraction between 0 and 1 (exclusive), e.g. 0.8")
     return args
 
 
@@ -84,10 +97,30 @@ def ranking_metrics(index: ServingIndex, raw: RawRatings, k: int, min_rating: fl
     return {**metrics.as_dict(), "unknown_users": unknown_users, "unknown_item_rows": unknown_item_rows}
 
 
-def evaluate(ckpt: checkpoint.Checkpoint, raw: RawRatings, k: int = 10, min_rating: float | None = None) -> dict:
+def fold_in_metrics(ckpt: checkpoint.Checkpoint, index: ServingIndex, raw: RawRatings, fraction: float,
+                    seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Strong generalisation over the test users the model has never seen (see the module docstring)."""
+    user_map, item_map = IdMap(ckpt.user_ids), IdMap(ckpt.item_ids)
+    history, heldout = fold_in_split(encode_new_users(raw, user_map, item_map), fraction, seed)
+    indptr, indices = history.seen_csr()
+
+    def score(user_idx: np.ndarray) -> np.ndarray:
+        return np.stack([index.score_history(indices[indptr[u] : indptr[u + 1]]) for u in user_idx])
+
+    metrics = evaluate_fold_in(score, (indptr, indices), heldout.seen_csr(), index.num_items)
+    known_users = int((user_map.encode(raw.user_vocab[np.unique(raw.user_codes)]) >= 0).sum())
+    return {**metrics, "fraction": fraction, "seed": seed, "known_users_skipped": known_users}
+
+
+def evaluate(
+    ckpt: checkpoint.Checkpoint, raw: RawRatings, k: int = 10, min_rating: float | None = None,
+    fold_in: float | None = None, seed: int = 0,
+) -> dict:  # fmt: skip
     """Everything this script reports, as one plain dict (NaN where a metric has nothing to average)."""
     index = ServingIndex(ckpt)
+    extra = {} if fold_in is None else {"fold_in": fold_in_metrics(ckpt, index, raw, fold_in, seed)}
     return {
+        **extra,
         "model_version": ckpt.model_version,
         "kind": ckpt.kind,
         "test": raw.source,
@@ -128,6 +161,13 @@ def render_text(report: dict, checkpoint_path: str) -> str:
     for name in (*METRIC_NAMES, "coverage"):
         se = f" ± {rank['ndcg_se']:.4f} (standard error over users)" if name == "ndcg" else ""
         lines.append(f"  {name + '@' + str(k):<14} {rank[name]:.4f}{se}")
+    fold = report.get("fold_in")
+    if fold is not None:
+        lines.append(
+            f"fold-in of {fold['fraction']:g} of each new user's items, the rest scored: {int(fold['users'])} new users"
+            f" ({fold['known_users_skipped']} known users skipped)"
+        )
+        lines += [f"  {name:<14} {fold[name]:.4f}" for name in FOLD_IN_METRICS]
     return "\n".join(lines)
 
 
@@ -139,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     except (checkpoint.CheckpointError, DataFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = evaluate(ckpt, raw, args.k, args.min_rating)
+    report = evaluate(ckpt, raw, args.k, args.min_rating, args.fold_in, args.seed)
     if args.json:
         print(json.dumps(_finite({"checkpoint": str(Path(args.checkpoint)), **report})))
     else:
         print(render_text(report, args.checkpoint))
-    if report["ranking"]["users"] == 0:
+    if report["ranking"]["users"] == 0 and args.fold_in is None:
         print("warning: no test user is known to the model with a relevant held-out item", file=sys.stderr)
     return 0
 

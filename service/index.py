@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.autoencoder import AUTOENCODERS, encode_history, encoder_arrays
 from model.checkpoint import Checkpoint
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
@@ -132,6 +133,8 @@ class ServingIndex:
         if self.ials is not None:
             items = self.item_vectors[:, :-1].astype(np.float64)
             self.ials_base = items.T @ items + self.ials[1] * np.eye(self.dim)
+        # Autoencoders fold a history in by their own encoder (numpy): the code training gives a known user.
+        self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
         self.model_version = ckpt.model_version
         # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
         # would rank by something other than the model, so it always scores the catalogue.
@@ -360,11 +363,13 @@ class ServingIndex:
         items fixed, liked items weighted by ``(r - low) / (high - low)``. Other ranking models: the mean of the
         history's item vectors
         weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
-        at a typical user's length. NeuMF: a few gradient
+        at a typical user's length. Autoencoders (vae, dae): their encoder's mean code. NeuMF: a few gradient
         steps on a fresh user's embeddings (see :class:`TorchScorer`).
         """
         if not self.dot:
             return self.torch_scorer.fold_in(item_idx)
+        if self.encoder is not None:  # every history item counts, as every training row did
+            return np.append(encode_history(*self.encoder, item_idx), 1.0).astype(np.float32)
         if self.ials is not None or self.rank_is_rating:
             y, gram, coef = self._ials_system(item_idx, ratings) if self.ials else self._ridge_system(item_idx, ratings)
             p = np.linalg.solve(gram, y.T @ coef)
@@ -374,6 +379,11 @@ class ServingIndex:
         mean = (weights[:, None] * self.item_vectors[item_idx, :-1]).sum(axis=0) / max(len(item_idx), 1)
         p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
         return np.append(p, 1.0).astype(np.float32)
+
+    def score_history(self, item_idx: np.ndarray, ratings: np.ndarray | None = None) -> np.ndarray:
+        """Ranking scores (I,) of every item for a new user with this history: what ``recommend_for_history``
+        ranks by (it then drops the history). Offline strong-generalisation evaluation scores through it."""
+        return np.asarray(self._scores(self.fold_in(np.asarray(item_idx, np.int64), ratings)), np.float32)
 
     def _liking(self, ratings: np.ndarray) -> np.ndarray:
         """Ratings as weights in [0, 1]: (r - low) / (high - low), clipped; all 1 on a scale of one value."""

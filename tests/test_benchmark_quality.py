@@ -47,8 +47,10 @@ def test_ours_on_both_tasks_writes_the_section(fake_ml100k, tmp_path):
     text = out.read_text()
     assert "stale section" not in text and text.endswith("<!-- quality:end -->\n\ntail\n")
     assert "### Rating prediction" in text and "### Top-10 ranking" in text and "failed" not in text
+    assert "### Strong generalisation" in text and "#### NDCG@100 (new users) per split seed" in text
     ours = [line for line in text.splitlines() if line.startswith("| ours")]
-    assert len(ours) == 2, text
+    # rating: the default; ranking and strong: the default, vae and dae, each in its table and the seed summary
+    assert len(ours) == 1 + 2 * 3 + 2 * 3, text
     assert "--skip-peers" in text and "cores" in text  # the command and the machine are recorded
 
 

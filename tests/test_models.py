@@ -44,6 +44,8 @@ KINDS = {
     "mf-bpr": TrainConfig(loss="bpr", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "gmf": TrainConfig(model="gmf", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "neumf": TrainConfig(model="neumf", dim=8, layers="16,8", epochs=30, lr=0.02, reg=0.1, batch_size=64),
+    "vae": TrainConfig(model="vae", dim=8, hidden=16, epochs=60, lr=0.01, batch_size=16, val_fraction=0),
+    "dae": TrainConfig(model="dae", dim=8, hidden=16, epochs=60, lr=0.01, batch_size=16, val_fraction=0),
 }
 
 
@@ -145,7 +147,7 @@ def test_model_contract(trained):
     np.testing.assert_array_equal(again.score_users(np.arange(5)), index.score_users(np.arange(5)))
 
 
-@pytest.mark.parametrize("name", ["mf", "gmf", "neumf"])
+@pytest.mark.parametrize("name", ["mf", "gmf", "neumf", "vae"])
 def test_same_seed_same_weights(name):
     dataset = build_dataset(checkerboard(1))
     cfg = TrainConfig(**{**vars(KINDS[name]), "epochs": 3, "rank_epochs": 3})
@@ -154,7 +156,7 @@ def test_same_seed_same_weights(name):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["mf", "mf-bpr", "gmf", "neumf"])
+@pytest.mark.parametrize("name", ["mf", "mf-bpr", "gmf", "neumf", "vae"])
 def test_diverging_loss_is_reported_for_every_kind(name):
     dataset = build_dataset(checkerboard(2))
     cfg = TrainConfig(**{**vars(KINDS[name]), "lr": 1e30, "optimizer": "sgd", "epochs": 5})

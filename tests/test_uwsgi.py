@@ -123,7 +123,7 @@ def kind_checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "kind", ["mf", "mf-softmax-head", "mf-by-rating", "mf-bpr", "mf-als", "mf-ials", "gmf", "neumf"]
+    "kind", ["mf", "mf-softmax-head", "mf-by-rating", "mf-bpr", "mf-als", "mf-ials", "gmf", "neumf", "vae", "dae"]
 )
 def test_every_kind_is_served_by_uwsgi(start_uwsgi, kind_checkpoints, kind):
     from tests.test_models import KINDS
