@@ -322,11 +322,12 @@ class ServingIndex:
     def explain_system(self, item_idx: np.ndarray, ratings: np.ndarray | None = None, known: bool = False):
         """The linear fold-in behind a user vector, ``p = W^-1 sum_h a_h y_h``: (the history's item vectors
         ``y`` (n, d), ``W`` (d, d) or None for the identity, ``a`` (n,)). ``known``: a trained user, whose
-        vector only implicit ALS solves from the history (other kinds: item similarity, ``a = 1``).
+        vector only implicit ALS solves from the history (other kinds: item similarity, ``a = 1``); the
+        autoencoders' encoder is not linear in the history, so theirs is item similarity too.
         See :mod:`service.explain`."""
         if self.ials is not None:
             return self._ials_system(item_idx, ratings)
-        if known:
+        if known or self.encoder is not None:
             return self.item_vectors[item_idx, :-1], None, np.ones(len(item_idx))
         if self.rank_is_rating:
             return self._ridge_system(item_idx, ratings)
