@@ -33,6 +33,8 @@ from model.checkpoint_checks import consistency_error, field_errors
 from model.config import TrainConfig
 from model.interactions import Dataset
 from model.networks import build_network
+from model.sequence import SEQUENCE_KINDS
+from model.sequence_data import left_pad, timelines
 from model.serving_arrays import serving_arrays
 
 if TYPE_CHECKING:  # the training stack (optimisers, progress bar) is never imported to read a checkpoint
@@ -72,6 +74,8 @@ class Checkpoint:
     history: list[dict[str, float]]
     # Ranking arrays derived from state_dict (see serving_arrays); empty for files written without them.
     serving: dict[str, np.ndarray] = field(default_factory=dict)
+    # Sequence kinds: each user's last max_len items, oldest first, -1 on the left where fewer (U, L) int64.
+    recent_items: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -97,6 +101,9 @@ def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
     """Bundle a training result with the id maps and statistics of the data it was fitted on."""
     inter = dataset.interactions
     indptr, indices = inter.seen_csr()
+    recent = None
+    if result.config.model in SEQUENCE_KINDS:
+        recent = left_pad(*timelines(inter, warn=False), result.config.max_len)
     state = {k: v.detach().cpu().clone() for k, v in result.network.state_dict().items()}
     created = datetime.now(timezone.utc).replace(microsecond=0)
     digest = hashlib.sha256(dataset.fingerprint.encode())
@@ -123,6 +130,7 @@ def from_training(result: TrainResult, dataset: Dataset) -> Checkpoint:
         created_at=created.isoformat().replace("+00:00", "Z"),
         model_version=f"{result.config.model}-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
         history=list(result.history),
+        recent_items=recent,
     )
 
 
@@ -149,8 +157,13 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "model_version": ckpt.model_version,
         "history": [dict(row) for row in ckpt.history],
         # Always re-derived from state_dict, so it can never disagree with the weights it is saved with.
-        "serving": {k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config).items()},
+        "serving": {
+            k: torch.from_numpy(v)
+            for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items).items()
+        },
     }
+    if ckpt.recent_items is not None:
+        payload["recent_items"] = torch.from_numpy(np.ascontiguousarray(ckpt.recent_items, dtype=np.int64))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -230,4 +243,5 @@ def _from_fields(raw: dict[str, Any]) -> Checkpoint:
         model_version=str(raw["model_version"]),
         history=list(raw.get("history", [])),
         serving={str(k): v.numpy() for k, v in raw.get("serving", {}).items()},
+        recent_items=raw["recent_items"].numpy() if "recent_items" in raw else None,
     )

@@ -24,6 +24,10 @@ RANKING_DEFAULTS = {
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS
+    # Sequence models (model.sequence): full softmax over the catalogue, Adam; batch_size counts windows.
+    "gru4rec": {"dim": 64, "epochs": 100, "lr": 0.001, "reg": 0.0, "batch_size": 128, "max_len": 50},
+    "caser": {"dim": 64, "epochs": 100, "lr": 0.001, "reg": 0.0, "batch_size": 512, "max_len": 5},
+    "sasrec": {"dim": 64, "epochs": 200, "lr": 0.001, "reg": 0.0, "batch_size": 128, "max_len": 50},
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
@@ -104,6 +108,11 @@ class TrainConfig:
     rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
+    max_len: int | None = _opt(None, "sequence models: L, the items of a user's recent past the model reads "
+                                "(and the checkpoint keeps per user)", minimum=1)  # fmt: skip
+    blocks: int = _opt(2, "sasrec: self-attention blocks", minimum=1)
+    heads: int = _opt(1, "sasrec: attention heads (dim a multiple of it)", minimum=1)
+    dropout: float = _opt(0.2, "sequence models: dropout", minimum=0, below=1)
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.sequence import SEQUENCE_KINDS, build_sequence_network
+
 
 class BiasedMF(nn.Module):
     """Biased matrix factorization: ``r_ui = mu + b_u + b_i + U_u . I_i``.
@@ -214,7 +216,7 @@ class MFEnsemble(nn.Module):
         return net
 
 
-MODEL_KINDS = ("mf", "gmf", "neumf")
+MODEL_KINDS = ("mf", "gmf", "neumf", *SEQUENCE_KINDS)
 
 
 def parse_layers(spec: str) -> tuple[int, ...]:
@@ -241,4 +243,6 @@ def build_network(kind: str, num_users: int, num_items: int, config, global_mean
         return GMF(num_users, num_items, config.dim)
     if kind == "neumf":
         return NeuMF(num_users, num_items, config.dim, parse_layers(config.layers), config.activation)
+    if kind in SEQUENCE_KINDS:  # no user table: a user is the items they touched last (model.sequence)
+        return build_sequence_network(kind, num_items, config)
     raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")

@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from model.checkpoint import Checkpoint
+from model.sequence import SEQUENCE_KINDS
+from model.sequence_data import pad_history
+from model.sequence_numpy import encode
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
 
@@ -66,7 +69,7 @@ class ServingIndex:
         # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
         # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
-        serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)  # older files: derive
+        serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
         self.kind = ckpt.kind
         self.item_vectors = _frozen(serving["item_vectors"])  # (I, d+1) [V_i, b_i]
         self.user_vectors = _frozen(serving["user_vectors"])  # (U, d+1) [U_u, 1]
@@ -108,6 +111,9 @@ class ServingIndex:
         if self.ials is not None:
             items = self.item_vectors[:, :-1].astype(np.float64)
             self.ials_base = items.T @ items + self.ials[1] * np.eye(self.dim)
+        # Sequence kinds: known users rank by their stored representation (user_vectors); a visitor's history is
+        # read by the network itself, one numpy forward pass (model.sequence_numpy), no torch.
+        self.sequence = (state, ckpt.config) if ckpt.kind in SEQUENCE_KINDS else None
         self.model_version = ckpt.model_version
         # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
         # would rank by something other than the model, so it always scores the catalogue.
@@ -210,10 +216,15 @@ class ServingIndex:
         history's item vectors
         weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
         at a typical user's length. NeuMF: a few gradient
-        steps on a fresh user's embeddings (see :class:`TorchScorer`).
+        steps on a fresh user's embeddings (see :class:`TorchScorer`). Sequence kinds: the network's reading of
+        the history in its order (oldest first), its last ``max_len`` items.
         """
         if not self.dot:
             return self.torch_scorer.fold_in(item_idx)
+        if self.sequence is not None:  # the order is the signal; ratings are not used
+            weights, config = self.sequence
+            window = pad_history(item_idx, config.max_len)[None]
+            return np.append(encode(weights, self.kind, window, config.heads)[0], 1.0).astype(np.float32)
         if self.ials is not None:
             # (YtY + alpha sum_h w_h y_h y_h^T + reg I) p = sum_h (1 + alpha w_h) y_h over liked items (w_h > 0):
             # an item rated at the bottom of the scale counts as not interacted with.

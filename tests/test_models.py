@@ -41,6 +41,12 @@ KINDS = {
     "mf-bpr": TrainConfig(loss="bpr", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "gmf": TrainConfig(model="gmf", dim=8, epochs=30, lr=0.05, reg=1.0, batch_size=64, val_fraction=0),
     "neumf": TrainConfig(model="neumf", dim=8, layers="16,8", epochs=30, lr=0.02, reg=0.1, batch_size=64),
+    # sequence models (the checkerboard's newest items are of the user's own block: see checkerboard())
+    "gru4rec": TrainConfig(model="gru4rec", dim=16, epochs=30, lr=0.01, max_len=8, batch_size=16, val_fraction=0),
+    "caser": TrainConfig(
+        model="caser", dim=16, epochs=60, lr=0.01, max_len=4, batch_size=32, weight_decay=1e-4, val_fraction=0
+    ),
+    "sasrec": TrainConfig(model="sasrec", dim=16, epochs=30, lr=0.01, max_len=8, batch_size=16, val_fraction=0),
 }
 
 
@@ -55,12 +61,15 @@ def checkerboard(seed: int = 0) -> RawRatings:
             users.append(f"u{u}"), items.append(f"i{i}"), ratings.append(rng.choice([4.0, 5.0]))
         for i in other:
             users.append(f"u{u}"), items.append(f"i{i}"), ratings.append(rng.choice([1.0, 2.0]))
-    n = len(users)
+    # In time, each user's odd item came first (rows keep their order; only sequence kinds read the times): the
+    # newest items are of the user's own block, so "what comes next" is in it too.
+    times = np.arange(len(users), dtype=np.int64) + 1
+    times[7::8] -= 8
     return RawRatings(
         np.array(users, dtype=object),
         np.array(items, dtype=object),
         np.array(ratings, np.float32),
-        np.arange(n, dtype=np.int64),
+        times,
         "checkerboard",
         "checkerboard",
     )
@@ -142,7 +151,7 @@ def test_model_contract(trained):
     np.testing.assert_array_equal(again.score_users(np.arange(5)), index.score_users(np.arange(5)))
 
 
-@pytest.mark.parametrize("name", ["mf", "gmf", "neumf"])
+@pytest.mark.parametrize("name", ["mf", "gmf", "neumf", "sasrec", "gru4rec"])
 def test_same_seed_same_weights(name):
     dataset = build_dataset(checkerboard(1))
     cfg = TrainConfig(**{**vars(KINDS[name]), "epochs": 3, "rank_epochs": 3})
@@ -151,7 +160,7 @@ def test_same_seed_same_weights(name):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["mf", "mf-bpr", "gmf", "neumf"])
+@pytest.mark.parametrize("name", ["mf", "mf-bpr", "gmf", "neumf", "caser"])
 def test_diverging_loss_is_reported_for_every_kind(name):
     dataset = build_dataset(checkerboard(2))
     cfg = TrainConfig(**{**vars(KINDS[name]), "lr": 1e30, "optimizer": "sgd", "epochs": 5})
