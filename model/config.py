@@ -25,9 +25,9 @@ RANKING_DEFAULTS = {
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS
     # Sequence models (model.sequence): full softmax over the catalogue, Adam; batch_size counts windows.
-    "gru4rec": {"dim": 64, "epochs": 100, "lr": 0.001, "reg": 0.0, "batch_size": 128, "max_len": 50},
-    "caser": {"dim": 64, "epochs": 100, "lr": 0.001, "reg": 0.0, "batch_size": 512, "max_len": 5},
-    "sasrec": {"dim": 64, "epochs": 200, "lr": 0.001, "reg": 0.0, "batch_size": 128, "max_len": 50},
+    "gru4rec": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 0.0, "batch_size": 128, "max_len": 50},
+    "caser": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 0.0, "batch_size": 512, "max_len": 5},
+    "sasrec": {"dim": 64, "epochs": 200, "lr": 0.003, "reg": 0.0, "batch_size": 128, "max_len": 50},
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs

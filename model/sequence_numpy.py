@@ -19,13 +19,14 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
-    return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+    flat = x.reshape(-1, x.shape[-1]) @ w[f"{name}.weight"].T + w[f"{name}.bias"]  # one 2-d product, not a batch
+    return flat.reshape(*x.shape[:-1], -1)
 
 
 def _layer_norm(w: Weights, name: str, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
+    centred = x - x.mean(-1, keepdims=True)
+    var = np.einsum("...d,...d->...", centred, centred)[..., None] / x.shape[-1]
+    return centred / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
 
 
 def _embed(w: Weights, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,25 +80,39 @@ def _caser(w: Weights, seq: np.ndarray) -> np.ndarray:
 
 
 def _sasrec_last(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
+    """Only what the newest position needs: columns that are padding in every row are dropped (padding is
+    never attended to, and positions count from the right, so this is exact), and the last block computes
+    the newest position's query alone."""
+    real = (seq >= 0).any(0)
+    seq = seq[:, int(real.argmax()) if real.any() else seq.shape[1] - 1 :]
     x, mask = _embed(w, seq)
     n, length, d = x.shape
     positions = w["position_embedding.weight"][-length:]
     x = (x * np.float32(d**0.5) + positions) * mask[..., None]
     allowed = np.tril(np.ones((length, length), bool))[None] & mask[:, None, :]
     bias = np.where(allowed, np.float32(0.0), np.float32(-1e9))[:, None]  # (n, 1, L, L)
-    blocks = sorted({int(k.split(".")[1]) for k in w if k.startswith("blocks.")})
+    blocks = _block_count(w)
     head_dim = d // heads
-    for b in blocks:
-        p = f"blocks.{b}"
+    for b in range(blocks):
+        p, last = f"blocks.{b}", b == blocks - 1
         qkv = _linear(w, f"{p}.qkv", _layer_norm(w, f"{p}.norm1", x)).reshape(n, length, 3, heads, head_dim)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (n, H, L, hd)
+        if last:  # the newest position's query only: (n, H, 1, hd)
+            q, bias, x = q[:, :, -1:], bias[:, :, -1:], x[:, -1:]
         scores = q @ k.transpose(0, 1, 3, 2) * np.float32(head_dim**-0.5) + bias
         scores = np.exp(scores - scores.max(-1, keepdims=True))
-        attended = (scores / scores.sum(-1, keepdims=True)) @ v  # (n, H, L, hd)
-        x = x + _linear(w, f"{p}.proj", attended.transpose(0, 2, 1, 3).reshape(n, length, d))
+        attended = (scores / scores.sum(-1, keepdims=True)) @ v  # (n, H, L or 1, hd)
+        x = x + _linear(w, f"{p}.proj", attended.transpose(0, 2, 1, 3).reshape(n, x.shape[1], d))
         x = x + _linear(w, f"{p}.ff2", np.maximum(_linear(w, f"{p}.ff1", _layer_norm(w, f"{p}.norm2", x)), 0.0))
-        x = x * mask[..., None]
+        x = x * (mask[:, -1:, None] if last else mask[..., None])
     return _layer_norm(w, "final_norm", x[:, -1])
+
+
+def _block_count(w: Weights) -> int:
+    count = 0
+    while f"blocks.{count}.qkv.weight" in w:
+        count += 1
+    return count
 
 
 def encode_in_blocks(w: Weights, kind: str, seqs: np.ndarray, heads: int = 1, block: int = 256) -> np.ndarray:

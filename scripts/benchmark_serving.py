@@ -37,7 +37,7 @@ from model.data import RawRatings  # noqa: E402
 from model.interactions import build_dataset  # noqa: E402
 from model.networks import build_network  # noqa: E402
 from model.synthetic import clustered_factors  # noqa: E402
-from model.train import TrainConfig, TrainResult  # noqa: E402
+from model.train import TrainConfig, TrainResult, resolve  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 NUM_USERS, SEEN_PER_USER, DIM = 10_000, 20, 64
@@ -53,24 +53,35 @@ LUA = {
 }
 
 
-def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0) -> Path:
-    """A checkpoint of the real format with synthetic factors shaped like trained ones (serving cost does
-    not depend on training): clustered rank-16 factors in 64-d with varying norms and item biases, the
-    recipe of ``scripts/benchmark_ann.py``. Random-init factors would be the worst case for HNSW."""
+def synthetic_dataset(num_items: int, seed: int = 0):
+    """Every user rates SEEN_PER_USER random items, and every item is rated at least once (so the catalogue has
+    exactly num_items items); the rows' order is their time order."""
     rng = np.random.default_rng(seed)
-    # Every user rates SEEN_PER_USER random items, and every item is rated at least once (so the
-    # catalogue has exactly num_items items).
     users = np.concatenate([np.repeat(np.arange(NUM_USERS), SEEN_PER_USER), rng.integers(0, NUM_USERS, num_items)])
     items = np.concatenate([rng.integers(0, num_items, NUM_USERS * SEEN_PER_USER), np.arange(num_items)])
     raw = RawRatings(
         np.array([f"u{u}" for u in users], dtype=object),
         np.array([f"i{i}" for i in items], dtype=object),
         rng.integers(1, 6, len(users)).astype(np.float32),
-        np.zeros(len(users), np.int64),
+        np.arange(len(users), dtype=np.int64),
         f"bench:{num_items}",
         "bench",
     )
-    dataset = build_dataset(raw)
+    return build_dataset(raw), rng
+
+
+def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0, kind: str = "mf") -> Path:
+    """A checkpoint of the real format with synthetic factors shaped like trained ones (serving cost does
+    not depend on training): clustered rank-16 factors in 64-d with varying norms and item biases, the
+    recipe of ``scripts/benchmark_ann.py``. Random-init factors would be the worst case for HNSW.
+    A sequence ``kind`` (``--kind sasrec``): an untrained network of the kind's defaults (dim 64, L 50)."""
+    dataset, rng = synthetic_dataset(num_items, seed)
+    if kind != "mf":
+        torch.manual_seed(seed)
+        cfg = resolve(TrainConfig(model=kind), implicit=False)
+        net = build_network(kind, dataset.interactions.num_users, num_items, cfg).eval()
+        result = TrainResult(net, cfg, 3.5, (1.0, 5.0), {"val_ndcg10": 0.0})
+        return checkpoint.save(checkpoint.from_training(result, dataset), path)
     cfg = TrainConfig(dim=DIM)
     net = build_network("mf", dataset.interactions.num_users, dataset.interactions.num_items, cfg, 3.5)
     factors = clustered_factors(rng, DIM)  # the recipe of scripts/benchmark_ann.py
@@ -102,6 +113,9 @@ def batch_script(num_items: int, size: int = 100, variants: int = 50) -> str:
     )
 
 
+HISTORY_SIZE = {"mf": 20, "sasrec": 50}  # items per POST /recommend history; a sequence kind reads them in order
+
+
 def history_bodies(num_items: int, variants: int = 200, size: int = 20, seed: int = 2) -> list[dict]:
     """Fold-in requests: new users described by ``size`` random items (the live top-k path: no list)."""
     rng = np.random.default_rng(seed)
@@ -110,8 +124,8 @@ def history_bodies(num_items: int, variants: int = 200, size: int = 20, seed: in
     ]
 
 
-def history_script(num_items: int) -> str:
-    lua_bodies = ",".join("[[" + json.dumps(b) + "]]" for b in history_bodies(num_items))
+def history_script(num_items: int, size: int = 20) -> str:
+    lua_bodies = ",".join("[[" + json.dumps(b) + "]]" for b in history_bodies(num_items, size=size))
     return (
         f'bodies = {{{lua_bodies}}}\nrequest = function() return wrk.format("POST", "/recommend", '
         f'{{["Content-Type"]="application/json"}}, bodies[math.random(1, #bodies)]) end'
@@ -126,7 +140,7 @@ def http_json(port: int, path: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dict[str, float]:
+def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200, size: int = 20) -> dict[str, float]:
     """Recall@10 of what the server answers against exact ranking (numpy over every item, seen excluded),
     for known users (GET) and for fold-in histories (POST)."""
     exact = ServingIndex(checkpoint.load(ckpt))  # no ANN, no lists: a full scan per query
@@ -137,7 +151,7 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
         truth = set(exact.recommend(f"u{u}", 10).item_ids)
         got_known, want_known = got_known + len(served & truth), want_known + len(truth)
     got_hist = want_hist = 0
-    for body in history_bodies(num_items)[:users]:
+    for body in history_bodies(num_items, size=size)[:users]:
         served = {x["item_id"] for x in http_json(port, "/recommend", body)["items"]}
         truth = set(exact.recommend_for_history(body["history"], 10).item_ids)
         got_hist, want_hist = got_hist + len(served & truth), want_hist + len(truth)
@@ -145,7 +159,8 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, users: int = 200) -> dic
 
 
 def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[str, dict[str, float]]:
-    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt")
+    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt", kind=args.kind)
+    size = HISTORY_SIZE.get(args.kind, 20)
     started = time.monotonic()
     # Ready includes building the HNSW index and the top-N lists (100k items and up), cached beside the file.
     server = Server(ckpt, workdir / f"uwsgi-{num_items}.log", {"RECSYS_RELOAD_INTERVAL": "5"})
@@ -157,7 +172,7 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
             if route == "predict_batch100":
                 scripts[route] = batch_script(num_items)
             elif route == "recommend_history":
-                scripts[route] = history_script(num_items)
+                scripts[route] = history_script(num_items, size)
             else:
                 scripts[route] = LUA[route].format(U=NUM_USERS - 1, I=num_items - 1)
             run_wrk(server.port, scripts[route], 2, args.connections, workdir)  # warm-up
@@ -168,7 +183,7 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
                 rounds[route].append(run_wrk(server.port, scripts[route], args.seconds, args.connections, workdir))
                 print(num_items, f"round {round_no + 1}", route, rounds[route][-1], flush=True)
         results = {route: summarize(samples, rounds["healthz"]) for route, samples in rounds.items()}
-        for route, recall in recall_at_10(server.port, ckpt, num_items).items():
+        for route, recall in recall_at_10(server.port, ckpt, num_items, size=size).items():
             results[route]["recall10"] = recall
         results["healthz"]["ready_s"] = ready_s
     finally:
@@ -231,10 +246,27 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
     return out
 
 
+def sequence_verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """Issue 11's targets for a sasrec checkpoint at 10,000 items."""
+    r = results.get(10_000, {})
+    out = []
+    if "recommend" in r:
+        ok = r["recommend"]["ratio"] >= 0.8
+        out.append(f"- GET /recommend, known users: {r['recommend']['ratio']:.2f}x /healthz (target >= 0.8x: "
+                   f"{'met' if ok else 'NOT met'}).")  # fmt: skip
+    if "recommend_history" in r:
+        h = r["recommend_history"]
+        ok = h["p99_ms"] <= 10.0 and h["ratio"] >= 0.3
+        out.append(f"- POST /recommend, 50-item history: p99 {h['p99_ms']:.2f} ms, {h['ratio']:.2f}x /healthz "
+                   f"(target p99 <= 10 ms and >= 0.3x: {'met' if ok else 'NOT met'}).")  # fmt: skip
+    return out
+
+
 def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) -> str:
     lines = [
         "<!-- serving:begin -->",
-        "## Serving throughput and latency (real uWSGI + wrk on loopback)",
+        "## Serving throughput and latency (real uWSGI + wrk on loopback)"
+        + ("" if args.kind == "mf" else f": a {args.kind} checkpoint, {HISTORY_SIZE[args.kind]}-item histories"),
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {machine()}",
         f"- command: `{command}`",
@@ -268,7 +300,7 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
                 f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {int(r['requests']):,} | {fails} | {recall} |"
             )
-    lines += ["", *verdicts(results), "", "<!-- serving:end -->"]
+    lines += ["", *(verdicts(results) if args.kind == "mf" else sequence_verdicts(results)), "", "<!-- serving:end -->"]
     return "\n".join(lines)
 
 
@@ -279,7 +311,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds over all routes (medians are reported)")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--kind", default="mf", choices=("mf", "sasrec"),
+                   help="sasrec: an untrained sasrec checkpoint at --sizes (default 10000), 50-item histories, its own "
+                   "section")  # fmt: skip
     args = p.parse_args()
+    if args.kind != "mf" and args.sizes == p.get_default("sizes"):
+        args.sizes = "10000"
     if shutil.which("wrk") is None:
         print("error: wrk not found (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
@@ -290,13 +327,14 @@ def main() -> int:
         for i, size in enumerate(sizes):
             routes = (
                 ["healthz", "recommend", "recommend_history", "predict", "predict_batch100", "similar"]
-                if i == 0
+                if i == 0 and args.kind == "mf"
                 else ["healthz", "recommend", "recommend_history"]
             )
             results[size] = bench_size(size, routes, args, Path(tmp))
     command = "python scripts/benchmark_serving.py " + " ".join(sys.argv[1:])
-    section = render(results, args, command.strip())
-    write_section(Path(args.output), section, "serving")
+    tag = "serving" if args.kind == "mf" else f"serving-{args.kind}"
+    section = render(results, args, command.strip()).replace("<!-- serving:", f"<!-- {tag}:")
+    write_section(Path(args.output), section, tag)
     print(section)
     return 0
 

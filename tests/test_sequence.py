@@ -71,6 +71,11 @@ def test_numpy_forward_pass_is_the_torch_network(kind):
         expected = net.encode(torch.from_numpy(seqs)).numpy()
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     np.testing.assert_allclose(encode(weights, kind, seqs, heads=2), expected, rtol=1e-4, atol=1e-5)
+    seqs[:, :2] = -1  # padding in every row (sasrec drops those columns) and a row of padding only
+    seqs[3] = -1
+    with torch.no_grad():
+        expected = net.encode(torch.from_numpy(seqs)).numpy()
+    np.testing.assert_allclose(encode(weights, kind, seqs, heads=2), expected, rtol=1e-4, atol=1e-5)
 
 
 def cycle_data(num_items: int = 20, users: int = 120, length: int = 8, seed: int = 0) -> RawRatings:
