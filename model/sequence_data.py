@@ -41,12 +41,19 @@ def last_out(inter: Interactions, warn: bool = True) -> tuple[Interactions, Inte
     """Leave-last-out by time: each user's latest row (ties: the later in the file) is the test part, the rest
     the training part; a user with one row keeps it in training. Both parts keep the id space and the rows'
     file order."""
-    order = timeline_order(inter, warn)
-    counts = np.bincount(inter.user_idx, minlength=inter.num_users)
-    last = np.cumsum(counts)[counts >= 2] - 1  # position in ``order`` of each user's newest row
-    is_test = np.zeros(len(inter), dtype=bool)
-    is_test[order[last]] = True
+    timeline_order(inter, warn)  # the warning only
+    is_test = newest_rows(inter)
     return inter.subset(~is_test), inter.subset(is_test)
+
+
+def newest_rows(inter: Interactions, eligible: np.ndarray | None = None) -> np.ndarray:
+    """(n,) bool: each user's newest row (ties: the later in the file) where it is ``eligible`` and the user has
+    another row to train on: the holdout of a sequence model's retrain (what comes next, judged by time)."""
+    order = timeline_order(inter, warn=False)
+    counts = np.bincount(inter.user_idx, minlength=inter.num_users)
+    held = np.zeros(len(inter), dtype=bool)
+    held[order[np.cumsum(counts)[counts >= 2] - 1]] = True
+    return held if eligible is None else held & np.asarray(eligible, dtype=bool)
 
 
 def left_pad(indptr: np.ndarray, items: np.ndarray, length: int, users: np.ndarray | None = None) -> np.ndarray:

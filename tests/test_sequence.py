@@ -4,6 +4,7 @@ planted order that sequence models recover and order-blind models cannot."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from model.checkpoint_checks import consistency_error
 from model.data import RawRatings
 from model.interactions import Interactions, build_dataset
 from model.metrics import evaluate_ranking
+from model.retrain import ExitCode
 from model.sequence import SEQUENCE_KINDS, build_sequence_network
 from model.sequence_data import FileOrderWarning, last_out, left_pad, next_item_pairs, timelines, windows
 from model.sequence_numpy import encode
@@ -167,3 +169,26 @@ def test_sequence_kinds_refuse_other_losses():
     with pytest.raises(ValueError, match="softmax"):
         resolve(TrainConfig(model="caser", loss="bce"), implicit=True)
     assert resolve(TrainConfig(model="sasrec"), implicit=False).max_len == 50
+
+
+def test_retrain_gates_a_sequence_model_on_each_users_newest_row(tmp_path):
+    from tests.test_retrain import retrain
+
+    raw = cycle_data(users=80)
+    rows = sorted(zip(raw.user_ids, raw.item_ids, raw.timestamps), key=lambda r: r[2])
+    old, new = tmp_path / "old.csv", tmp_path / "new.csv"
+    old.write_text("user,item,rating,timestamp\n" + "".join(f"{u},{i},1,{t}\n" for u, i, t in rows if t % 1000 < 8))
+    new.write_text("user,item,rating,timestamp\n" + "".join(f"{u},{i},1,{t}\n" for u, i, t in rows))
+    store = tmp_path / "store"
+    fast = ["--store", str(store), "--quiet", "--dim", "16", "--max-len", "4", "--batch-size", "32", "--val-fraction",
+            "0", "--model", "sasrec"]  # fmt: skip
+    good = [*fast, "--epochs", "40", "--lr", "0.01"]
+    assert retrain.main(["--data", str(old), *good]) == 0  # an empty store: promoted
+    # The data grows by one step per user: that newest row is what every model is judged on.
+    report = tmp_path / "weak.json"
+    weak = ["--data", str(new), *fast, "--epochs", "1", "--lr", "0.00001", "--report", str(report)]
+    assert retrain.main(weak) == ExitCode.REJECTED
+    figures = json.loads(report.read_text())
+    assert figures["holdout"]["by"] == "each user's newest row" and figures["holdout"]["held_rows"] == 80
+    assert figures["current"]["holdout"]["ndcg10"] >= 0.9 > figures["candidate"]["holdout"]["ndcg10"]
+    assert retrain.main(["--data", str(new), *good]) == ExitCode.PROMOTED
