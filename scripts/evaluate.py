@@ -16,6 +16,10 @@ same index the HTTP service answers from.
   the service would answer them with popular items, which says nothing about the model), and rows
   whose item the model has never seen cannot be hits, so they are dropped (``unknown_item_rows``).
 
+With ``--last-out`` the test file is the whole data set and each user's newest row (by time, ties by file
+order) is their held-out item: the leave-last-out protocol of the sequence models (``model.sequence_data``),
+where ``hit_rate@k`` is HR@k; the checkpoint is expected to have been trained on the other rows.
+
 Exit codes: 0 evaluated; 2 bad arguments, or a checkpoint or test file that cannot be read.
 """
 
@@ -33,8 +37,9 @@ import numpy as np
 from model import checkpoint
 from model.data import FORMAT_CHOICES, DataFormatError, RawRatings, load_ratings
 from model.evaluate import mae, rmse
-from model.interactions import Interactions
+from model.interactions import Interactions, build_dataset
 from model.metrics import METRIC_NAMES, evaluate_ranking
+from model.sequence_data import newest_rows
 from service.index import ServingIndex
 
 
@@ -45,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="test file format (default: detect)")
     p.add_argument("--k", type=int, default=10, help="length of the top-k lists (default: 10)")
     p.add_argument("--min-rating", type=float, help="only held-out rows rated at least this are relevant")
+    p.add_argument(
+        "--last-out",
+        action="store_true",
+        help="--test is the whole data file; each user's newest row by time (ties: the later in the "
+        "file) is the held-out item, the checkpoint trained on the rest (hit_rate@k is then HR@k)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = p.parse_args(argv)
     if args.k < 1:
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     except (checkpoint.CheckpointError, DataFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.last_out:
+        raw = raw.subset(newest_rows(build_dataset(raw).interactions))
     report = evaluate(ckpt, raw, args.k, args.min_rating)
     if args.json:
         print(json.dumps(_finite({"checkpoint": str(Path(args.checkpoint)), **report})))
