@@ -209,3 +209,23 @@ def test_evaluate_cli_scores_the_newest_row_of_the_whole_file(cycle_split, tmp_p
     assert report["rows"] == 120 and report["ranking"]["users"] == 120
     expected = hit_at_1(ServingIndex(ckpt), dataset.interactions, test)
     assert report["ranking"]["hit_rate"] >= expected >= 0.9  # HR@10 at least HR@1, on the same items
+
+
+def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("benchmark_sequence", REPO / "scripts" / "benchmark_sequence.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "benchmark_sequence", bench)  # its dataclass looks itself up there
+    spec.loader.exec_module(bench)
+    raw = cycle_data(users=40)
+    rows = zip(raw.user_ids, raw.item_ids, raw.timestamps)
+    (tmp_path / "u.data").write_text("".join(f"{u[1:]}\t{i[1:]}\t1\t{t}\n" for u, i, t in rows))
+    args = ["--data-dir", str(tmp_path), "--seeds", "0", "--models", "sasrec", "--epochs", "2", "--peers",
+            "popularity", "--output", ""]  # fmt: skip
+    assert bench.main(args) == 0
+    table = capsys.readouterr().out
+    assert "| ours sasrec |" in table and "| popularity |" in table and "failed" not in table
