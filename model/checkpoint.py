@@ -34,6 +34,8 @@ from model.config import TrainConfig
 from model.interactions import Dataset
 from model.items import ItemAttributes, from_payload, to_payload
 from model.networks import build_network
+from model.sequence import SEQUENCE_KINDS
+from model.sequence_data import left_pad, timelines
 from model.serving_arrays import serving_arrays
 
 if TYPE_CHECKING:  # the training stack (optimisers, progress bar) is never imported to read a checkpoint
@@ -75,6 +77,8 @@ class Checkpoint:
     serving: dict[str, np.ndarray] = field(default_factory=dict)
     # Item metadata (scripts/train.py --items), aligned to item_ids; None when the model was trained without.
     item_attributes: ItemAttributes | None = None
+    # Sequence kinds: each user's last max_len items, oldest first, -1 on the left where fewer (U, L) int64.
+    recent_items: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -101,6 +105,9 @@ def from_training(result: TrainResult, dataset: Dataset, attributes: ItemAttribu
     metadata, aligned to ``dataset``'s items, if any)."""
     inter = dataset.interactions
     indptr, indices = inter.seen_csr()
+    recent = None
+    if result.config.model in SEQUENCE_KINDS:
+        recent = left_pad(*timelines(inter, warn=False), result.config.max_len)
     state = {k: v.detach().cpu().clone() for k, v in result.network.state_dict().items()}
     created = datetime.now(timezone.utc).replace(microsecond=0)
     digest = hashlib.sha256(dataset.fingerprint.encode())
@@ -128,6 +135,7 @@ def from_training(result: TrainResult, dataset: Dataset, attributes: ItemAttribu
         model_version=f"{result.config.model}-{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}",
         history=list(result.history),
         item_attributes=attributes,
+        recent_items=recent,
     )
 
 
@@ -154,13 +162,18 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "model_version": ckpt.model_version,
         "history": [dict(row) for row in ckpt.history],
         # Always re-derived from state_dict, so it can never disagree with the weights it is saved with.
-        "serving": {k: torch.from_numpy(v) for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config).items()},
+        "serving": {
+            k: torch.from_numpy(v)
+            for k, v in serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items).items()
+        },
     }
     if ckpt.item_attributes is not None:  # optional: files without metadata (and older files) have no key
         payload["item_attributes"] = [
             {**a, "indptr": torch.from_numpy(a["indptr"]), "values": torch.from_numpy(a["values"])}
             for a in to_payload(ckpt.item_attributes)
         ]
+    if ckpt.recent_items is not None:
+        payload["recent_items"] = torch.from_numpy(np.ascontiguousarray(ckpt.recent_items, dtype=np.int64))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -242,4 +255,5 @@ def _from_fields(raw: dict[str, Any]) -> Checkpoint:
         history=list(raw.get("history", [])),
         serving={str(k): v.numpy() for k, v in raw.get("serving", {}).items()},
         item_attributes=None if attributes is None else from_payload(attributes, len(raw["item_ids"])),
+        recent_items=raw["recent_items"].numpy() if "recent_items" in raw else None,
     )

@@ -19,6 +19,7 @@ import torch
 from model.config import TrainConfig, field_type
 from model.items import payload_errors
 from model.networks import MODEL_KINDS, build_network, parse_layers
+from model.sequence import SEQUENCE_KINDS
 from model.serving_arrays import serving_arrays
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
         yield None if isinstance(raw[name], str) and raw[name] else f"{name} is not a non-empty string"
     history = raw.get("history", [])
     yield None if isinstance(history, list) and all(isinstance(r, dict) for r in history) else "history malformed"
+    if "recent_items" in raw:
+        yield _tensor_error("recent_items", raw["recent_items"], (torch.int64,), ndim=2)
     serving = raw.get("serving", {})
     if not isinstance(serving, dict):
         yield "serving is not a dict of tensors"
@@ -128,7 +131,22 @@ def consistency_error(ckpt: Checkpoint) -> str | None:
         return "seen-item index refers to items outside the catalogue"
     if len(ckpt.item_popularity) != n_items:
         return f"popularity has {len(ckpt.item_popularity)} entries for {n_items} items"
-    return _weight_shape_error(ckpt) or (_serving_error(ckpt) if ckpt.serving else None)
+    return (_recent_error(ckpt) or _weight_shape_error(ckpt)
+            or (_serving_error(ckpt) if ckpt.serving else None))  # fmt: skip
+
+
+def _recent_error(ckpt: Checkpoint) -> str | None:
+    """A sequence kind's recent items: (users, max_len), every entry an item or the -1 padding."""
+    recent = ckpt.recent_items
+    if ckpt.kind not in SEQUENCE_KINDS:
+        return None if recent is None else f"recent_items stored for a {ckpt.kind} model"
+    if recent is None:
+        return f"a {ckpt.kind} model needs recent_items (each user's last items)"
+    if recent.shape != (ckpt.num_users, ckpt.config.max_len or 0):
+        return f"recent_items has shape {recent.shape}, expected {(ckpt.num_users, ckpt.config.max_len)}"
+    if recent.size and (recent.min() < -1 or recent.max() >= ckpt.num_items):
+        return "recent_items refers to items outside the catalogue"
+    return None
 
 
 def _weight_shape_error(ckpt: Checkpoint) -> str | None:
@@ -140,7 +158,8 @@ def _weight_shape_error(ckpt: Checkpoint) -> str | None:
     gives the parameter names and shapes, and the placeholders are mapped back to the real sizes.
     """
     try:
-        sizes = [ckpt.config.dim, ckpt.config.rank_dim, ckpt.config.hidden or 1, *parse_layers(ckpt.config.layers)]
+        sizes = [ckpt.config.dim, ckpt.config.rank_dim, ckpt.config.hidden or 1, *parse_layers(ckpt.config.layers),
+                 ckpt.config.max_len or 0]  # fmt: skip
         fake_users, fake_items = max(sizes) + 7, max(sizes) + 13
         tiny = build_network(ckpt.kind, fake_users, fake_items, ckpt.config, ckpt.global_mean).state_dict()
     except (RuntimeError, ValueError, TypeError) as exc:

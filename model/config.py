@@ -27,8 +27,30 @@ RANKING_DEFAULTS = {
     # Autoencoders (model.autoencoder): dim is the latent size, batch_size users per step, reg unused.
     # No early stopping by default: on 5% of MovieLens 100k rows it stopped them too early (validation nDCG@10
     # 0.2493-0.2635 against 0.2673-0.2698 for the fixed 60 epochs, scripts/tune_ranking.py --losses vae).
-    "vae": {"dim": 200, "epochs": 60, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600, "val_fraction": 0.0},
-    "dae": {"dim": 200, "epochs": 60, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600, "val_fraction": 0.0},
+    "vae": {
+        "dim": 200,
+        "epochs": 60,
+        "lr": 0.001,
+        "reg": 0.0,
+        "batch_size": 128,
+        "hidden": 600,
+        "val_fraction": 0.0,
+        "dropout": 0.5,
+    },
+    "dae": {
+        "dim": 200,
+        "epochs": 60,
+        "lr": 0.001,
+        "reg": 0.0,
+        "batch_size": 128,
+        "hidden": 600,
+        "val_fraction": 0.0,
+        "dropout": 0.5,
+    },
+    # Sequence models (model.sequence): full softmax over the catalogue, Adam; batch_size counts windows.
+    "gru4rec": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 0.0, "batch_size": 128, "max_len": 50, "dropout": 0.2},
+    "caser": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 0.0, "batch_size": 512, "max_len": 5, "dropout": 0.2},
+    "sasrec": {"dim": 64, "epochs": 200, "lr": 0.003, "reg": 0.0, "batch_size": 128, "max_len": 50, "dropout": 0.2},
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
@@ -113,11 +135,16 @@ class TrainConfig:
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
     cg_steps: int = _opt(0, "ials: conjugate-gradient steps per row and sweep; 0: exact solve (Cholesky)", minimum=0)
     hidden: int | None = _opt(None, "vae, dae: the encoder's hidden width", minimum=1)
-    dropout: float = _opt(0.5, "vae, dae: input dropout on the user's item vector", minimum=0, below=1)
     anneal_cap: float = _opt(0.2, "vae with --kl-per-item 0 (Mult-VAE): the KL weight's cap, reached linearly over "
                              "the first half of the epochs", minimum=0)  # fmt: skip
     kl_per_item: float = _opt(0.005, "vae: each user's KL weight per item of their history (RecVAE's beta(x) = "
                               "gamma |x|); 0: Mult-VAE's annealed weight (--anneal-cap)", minimum=0)  # fmt: skip
+    max_len: int | None = _opt(None, "sequence models: L, the items of a user's recent past the model reads "
+                                "(and the checkpoint keeps per user)", minimum=1)  # fmt: skip
+    blocks: int = _opt(2, "sasrec: self-attention blocks", minimum=1)
+    heads: int = _opt(1, "sasrec: attention heads (dim a multiple of it)", minimum=1)
+    dropout: float | None = _opt(None, "vae, dae: input dropout on the user's item vector (0.5); sequence models: "
+                                 "dropout (0.2)", minimum=0, below=1)  # fmt: skip
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
     items: str | None = _opt(None, "item metadata file (CSV/TSV/Parquet with a header, first column the item id; "

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from model.autoencoder import AUTOENCODERS, AutoEncoder
+from model.sequence import SEQUENCE_KINDS, build_sequence_network
 
 
 class BiasedMF(nn.Module):
@@ -204,7 +205,7 @@ class MFEnsemble(nn.Module):
         return net
 
 
-MODEL_KINDS = ("mf", "gmf", "neumf", *AUTOENCODERS)
+MODEL_KINDS = ("mf", "gmf", "neumf", *AUTOENCODERS, *SEQUENCE_KINDS)
 
 
 def parse_layers(spec: str) -> tuple[int, ...]:
@@ -233,4 +234,6 @@ def build_network(kind: str, num_users: int, num_items: int, config, global_mean
         return NeuMF(num_users, num_items, config.dim, parse_layers(config.layers), config.activation)
     if kind in AUTOENCODERS:
         return AutoEncoder(num_users, num_items, config.dim, config.hidden, variational=kind == "vae")
+    if kind in SEQUENCE_KINDS:  # no user table: a user is the items they touched last (model.sequence)
+        return build_sequence_network(kind, num_items, config)
     raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")

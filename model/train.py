@@ -26,6 +26,7 @@ from model.interactions import Interactions, random_split
 from model.loop import TrainingDiverged  # noqa: F401 - re-exported: callers catch it from here
 from model.losses import LOSSES, RANKING_LOSSES
 from model.networks import MODEL_KINDS, MFWithRanking, build_network, parse_layers
+from model.sequence import SEQUENCE_KINDS
 
 FULL_SOFTMAX_USERS = 256  # users per step when the softmax runs over the whole catalogue
 FULL_SOFTMAX_MAX_ITEMS = 20_000  # above this, --loss softmax samples negatives instead of the whole catalogue
@@ -68,8 +69,9 @@ def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed:
     ranker = "softmax" if distributed else "ials"
     loss = config.loss
     if loss == "auto":
-        loss = (ranker if implicit else "mse") if config.model == "mf" else "bce"
-        loss = "softmax" if config.model in autoencoder.AUTOENCODERS else loss
+        loss = (ranker if implicit else "mse") if config.model == "mf" else _kind_loss(config.model)
+    if config.model in SEQUENCE_KINDS and (loss != "softmax" or distributed):
+        raise ValueError(f"{config.model} trains on --loss softmax (next-item cross entropy) in one process")
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of auto, {', '.join(LOSSES)}")
     if loss in ("mse", "ials") and config.model != "mf":
@@ -96,6 +98,12 @@ def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed:
     if config.negatives == 0 and loss in ("bce", "bpr"):
         raise ValueError(f"--loss {loss} needs sampled negatives: --negatives >= 1")
     return out
+
+
+def _kind_loss(kind: str) -> str:
+    """The loss ``auto`` means for a kind other than mf: softmax for sequence models (next item) and autoencoders
+    (the multinomial likelihood), else bce."""
+    return "softmax" if kind in SEQUENCE_KINDS or kind in autoencoder.AUTOENCODERS else "bce"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,6 +140,17 @@ def fit(
     started = time.perf_counter()
     config = resolve(config, implicit, len(train), distributed=cluster.distributed)
     device = resolve_device(config.device)
+    if config.model in SEQUENCE_KINDS:
+        if init is not None:
+            raise ValueError(f"warm start supports mf on mse only, not {config.model}")
+        from model.sequence_train import fit_sequence
+
+        _use_threads(config, cluster, closed_form=False)
+        config = replace(config, negatives=_negatives("softmax", train.num_items, "mf", config.negatives))
+        network, history, metrics = fit_sequence(train, config, device, progress)
+        metrics.update({"fit_seconds": time.perf_counter() - started, "num_train": float(len(train))})
+        return TrainResult(network.cpu().eval(), config, float(train.ratings.mean()),
+                           (float(train.ratings.min()), float(train.ratings.max())), metrics, history)  # fmt: skip
     if config.val_fraction > 0:
         fit_part, val_part = random_split(train, config.val_fraction, seed=config.seed)
     else:

@@ -22,6 +22,9 @@ same index the HTTP service answers from.
   service's own path (``ServingIndex.score_history``, what ``POST /recommend`` ranks by) and the other 20%
   is scored: nDCG@100, Recall@20, Recall@50 (``hits / min(k, held-out)``, the paper's) and nDCG@10. Every
   row counts as an interaction (ratings are not used as weights), as in training.
+With ``--last-out`` the test file is the whole data set and each user's newest row (by time, ties by file
+order) is their held-out item: the leave-last-out protocol of the sequence models (``model.sequence_data``),
+where ``hit_rate@k`` is HR@k; the checkpoint is expected to have been trained on the other rows.
 
 Exit codes: 0 evaluated; 2 bad arguments, or a checkpoint or test file that cannot be read.
 """
@@ -41,8 +44,9 @@ from model import checkpoint
 from model.data import FORMAT_CHOICES, DataFormatError, RawRatings, load_ratings
 from model.evaluate import mae, rmse
 from model.idmap import IdMap
-from model.interactions import Interactions, encode_new_users
+from model.interactions import Interactions, build_dataset, encode_new_users
 from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
+from model.sequence_data import newest_rows
 from model.splits import fold_in_split
 from service.index import ServingIndex
 
@@ -54,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="test file format (default: detect)")
     p.add_argument("--k", type=int, default=10, help="length of the top-k lists (default: 10)")
     p.add_argument("--min-rating", type=float, help="only held-out rows rated at least this are relevant")
+    p.add_argument(
+        "--last-out",
+        action="store_true",
+        help="--test is the whole data file; each user's newest row by time (ties: the later in the "
+        "file) is the held-out item, the checkpoint trained on the rest (hit_rate@k is then HR@k)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--fold-in", type=float, help="fold in this fraction of each unknown user's items, score the rest")
     p.add_argument("--seed", type=int, default=0, help="seed of the --fold-in split (default: 0)")
@@ -179,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     except (checkpoint.CheckpointError, DataFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.last_out:
+        raw = raw.subset(newest_rows(build_dataset(raw).interactions))
     report = evaluate(ckpt, raw, args.k, args.min_rating, args.fold_in, args.seed)
     if args.json:
         print(json.dumps(_finite({"checkpoint": str(Path(args.checkpoint)), **report})))

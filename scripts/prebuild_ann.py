@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = args.checkpoint
     ckpt = ckpt_io.load(path)
-    serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
+    serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
     settings = load_settings()
     config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)
     ann = load_or_build(path, ckpt.model_version, serving["item_vectors"], config)

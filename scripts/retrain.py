@@ -5,7 +5,8 @@
 ``--data`` is the whole current data set (a snapshot, not an increment). The run trains with the
 current model's configuration (any ``TrainConfig`` field can be overridden, with the flags and checks of
 ``scripts/train.py``: ``--dim 64``, ``--epochs 20``...), holds out pairs that the recent models never
-trained on, measures the candidate and those models on them the way the service answers (``/predict``
+trained on (for a sequence model, each user's newest such row by time), measures the candidate and those
+models on them the way the service answers (``/predict``
 RMSE when the model predicts ratings, nDCG@10 of ``/recommend`` always), and promotes when no served
 metric is worse than the best recent model's beyond the margin; the promoted model is then refit on
 every row. The service follows ``current`` by itself. See ``model/retrain.py`` for the rule and
@@ -46,6 +47,8 @@ from model.retrain import (
     subset_rows,
     write_report,
 )  # fmt: skip
+from model.sequence import SEQUENCE_KINDS
+from model.sequence_data import newest_rows
 from model.store import DEFAULT_KEEP, ModelStore, StoreError, StoreLocked
 from model.train import TrainingDiverged, fit, resolve
 from model.warmstart import WarmStartError, warm_start
@@ -194,13 +197,17 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     fresh = ~np.isin(keys, np.concatenate([seen_pairs(m, full) for m in recent] or [np.empty(0, np.int64)]))
     seed = holdout_seed(raw.fingerprint) if args.holdout_seed is None else args.holdout_seed
     try:
-        held = holdout_mask(raw, args.holdout, seed, fresh)
+        # A sequence model is judged on what comes next: each user's newest fresh row, by time (--holdout unused).
+        sequence = config.model in SEQUENCE_KINDS
+        held = newest_rows(inter, fresh) if sequence else holdout_mask(raw, args.holdout, seed, fresh)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     train_raw = subset_rows(raw, ~held)
     dataset = build_dataset(train_raw)
-    report["holdout"] = {"fraction": args.holdout, "seed": seed, "rows_no_recent_model_saw": int(fresh.sum()),
-                         "held_rows": int(held.sum()), "compared_with": [m.model_version for m in recent]}  # fmt: skip
+    report["holdout"] = {"fraction": None if sequence else args.holdout, "seed": seed,
+                         "by": "each user's newest row" if sequence else "random pairs",
+                         "rows_no_recent_model_saw": int(fresh.sum()), "held_rows": int(held.sum()),
+                         "compared_with": [m.model_version for m in recent]}  # fmt: skip
     report["data"].update(train_rows=len(train_raw), holdout_rows=int(held.sum()), users=inter.num_users,
                           items=inter.num_items)  # fmt: skip
 

@@ -15,8 +15,9 @@ over the history: ``y_i . p = sum_h a_h y_i^T W^-1 y_h`` (implicit's ``explain``
 - for a known user of those kinds, whose vector gradient descent learned rather than solved from the
   history, the item-space similarity ``y_i . y_h`` (``W = I``, ``a_h = 1``): which history items the
   recommendation is closest to in the model's item space;
-- vae and dae, known users and histories alike: the same item-space similarity, since their encoder (a tanh
-  layer over the normalised history) is not linear in the history, so the score has no exact split.
+- vae and dae, and the sequence kinds (gru4rec, caser, sasrec), known users and histories alike: the same
+  item-space similarity, since their encoders (a tanh layer over the normalised history; a GRU, convolutions,
+  self-attention over the ordered history) are not linear in the history, so the score has no exact split.
 
 NeuMF's MLP mixes user and item before scoring, so its scores do not split over the history: no
 explanation (the API answers 422).

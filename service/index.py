@@ -24,6 +24,9 @@ import numpy as np
 
 from model.autoencoder import AUTOENCODERS, encode_history, encoder_arrays
 from model.checkpoint import Checkpoint
+from model.sequence import SEQUENCE_KINDS
+from model.sequence_data import pad_history
+from model.sequence_numpy import encode
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
@@ -88,7 +91,7 @@ class ServingIndex:
         # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
         # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
-        serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)  # older files: derive
+        serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
         self.kind = ckpt.kind
         self.item_vectors = _frozen(serving["item_vectors"])  # (I, d+1) [V_i, b_i]
         self.user_vectors = _frozen(serving["user_vectors"])  # (U, d+1) [U_u, 1]
@@ -135,6 +138,9 @@ class ServingIndex:
             self.ials_base = items.T @ items + self.ials[1] * np.eye(self.dim)
         # Autoencoders fold a history in by their own encoder (numpy): the code training gives a known user.
         self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
+        # Sequence kinds: known users rank by their stored representation (user_vectors); a visitor's history is
+        # read by the network itself, one numpy forward pass (model.sequence_numpy), no torch.
+        self.sequence = (state, ckpt.config) if ckpt.kind in SEQUENCE_KINDS else None
         self.model_version = ckpt.model_version
         # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
         # would rank by something other than the model, so it always scores the catalogue.
@@ -323,11 +329,12 @@ class ServingIndex:
         """The linear fold-in behind a user vector, ``p = W^-1 sum_h a_h y_h``: (the history's item vectors
         ``y`` (n, d), ``W`` (d, d) or None for the identity, ``a`` (n,)). ``known``: a trained user, whose
         vector only implicit ALS solves from the history (other kinds: item similarity, ``a = 1``); the
-        autoencoders' encoder is not linear in the history, so theirs is item similarity too.
+        autoencoders' encoder and the sequence networks are not linear in the history, so theirs is item
+        similarity too.
         See :mod:`service.explain`."""
         if self.ials is not None:
             return self._ials_system(item_idx, ratings)
-        if known or self.encoder is not None:
+        if known or self.encoder is not None or self.sequence is not None:
             return self.item_vectors[item_idx, :-1], None, np.ones(len(item_idx))
         if self.rank_is_rating:
             return self._ridge_system(item_idx, ratings)
@@ -365,12 +372,17 @@ class ServingIndex:
         history's item vectors
         weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
         at a typical user's length. Autoencoders (vae, dae): their encoder's mean code. NeuMF: a few gradient
-        steps on a fresh user's embeddings (see :class:`TorchScorer`).
+        steps on a fresh user's embeddings (see :class:`TorchScorer`). Sequence kinds: the network's reading of
+        the history in its order (oldest first), its last ``max_len`` items.
         """
         if not self.dot:
             return self.torch_scorer.fold_in(item_idx)
         if self.encoder is not None:  # every history item counts, as every training row did
             return np.append(encode_history(*self.encoder, item_idx), 1.0).astype(np.float32)
+        if self.sequence is not None:  # the order is the signal; ratings are not used
+            weights, config = self.sequence
+            window = pad_history(item_idx, config.max_len)[None]
+            return np.append(encode(weights, self.kind, window, config.heads)[0], 1.0).astype(np.float32)
         if self.ials is not None or self.rank_is_rating:
             y, gram, coef = self._ials_system(item_idx, ratings) if self.ials else self._ridge_system(item_idx, ratings)
             p = np.linalg.solve(gram, y.T @ coef)

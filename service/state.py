@@ -82,7 +82,7 @@ def load_state(
 def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None, progress=None) -> ModelState:
     ckpt = checkpoint.load(path)
     if not ckpt.serving:  # a file written before the ranking arrays were stored: derive them once, here
-        ckpt.serving = serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config)
+        ckpt.serving = serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
     ann_index = None
     if ranks_by_dot_product(ckpt.kind, ckpt.config):  # NeuMF: nothing for an inner-product index
         try:

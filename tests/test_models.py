@@ -46,6 +46,12 @@ KINDS = {
     "neumf": TrainConfig(model="neumf", dim=8, layers="16,8", epochs=30, lr=0.02, reg=0.1, batch_size=64),
     "vae": TrainConfig(model="vae", dim=8, hidden=16, epochs=60, lr=0.01, batch_size=16, val_fraction=0),
     "dae": TrainConfig(model="dae", dim=8, hidden=16, epochs=60, lr=0.01, batch_size=16, val_fraction=0),
+    # sequence models (the checkerboard's newest items are of the user's own block: see checkerboard())
+    "gru4rec": TrainConfig(model="gru4rec", dim=16, epochs=30, lr=0.01, max_len=8, batch_size=16, val_fraction=0),
+    "caser": TrainConfig(
+        model="caser", dim=16, epochs=60, lr=0.01, max_len=4, batch_size=32, weight_decay=1e-4, val_fraction=0
+    ),
+    "sasrec": TrainConfig(model="sasrec", dim=16, epochs=30, lr=0.01, max_len=8, batch_size=16, val_fraction=0),
 }
 
 
@@ -60,12 +66,15 @@ def checkerboard(seed: int = 0) -> RawRatings:
             users.append(f"u{u}"), items.append(f"i{i}"), ratings.append(rng.choice([4.0, 5.0]))
         for i in other:
             users.append(f"u{u}"), items.append(f"i{i}"), ratings.append(rng.choice([1.0, 2.0]))
-    n = len(users)
+    # In time, each user's odd item came first (rows keep their order; only sequence kinds read the times): the
+    # newest items are of the user's own block, so "what comes next" is in it too.
+    times = np.arange(len(users), dtype=np.int64) + 1
+    times[7::8] -= 8
     return RawRatings(
         np.array(users, dtype=object),
         np.array(items, dtype=object),
         np.array(ratings, np.float32),
-        np.arange(n, dtype=np.int64),
+        times,
         "checkerboard",
         "checkerboard",
     )
@@ -147,7 +156,7 @@ def test_model_contract(trained):
     np.testing.assert_array_equal(again.score_users(np.arange(5)), index.score_users(np.arange(5)))
 
 
-@pytest.mark.parametrize("name", ["mf", "gmf", "neumf", "vae"])
+@pytest.mark.parametrize("name", ["mf", "gmf", "neumf", "vae", "sasrec", "gru4rec"])
 def test_same_seed_same_weights(name):
     dataset = build_dataset(checkerboard(1))
     cfg = TrainConfig(**{**vars(KINDS[name]), "epochs": 3, "rank_epochs": 3})
@@ -156,7 +165,7 @@ def test_same_seed_same_weights(name):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["mf", "mf-bpr", "gmf", "neumf", "vae"])
+@pytest.mark.parametrize("name", ["mf", "mf-bpr", "gmf", "neumf", "vae", "caser"])
 def test_diverging_loss_is_reported_for_every_kind(name):
     dataset = build_dataset(checkerboard(2))
     cfg = TrainConfig(**{**vars(KINDS[name]), "lr": 1e30, "optimizer": "sgd", "epochs": 5})
@@ -239,11 +248,11 @@ def test_filters_and_explanations_for_every_kind(trained):
             plain.recommend(ckpt.user_ids[0], 3, explain=True)
         return
     # A fold-in's score splits exactly over the history (dot kinds with a linear fold-in, not the autoencoders'
-    # tanh encoder): the contributions sum to y_i . p.
+    # tanh encoder nor the sequence networks): the contributions sum to y_i . p.
     hist = np.array([plain.item_index[i] for i in history])
     vectors, gram, coef = plain.explain_system(hist)
     split = contributions(plain.item_vectors[:, :-1], vectors, coef, gram).sum(axis=1)
-    if plain.encoder is None:
+    if plain.encoder is None and plain.sequence is None:
         want = plain.item_vectors[:, :-1] @ plain.fold_in(hist)[:-1]
         np.testing.assert_allclose(split, want, rtol=1e-3, atol=1e-4)
     if name == "mf-by-rating":  # its factors do not cluster the blocks (see test_model_contract)
@@ -255,6 +264,8 @@ def test_filters_and_explanations_for_every_kind(trained):
         explained = zip(rec.item_ids, rec.explanations)
         own += [block(e[0]["item_id"]) == group(user) for i, e in explained if block(i) == group(user)]
     assert len(own) > len(ckpt.user_ids) and np.mean(own) >= 0.8, (name, np.mean(own))
+    if plain.sequence is not None:  # the history ends on the block-0 item i5: a sequence model rightly follows it
+        return
     rec = plain.recommend_for_history(history, 3, explain=True)
     firsts = [block(e[0]["item_id"]) for i, e in zip(rec.item_ids, rec.explanations) if block(i) == 2]
     assert firsts and firsts == [2] * len(firsts)  # not the block-0 item i5

@@ -9,6 +9,8 @@ import urllib.request
 
 import pytest
 
+from tests.test_models import KINDS
+
 
 def call(base: str, path: str, body: object | bytes | None = None, method: str | None = None):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
@@ -122,12 +124,8 @@ def kind_checkpoints(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize(
-    "kind", ["mf", "mf-softmax-head", "mf-by-rating", "mf-bpr", "mf-als", "mf-ials", "gmf", "neumf", "vae", "dae"]
-)
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_every_kind_is_served_by_uwsgi(start_uwsgi, kind_checkpoints, kind):
-    from tests.test_models import KINDS
-
     server = start_uwsgi(kind_checkpoints[kind], RECSYS_PROCESSES="1")
     status, _, model = call(server.base, "/model")
     assert status == 200 and model["kind"] == KINDS[kind].model

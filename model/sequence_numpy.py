@@ -1,0 +1,124 @@
+"""The sequence networks' forward pass in numpy, weight for weight as :mod:`model.sequence` (eval mode).
+
+Serving stays torch-free: a visitor's history (``POST /recommend``) is one pass here, and known users'
+representations are computed here once, when the checkpoint is saved (``model.serving_arrays``). The
+test suite checks these against the torch modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+Weights = Mapping[str, np.ndarray]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(-1, x.shape[-1]) @ w[f"{name}.weight"].T + w[f"{name}.bias"]  # one 2-d product, not a batch
+    return flat.reshape(*x.shape[:-1], -1)
+
+
+def _layer_norm(w: Weights, name: str, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    centred = x - x.mean(-1, keepdims=True)
+    var = np.einsum("...d,...d->...", centred, centred)[..., None] / x.shape[-1]
+    return centred / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+
+def _embed(w: Weights, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = seq >= 0
+    return w["item_embedding.weight"][np.maximum(seq, 0)] * mask[..., None], mask
+
+
+def encode(w: Weights, kind: str, seq: np.ndarray, heads: int = 1) -> np.ndarray:
+    """Representations (n, d) float32 of left-padded windows ``seq`` (n, L) int64 (``-1`` = padding)."""
+    seq = np.asarray(seq, dtype=np.int64)
+    if kind == "gru4rec":
+        out = _gru_last(w, seq)
+    elif kind == "caser":
+        out = _caser(w, seq)
+    elif kind == "sasrec":
+        out = _sasrec_last(w, seq, heads)
+    else:
+        raise ValueError(f"unknown sequence kind {kind!r}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _gru_last(w: Weights, seq: np.ndarray) -> np.ndarray:
+    """torch.nn.GRU's equations (gates r, z, n in that order), every position, then the dense layer."""
+    x, _ = _embed(w, seq)
+    w_ih, w_hh = w["gru.weight_ih_l0"], w["gru.weight_hh_l0"]
+    b_ih, b_hh = w["gru.bias_ih_l0"], w["gru.bias_hh_l0"]
+    d = w_hh.shape[1]
+    gates_x = x @ w_ih.T + b_ih  # (n, L, 3d): the input's share of every gate, for all steps at once
+    h = np.zeros((len(seq), d), np.float32)
+    for t in range(seq.shape[1]):
+        gx, gh = gates_x[:, t], h @ w_hh.T + b_hh
+        r = _sigmoid(gx[:, :d] + gh[:, :d])
+        z = _sigmoid(gx[:, d : 2 * d] + gh[:, d : 2 * d])
+        n = np.tanh(gx[:, 2 * d :] + r * gh[:, 2 * d :])
+        h = (1.0 - z) * n + z * h
+    return _linear(w, "dense", h)
+
+
+def _caser(w: Weights, seq: np.ndarray) -> np.ndarray:
+    x, _ = _embed(w, seq)  # (n, L, d)
+    n, length, d = x.shape
+    parts = []
+    for h in range(1, length + 1):
+        kernel = w[f"horizontal.{h - 1}.weight"]  # (n_h, 1, h, d)
+        windows = np.stack([x[:, t : t + h].reshape(n, h * d) for t in range(length - h + 1)], 1)  # (n, T, h*d)
+        conv = windows @ kernel.reshape(len(kernel), -1).T + w[f"horizontal.{h - 1}.bias"]  # (n, T, n_h)
+        parts.append(np.maximum(conv, 0.0).max(axis=1))
+    vertical = np.einsum("nld,vl->nvd", x, w["vertical.weight"][:, 0, :, 0]) + w["vertical.bias"][None, :, None]
+    parts.append(vertical.reshape(n, -1))
+    return np.maximum(_linear(w, "dense", np.concatenate(parts, 1)), 0.0)
+
+
+def _sasrec_last(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
+    """Only what the newest position needs: columns that are padding in every row are dropped (padding is
+    never attended to, and positions count from the right, so this is exact), and the last block computes
+    the newest position's query alone."""
+    real = (seq >= 0).any(0)
+    seq = seq[:, int(real.argmax()) if real.any() else seq.shape[1] - 1 :]
+    x, mask = _embed(w, seq)
+    n, length, d = x.shape
+    positions = w["position_embedding.weight"][-length:]
+    x = (x * np.float32(d**0.5) + positions) * mask[..., None]
+    allowed = np.tril(np.ones((length, length), bool))[None] & mask[:, None, :]
+    bias = np.where(allowed, np.float32(0.0), np.float32(-1e9))[:, None]  # (n, 1, L, L)
+    blocks = _block_count(w)
+    head_dim = d // heads
+    for b in range(blocks):
+        p, last = f"blocks.{b}", b == blocks - 1
+        qkv = _linear(w, f"{p}.qkv", _layer_norm(w, f"{p}.norm1", x)).reshape(n, length, 3, heads, head_dim)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (n, H, L, hd)
+        if last:  # the newest position's query only: (n, H, 1, hd)
+            q, bias, x = q[:, :, -1:], bias[:, :, -1:], x[:, -1:]
+        scores = q @ k.transpose(0, 1, 3, 2) * np.float32(head_dim**-0.5) + bias
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        attended = (scores / scores.sum(-1, keepdims=True)) @ v  # (n, H, L or 1, hd)
+        x = x + _linear(w, f"{p}.proj", attended.transpose(0, 2, 1, 3).reshape(n, x.shape[1], d))
+        x = x + _linear(w, f"{p}.ff2", np.maximum(_linear(w, f"{p}.ff1", _layer_norm(w, f"{p}.norm2", x)), 0.0))
+        x = x * (mask[:, -1:, None] if last else mask[..., None])
+    return _layer_norm(w, "final_norm", x[:, -1])
+
+
+def _block_count(w: Weights) -> int:
+    count = 0
+    while f"blocks.{count}.qkv.weight" in w:
+        count += 1
+    return count
+
+
+def encode_in_blocks(w: Weights, kind: str, seqs: np.ndarray, heads: int = 1, block: int = 256) -> np.ndarray:
+    """:func:`encode` over many windows, ``block`` at a time (bounded temporaries)."""
+    d = w["item_embedding.weight"].shape[1]
+    out = np.empty((len(seqs), d), np.float32)
+    for start in range(0, len(seqs), block):
+        out[start : start + block] = encode(w, kind, seqs[start : start + block], heads)
+    return out
