@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Per-objective defaults for fields left as None. Ratings: the 16x16 MF ensemble (MovieLens u1..u5 RMSE
-# 0.901). Ranking: chosen by nDCG@10 on MovieLens 100k with the training part of a per-user 75/25 split
+# Per-objective defaults for fields left as None. Ratings: an 8 x 16 MF ensemble (MovieLens u1..u5 test RMSE
+# 0.9028, each fold's fit 2.7-4.1 s on 2 cores with the ranking head; 16 x 16 gave 0.9010 in 3.7-5.8 s, 12 x 16
+# 0.9015 in 3.3-5.4 s: the issue's 5 s per fold decides it). Ranking: chosen by nDCG@10 on MovieLens 100k with the training part of a per-user 75/25 split
 # split 75/25 again per user (the test part never used for choosing).
-RATING_DEFAULTS = {"dim": 256, "epochs": 60, "lr": 0.01, "reg": 5.0, "batch_size": 1024}
+RATING_DEFAULTS = {"dim": 128, "epochs": 60, "lr": 0.01, "reg": 5.0, "batch_size": 1024}
 RANKING_DEFAULTS = {
     "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
@@ -53,7 +54,7 @@ RANKING_DEFAULTS = {
     "sasrec": {"dim": 64, "epochs": 200, "lr": 0.003, "reg": 0.0, "batch_size": 128, "max_len": 50, "dropout": 0.2},
 }
 # The closed-form engine (model.als), used from ALS_MIN_ROWS rows up when --engine is auto: the GD ensemble
-# is the better rating model on MovieLens 100k (5-fold RMSE 0.901 against about 0.92 for ALS) but costs
+# is the better rating model on MovieLens 100k (5-fold RMSE 0.903 against about 0.92 for ALS) but costs
 # minutes per million rows, ALS seconds (docs/benchmarks.md "Scale").
 ALS_MIN_ROWS = 500_000
 ALS_RATING_DEFAULTS = {"dim": 32, "epochs": 12, "reg": 10.0, "lr": 0.0, "batch_size": 0}

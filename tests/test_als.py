@@ -74,7 +74,7 @@ def test_implicit_sweep_is_hu_koren_volinsky_over_the_whole_matrix(rng, cg_steps
 
 def test_the_engine_follows_the_data_size_and_what_it_can_train():
     small, large = resolve(TrainConfig(), False, 1000), resolve(TrainConfig(), False, ALS_MIN_ROWS)
-    assert (small.engine, small.rank_loss, small.dim) == ("gd", "ials", 256)
+    assert (small.engine, small.rank_loss, small.dim) == ("gd", "ials", 128)
     assert (large.engine, large.rank_loss, large.dim) == ("als", "ials", 32)
     assert resolve(TrainConfig(), True, 1000).loss == "ials"  # implicit data
     distributed = resolve(TrainConfig(), False, ALS_MIN_ROWS, distributed=True)
