@@ -17,8 +17,10 @@ from typing import Any
 
 # Per-objective defaults for fields left as None. Ratings: an 8 x 16 MF ensemble (MovieLens u1..u5 test RMSE
 # 0.9028, each fold's fit 2.7-4.1 s on 2 cores with the ranking head; 16 x 16 gave 0.9010 in 3.7-5.8 s, 12 x 16
-# 0.9015 in 3.3-5.4 s: the issue's 5 s per fold decides it). Ranking: chosen by nDCG@10 on MovieLens 100k with the training part of a per-user 75/25 split
-# split 75/25 again per user (the test part never used for choosing).
+# 0.9015 in 3.3-5.4 s: the issue's 5 s per fold decides it). Ranking: chosen by nDCG@10 on MovieLens 100k
+# with the training part of a per-user 75/25 split split 75/25 again per user (the test part never used).
+_AUTOENCODER_DEFAULTS = {"dim": 200, "epochs": 60, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600,
+                         "val_fraction": 0.0, "dropout": 0.5}  # fmt: skip
 RATING_DEFAULTS = {"dim": 128, "epochs": 60, "lr": 0.01, "reg": 5.0, "batch_size": 1024}
 RANKING_DEFAULTS = {
     "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
@@ -28,26 +30,8 @@ RANKING_DEFAULTS = {
     # Autoencoders (model.autoencoder): dim is the latent size, batch_size users per step, reg unused.
     # No early stopping by default: on 5% of MovieLens 100k rows it stopped them too early (validation nDCG@10
     # 0.2493-0.2635 against 0.2673-0.2698 for the fixed 60 epochs, scripts/tune_ranking.py --losses vae).
-    "vae": {
-        "dim": 200,
-        "epochs": 60,
-        "lr": 0.001,
-        "reg": 0.0,
-        "batch_size": 128,
-        "hidden": 600,
-        "val_fraction": 0.0,
-        "dropout": 0.5,
-    },
-    "dae": {
-        "dim": 200,
-        "epochs": 60,
-        "lr": 0.001,
-        "reg": 0.0,
-        "batch_size": 128,
-        "hidden": 600,
-        "val_fraction": 0.0,
-        "dropout": 0.5,
-    },
+    "vae": _AUTOENCODER_DEFAULTS,
+    "dae": _AUTOENCODER_DEFAULTS,
     # Sequence models (model.sequence): full softmax over the catalogue, Adam; batch_size counts windows.
     "gru4rec": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 0.0, "batch_size": 128, "max_len": 50, "dropout": 0.2},
     "caser": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 0.0, "batch_size": 512, "max_len": 5, "dropout": 0.2},
