@@ -21,7 +21,10 @@ from typing import Any
 # with the training part of a per-user 75/25 split split 75/25 again per user (the test part never used).
 _AUTOENCODER_DEFAULTS = {"dim": 200, "epochs": 60, "lr": 0.001, "reg": 0.0, "batch_size": 128, "hidden": 600,
                          "val_fraction": 0.0, "dropout": 0.5}  # fmt: skip
-RATING_DEFAULTS = {"dim": 128, "epochs": 60, "lr": 0.01, "reg": 5.0, "batch_size": 1024}
+# Patience 3 for the rating ensemble: on MovieLens 100k its validation RMSE never improved again after 3 stale
+# epochs (the same models as with 5, two epochs sooner); every other kind waits DEFAULT_PATIENCE epochs.
+RATING_DEFAULTS = {"dim": 128, "epochs": 60, "lr": 0.01, "reg": 5.0, "batch_size": 1024, "patience": 3}
+DEFAULT_PATIENCE = 5
 RANKING_DEFAULTS = {
     "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
@@ -110,7 +113,7 @@ class TrainConfig:
     seed: int = _opt(0, "random seed (same seed, same weights)")
     val_fraction: float | None = _opt(None, f"rows held out for early stopping ({VAL_FRACTION}; vae, dae: 0)",
                                       minimum=0, below=1)  # fmt: skip
-    patience: int = _opt(5, "epochs without validation improvement before stopping", minimum=1)
+    patience: int | None = _opt(None, "epochs without validation improvement before stopping", minimum=1)
     refit: bool = _opt(True, "after early stopping, retrain on every row for the best number of epochs")
     device: str = _opt("cpu", "cpu, cuda or auto (cuda when available)", choices="device")
     rank_dim: int = _opt(64, "ranking head of an mf+mse model: embedding size", minimum=1)

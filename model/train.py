@@ -15,6 +15,7 @@ from model import als, autoencoder, autoencoder_fit, objectives
 from model.config import (  # noqa: F401 - TrainConfig re-exported
     ALS_MIN_ROWS,
     ALS_RATING_DEFAULTS,
+    DEFAULT_PATIENCE,
     RANK_HEAD_DEFAULTS,
     RANKING_DEFAULTS,
     RATING_DEFAULTS,
@@ -89,7 +90,8 @@ def resolve(config: TrainConfig, implicit: bool, num_rows: int = 0, distributed:
     else:
         defaults = RANKING_DEFAULTS["ials" if loss == "ials" else config.model]
     head = RANK_HEAD_DEFAULTS.get(rank_loss, RANK_HEAD_DEFAULTS["softmax"])
-    filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in {**defaults, **head}.items()}
+    kind_defaults = {"patience": DEFAULT_PATIENCE, **defaults, **head}
+    filled = {k: (getattr(config, k) if getattr(config, k) is not None else v) for k, v in kind_defaults.items()}
     out = replace(config, loss=loss, engine=engine, rank_loss=rank_loss, **filled)
     if out.val_fraction is None:
         out = replace(out, val_fraction=VAL_FRACTION)
