@@ -359,7 +359,8 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         "the server closing each connection after a whole response (no keep-alive) and are not failures.",
         "",
         "- recall@10: of 200 known users' `/recommend` answers (GET, from the precomputed lists where there are "
-        "some) and 200 fold-in answers (`POST /recommend`, 20-item histories: always a live search) over HTTP, "
+        f"some) and 200 fold-in answers (`POST /recommend`, {args.history}-item histories: always a live search) "
+        "over HTTP, "
         "against exact ranking of every item with the same exclusions. `recommend_history` is the live top-k "
         "path: a full numpy scan at 10k items, an HNSW search (faiss, efSearch 128) from 100k. "
         "`recommend_filtered`: 200 known users' top-10 with a random genre filter against exact filtered ranking "
