@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ann = load_or_build(path, ckpt.model_version, serving["item_vectors"], config)
     print(cache_path(path, ckpt.model_version, config))
     if topn.wants_from_ann() and ranks_by_dot_product(ckpt.kind, ckpt.config):
+        n = topn.length(ckpt.num_users, scanned=False)  # what a worker asks for (service.state)
         load_or_build_lists(
-            path, ckpt.model_version, ann, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices, topn.n, config
+            path, ckpt.model_version, ann, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices, n, config
         )
-        print(lists_path(cache_path(path, ckpt.model_version, config), topn.n, config.ef_search))
+        print(lists_path(cache_path(path, ckpt.model_version, config), n, config.ef_search))
     return 0
 
 

@@ -5,8 +5,8 @@
 
 The model is loaded as a service worker loads it (``service.recommender.Recommender.load``: the same
 ``RECSYS_*`` settings) except that every known user's top-N list is always precomputed (N = max(k,
-``RECSYS_TOPN_N``)): a blocked scan, one matrix product per 512 users (multi-threaded BLAS: every core) and
-one top-k per row. Each user's answer is then ``ServingIndex.recommend(user, k)``, the call the view makes,
+``RECSYS_TOPN_N``), by default k): a blocked scan, one matrix product per 512 users (multi-threaded BLAS: every
+core) and one top-k per row. Each user's answer is then ``ServingIndex.recommend(user, k)``, the call the view makes,
 so the file holds what ``/recommend`` answers (tested against the real uWSGI). NeuMF has no lists: each of
 its users is one torch pass over the catalogue.
 

@@ -89,14 +89,14 @@ class AttributeIndex:
     def names(self) -> list[str]:
         return list(self.by_name)
 
-    def describe(self, item_idx: np.ndarray) -> list[dict[str, Any]]:
+    def describe(self, item_idx: np.ndarray | list[int]) -> list[dict[str, Any]]:
         """Each item's attributes, ``{name: value}`` (a list for list attributes); attributes without a value
         for the item are left out, so an item without metadata is ``{}``. The dicts are cached per item (the
         first ``CACHE_ITEMS`` items asked for: top-k answers repeat the same items) and shared: read only."""
         if not self.by_name:
             return [{} for _ in range(len(item_idx))]
         out, cache = [], self._cache
-        for item in np.asarray(item_idx).tolist():
+        for item in item_idx.tolist() if isinstance(item_idx, np.ndarray) else item_idx:
             row = cache.get(item)
             if row is None:
                 row = self._describe_one(item)

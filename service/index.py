@@ -84,6 +84,9 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
     return view
 
 
+_NO_ITEMS = _frozen(np.empty(0, dtype=np.int64))
+
+
 class ServingIndex:
     """Read-only arrays for answering requests; built once per loaded checkpoint."""
 
@@ -120,6 +123,7 @@ class ServingIndex:
         self.user_index = {raw: idx for idx, raw in enumerate(ckpt.user_ids)}
         self.item_index = {raw: idx for idx, raw in enumerate(ckpt.item_ids)}
         self.item_ids = np.array(ckpt.item_ids, dtype=object)
+        self._id_list = list(ckpt.item_ids)  # answers name k items: k list lookups beat an object-array gather
         self.attributes = AttributeIndex(ckpt.item_attributes, ckpt.num_items)  # metadata and filters
         self._blocks: dict[tuple, np.ndarray] = {}  # (attribute, value) -> its items' vectors (see _value_block)
         self._block_bytes = 0
@@ -157,6 +161,8 @@ class ServingIndex:
 
     def item_indices(self, item_ids: Iterable[str]) -> np.ndarray:
         """Indices of the known ids among ``item_ids`` (unknown ones are dropped), int64."""
+        if isinstance(item_ids, (list, tuple)) and not item_ids:  # the usual exclude= (none): no array per request
+            return _NO_ITEMS
         found = (self.item_index.get(i) for i in item_ids)
         return np.array([i for i in found if i is not None], dtype=np.int64)
 
@@ -253,8 +259,11 @@ class ServingIndex:
         history's item indices, its fold-in system from :meth:`explain_system`), each item's top contributors."""
         scores = scores.tolist() if isinstance(scores, np.ndarray) else scores
         explanations = None if explained is None else self._explanations(idx, *explained)
-        attributes = self.attributes.describe(idx)
-        return Recommendation(self.item_ids[idx].tolist(), scores, fallback, attributes, explanations)
+        positions = idx.tolist()
+        ids = self._id_list
+        return Recommendation(
+            [ids[i] for i in positions], scores, fallback, self.attributes.describe(positions), explanations
+        )
 
     def _explanations(self, idx: np.ndarray, hist_idx: np.ndarray, system) -> list[list[dict[str, Any]]]:
         if not len(hist_idx) or not len(idx):
@@ -306,8 +315,9 @@ class ServingIndex:
         # Reported score: the predicted rating when ranking by it, else the ranking model's own score.
         offset = self.global_bias + float(self.user_bias[user_idx]) if self.rank_is_rating else 0.0
         explained = (self.seen(user_idx), self.explain_system(self.seen(user_idx), known=True)) if explain else None
-        # A filter expected to keep under k/2 of the list's n items would rarely fill k from it: scan at once.
-        hopeless = keep is not None and self.topn is not None and 2 * keep.count() * self.topn.n < k * self.num_items
+        # A filter expected to keep under k of the list's n items fails to fill k from it more often than not (the
+        # walk then costs as much as the scan after it): scan at once.
+        hopeless = keep is not None and self.topn is not None and keep.count() * self.topn.n < k * self.num_items
         if self.topn is not None and exclude_seen and cand is None and not hopeless:
             hit = self.topn.lookup(user_idx, k, banned, keep)
             if hit is not None:  # exactly what the scan below would answer

@@ -113,7 +113,7 @@ def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None
             serving["item_vectors"],
             ckpt.seen_indptr,
             ckpt.seen_indices,
-            topn.n,
+            topn.length(ckpt.num_users),
             progress=progress,
             threads=topn.threads,
         )
@@ -121,7 +121,7 @@ def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None
         try:
             items = load_or_build_lists(
                 path, ckpt.model_version, ann_index, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices,
-                topn.n, ann or AnnConfig(),
+                topn.length(ckpt.num_users, scanned=False), ann or AnnConfig(),
             )  # fmt: skip
             cache = TopNCache(items, serving["user_vectors"], serving["item_vectors"])
         except Exception:  # noqa: BLE001 - the lists only accelerate: without them each request searches

@@ -32,12 +32,16 @@ from service.attributes import ItemFilter
 log = logging.getLogger(__name__)
 
 
+AUTO_BUDGET = 32 * 2**20  # bytes per worker that an automatic list length may fill (items and scores)
+AUTO_MIN_N, AUTO_MAX_N = 100, 500
+
+
 @dataclass(frozen=True)
 class TopNConfig:
     """When to precompute: ``users * items <= max_cells`` (the build is that many scores); 0 disables it."""
 
     max_cells: int = 100_000_000  # RECSYS_TOPN_MAX_CELLS
-    n: int = 100  # RECSYS_TOPN_N
+    n: int = 0  # RECSYS_TOPN_N; 0 = automatic (:meth:`length`)
     with_ann: bool = True  # RECSYS_TOPN_WITH_ANN: with an ANN index, lists searched from it and cached on disk
     threads: int = 1  # blocks ranked at once by the scan: 1 in a worker (one core each), every core in the batch
 
@@ -51,25 +55,42 @@ class TopNConfig:
 
     def wants(self, num_users: int, num_items: int) -> bool:
         """Scan for the lists at load (no ANN index)."""
-        return self.max_cells > 0 and self.n > 0 and num_users * num_items <= self.max_cells
+        return self.max_cells > 0 and num_users * num_items <= self.max_cells
 
     def wants_from_ann(self) -> bool:
         """Search the lists from an ANN index (:func:`load_or_build_lists`) once per model."""
-        return self.with_ann and self.n > 0 and self.max_cells > 0
+        return self.with_ann and self.max_cells > 0
+
+    def length(self, num_users: int, scanned: bool = True) -> int:
+        """Items per list: ``n``, or automatically as many as ``num_users`` lists of items and scores (8 bytes
+        each) fit in ``AUTO_BUDGET``, between ``AUTO_MIN_N`` and ``AUTO_MAX_N`` (lists searched from an ANN
+        index, ``scanned=False``: ``AUTO_MIN_N``). A longer list answers more filtered requests from the walk:
+        a filter keeping a share p of the catalogue fills k from a list of n when about n x p >= k."""
+        if self.n > 0:
+            return self.n
+        if not scanned:
+            return AUTO_MIN_N
+        return max(AUTO_MIN_N, min(AUTO_MAX_N, AUTO_BUDGET // max(8 * num_users, 1)))
 
 
 class TopNCache:
     """Best ``n`` unseen items per user: ``items`` (U, n) int32, best first, ``-1`` past the end of a short
-    list (which then holds every unseen item). Scores are not stored: :meth:`lookup` computes the exact
-    ``item_vectors[i] . user_vectors[u]`` of the k items it returns (4 bytes x n per user).
+    list (which then holds every unseen item), and optionally their ``scores`` (U, n) float32, the
+    ``item_vectors[i] . user_vectors[u]`` they were ranked by. With scores (the scan stores them: 8 bytes x n
+    per user) a hit is two slices; without (lists searched from an ANN index, memory-mapped from its cache
+    file, :func:`load_or_build_lists`) :meth:`lookup` computes the k returned items' scores: a gather of k
+    scattered item rows, the costliest step of a hit on the request path.
 
     The lists come from a scan at load (:meth:`scan`, small models) or from an ANN index, searched once
     and memory-mapped from a cache file (:func:`load_or_build_lists`)."""
 
-    def __init__(self, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray):
+    def __init__(
+        self, items: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray, scores: np.ndarray | None = None
+    ):
         self.n = items.shape[1]
         # A plain ndarray view of a memory-mapped file: same shared pages, without np.memmap's per-slice cost.
         self.items = items.view(np.ndarray)
+        self.scores = scores
         self.valid = (items >= 0).sum(axis=1).astype(np.int32)  # entries that are real items
         self.user_vectors, self.item_vectors = user_vectors, item_vectors
 
@@ -95,13 +116,16 @@ class TopNCache:
         num_users, num_items = len(user_vectors), len(item_vectors)
         n = min(n, num_items)
         items = np.empty((num_users, n), dtype=np.int32)
+        kept = np.empty((num_users, n), dtype=np.float32)
 
         def rank(start: int) -> int:
             stop = min(start + block, num_users)
             scores = user_vectors[start:stop] @ item_vectors.T  # (b, I)
             rows = np.repeat(np.arange(stop - start), np.diff(seen_indptr[start : stop + 1]))
             scores[rows, seen_indices[seen_indptr[start] : seen_indptr[stop]]] = -np.inf
-            items[start:stop] = top_k_rows(scores, n)
+            best = top_k_rows(scores, n)
+            items[start:stop] = best
+            kept[start:stop] = np.take_along_axis(scores, np.maximum(best, 0), 1)  # padding (-1): never read
             return stop - start
 
         starts = range(0, num_users, block)
@@ -111,7 +135,7 @@ class TopNCache:
                 done += count
                 if progress is not None:
                     progress(done, num_users)
-        return cls(items, user_vectors, item_vectors)
+        return cls(items, user_vectors, item_vectors, kept)
 
     def lookup(
         self, user_idx: int, k: int, banned: np.ndarray, keep: ItemFilter | None = None
@@ -120,15 +144,20 @@ class TopNCache:
         the list runs out before k and may not hold every candidate (then the caller scans)."""
         valid = int(self.valid[user_idx])
         items = self.items[user_idx, :valid]
-        if len(banned):
-            items = items[~np.isin(items, banned)]
-        if keep is not None:
-            items = items[keep.allows(items)]
-        items = items[:k].astype(np.int64)
+        scores = None if self.scores is None else self.scores[user_idx, :valid]
+        if len(banned) or keep is not None:
+            passed = np.ones(len(items), dtype=bool) if keep is None else keep.allows(items)
+            if len(banned):
+                passed &= ~np.isin(items, banned)
+            items = items[passed]
+            scores = None if scores is None else scores[passed]
         # Fewer than k left: exact only if the list already held every unseen item.
         if len(items) < k and valid == self.n:
             return None
-        return items, self.item_vectors[items] @ self.user_vectors[user_idx]
+        items = items[:k].astype(np.int64)
+        if scores is None:
+            return items, self.item_vectors[items] @ self.user_vectors[user_idx]
+        return items, scores[:k]
 
 
 LONG_HISTORY = 2000  # build_lists: users with more seen items than this are ranked exactly

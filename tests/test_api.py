@@ -184,6 +184,11 @@ def test_json_writer_matches_the_standard_encoder_and_falls_back_for_what_orjson
     assert json.loads(app.json.dumps({"a": float("nan"), "n": 2**70})) == {"a": None, "n": 2**70}
     with pytest.raises(TypeError):
         app.json.dumps({"x": object()})
+    # jsonify writes the same documents as bytes (compact, one newline), through the fallback too.
+    with app.app_context():
+        for obj in (doc, {"a": float("nan"), "n": 2**70}):
+            body = app.json.response(obj).get_data()
+            assert body.endswith(b"}\n") and b", " not in body and json.loads(body) == json.loads(app.json.dumps(obj))
 
 
 def test_recommend_exclude_and_candidate_items(client, small_ckpt):

@@ -221,9 +221,11 @@ def test_filters_and_explanations_for_every_kind(trained):
         full = plain.recommend(user, ckpt.num_items)  # every unseen item, best first
         for filters in cases:
             want = [i for i, a in zip(full.item_ids, full.attributes) if _holds(a, filters)]
+            scores = [s for s, a in zip(full.scores, full.attributes) if _holds(a, filters)]
             for index in indexes:
                 got = index.recommend(user, 4, filters=filters)
                 assert got.item_ids == want[:4], (name, user, filters)
+                assert np.allclose(got.scores, scores[:4], rtol=1e-5, atol=1e-5)  # a list's stored scores too
                 assert all(_holds(a, filters) for a in got.attributes)
     user = ckpt.user_ids[1]
     among = ["i19", "i3", "i12", "i5", "i3", "i30", "i22"]  # unsorted, a repeat: each odd item among them once
