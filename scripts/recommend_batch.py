@@ -4,11 +4,11 @@
         [--filter genres:Comedy --filter year:1995]
 
 The model is loaded as a service worker loads it (``service.recommender.Recommender.load``: the same
-``RECSYS_*`` settings) except that every known user's top-N list is always precomputed (N = max(k,
-``RECSYS_TOPN_N``), by default k): a blocked scan, one matrix product per 512 users (multi-threaded BLAS: every
-core) and one top-k per row. Each user's answer is then ``ServingIndex.recommend(user, k)``, the call the view makes,
-so the file holds what ``/recommend`` answers (tested against the real uWSGI). NeuMF has no lists: each of
-its users is one torch pass over the catalogue.
+``RECSYS_*`` settings) except that every known user's top-N list is always precomputed (as long as a
+worker's, ``RECSYS_TOPN_N``, and at least k): a blocked scan, one matrix product per 512 users (multi-threaded
+BLAS: every core) and one top-k per row. Each user's answer is then ``ServingIndex.recommend(user, k)``, the
+call the view makes, so the file holds what ``/recommend`` answers (tested against the real uWSGI). NeuMF has
+no lists: each of its users is one torch pass over the catalogue.
 
 Output (``--out``; the format from the extension: ``.parquet`` or ``.csv``): one row per recommended item,
 columns ``user_id`` (string), ``rank`` (1 = best), ``item_id`` (string), ``score`` (float64, the score
@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointError
 from service.attributes import BadFilterValue, UnknownAttribute
-from service.config import ConfigError, load_settings
+from service.config import ConfigError
 from service.recommender import BATCH_COLUMNS, Recommender
 from service.schemas import MAX_K, parse_filters
 
@@ -109,14 +109,13 @@ def read_users(path: str, known: dict[str, int], skip_unknown: bool) -> tuple[li
 
 def load(args: argparse.Namespace) -> Recommender:
     """The model as a worker loads it, with every known user's top-N list precomputed (a bar counts users)."""
-    topn_n = max(args.k, int(load_settings()["TOPN_N"]))
     with tqdm(desc="ranking", unit=" users", disable=args.quiet, file=sys.stderr) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        return Recommender.load(args.checkpoint, progress, topn_max_cells=ALWAYS_LISTS, topn_n=topn_n)
+        return Recommender.load(args.checkpoint, progress, lists_at_least=args.k, topn_max_cells=ALWAYS_LISTS)
 
 
 def write(rec: Recommender, users: list[str], args: argparse.Namespace, options: dict) -> int:

@@ -3,10 +3,11 @@
 Built once per loaded model from the checkpoint's :class:`model.items.ItemAttributes`. Per attribute: each
 item's codes (CSR, views of the checkpoint) for describing items, and the inverse index (value -> sorted
 item indices) for filtering. Values common enough that building their item mask per request would cost
-(at least ``1/BITSET_SHARE`` of the catalogue: a genre, a year) also get a precomputed bitset, within
-``BITSET_BUDGET`` bytes per worker, most common first. A filter answers two questions: does it keep these
-few items (walking a precomputed top-N list: a bitset lookup or a binary search per item), and which items
-does it keep at all (the scan fallback: the bitset unpacked, or a mask set from the inverse index).
+(at least ``1/MASK_SHARE`` of the catalogue: a genre, a year) also get a precomputed boolean mask (a byte
+per item: one gather answers a walk, where a bitset took six numpy calls), within ``MASK_BUDGET`` bytes per
+worker, most common first. A filter answers two questions: does it keep these few items (walking a
+precomputed top-N list: a mask lookup or a binary search per item), and which items does it keep at all
+(the scan fallback: the mask itself, or one set from the inverse index).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 
 from model.items import Attribute, ItemAttributes, canonical
 
-BITSET_SHARE = 256
-BITSET_BUDGET = 32 * 2**20
+MASK_SHARE = 256
+MASK_BUDGET = 32 * 2**20
 CACHE_ITEMS = 100_000  # items whose attribute dicts are kept once built (about 0.5 KB each)
 
 
@@ -57,7 +58,7 @@ class _Served:
             has = np.diff(attr.indptr) > 0
             self.single[has] = attr.values[attr.indptr[:-1][has]]
         self.value_ptr, self.value_items = attr.value_items()
-        self.bits: dict[int, np.ndarray] = {}
+        self.masks: dict[int, np.ndarray] = {}  # value code -> (I,) bool, read-only
 
     def count(self, code: int) -> int:
         return int(self.value_ptr[code + 1] - self.value_ptr[code])
@@ -69,21 +70,21 @@ class _Served:
 class AttributeIndex:
     """The served model's item attributes (possibly none) and the filters over them."""
 
-    def __init__(self, attrs: ItemAttributes | None, num_items: int, budget: int = BITSET_BUDGET):
+    def __init__(self, attrs: ItemAttributes | None, num_items: int, budget: int = MASK_BUDGET):
         self.num_items = num_items
         self._cache: dict[int, dict[str, Any]] = {}
         self.by_name = {a.name: _Served(a, num_items) for a in (attrs.attributes if attrs else [])}
-        # Bitsets for the most common values first, while they fit the budget.
+        # Masks for the most common values first, while they fit the budget.
         common = sorted(
             ((served.count(c), name, c) for name, served in self.by_name.items()
-             for c in np.flatnonzero(np.diff(served.value_ptr) * BITSET_SHARE >= num_items).tolist()),
+             for c in np.flatnonzero(np.diff(served.value_ptr) * MASK_SHARE >= num_items).tolist()),
             key=lambda t: -t[0],
         )  # fmt: skip
-        size = (num_items + 7) // 8
-        for _, name, c in common[: budget // max(size, 1)]:
+        for _, name, c in common[: budget // max(num_items, 1)]:
             mask = np.zeros(num_items, dtype=bool)
             mask[self.by_name[name].items_of(c)] = True
-            self.by_name[name].bits[c] = np.packbits(mask, bitorder="little")
+            mask.flags.writeable = False
+            self.by_name[name].masks[c] = mask
 
     @property
     def names(self) -> list[str]:
@@ -139,13 +140,13 @@ class AttributeIndex:
                 if code is None:  # a value no item holds: keeps nothing
                     conditions.append((None, np.empty(0, np.int64), None))
                 else:
-                    conditions.append((served.bits.get(code), served.items_of(code), (name, code)))
+                    conditions.append((served.masks.get(code), served.items_of(code), (name, code)))
         return ItemFilter(conditions, self.num_items)
 
 
 class ItemFilter:
-    """Conditions that must all hold; each is (bitset or None, the sorted items holding the value, (attribute,
-    value code) or None for a value no item holds)."""
+    """Conditions that must all hold; each is (the value's (I,) bool mask or None, the sorted items holding the
+    value, (attribute, value code) or None for a value no item holds)."""
 
     def __init__(self, conditions: list[tuple[np.ndarray | None, np.ndarray, tuple | None]], num_items: int):
         self.conditions, self.num_items = conditions, num_items
@@ -155,23 +156,27 @@ class ItemFilter:
 
     def allows(self, items: np.ndarray) -> np.ndarray:
         """Which of ``items`` (n,) the filter keeps, (n,) bool: a few operations per item, no (I,) array."""
+        if len(self.conditions) == 1 and self.conditions[0][0] is not None:  # the usual filter: one gather
+            return self.conditions[0][0][items]
         items = np.asarray(items, dtype=np.int64)
         keep = np.ones(len(items), dtype=bool)
-        for bits, members, _ in self.conditions:
-            if bits is not None:
-                keep &= ((bits[items >> 3] >> (items & 7).astype(np.uint8)) & 1).astype(bool)
+        for held, members, _ in self.conditions:
+            if held is not None:
+                keep &= held[items]
             else:
                 pos = np.minimum(np.searchsorted(members, items), max(len(members) - 1, 0))
                 keep &= (members[pos] == items) if len(members) else False
         return keep
 
     def mask(self) -> np.ndarray:
-        """Every item the filter keeps, (I,) bool (computed once per request)."""
+        """Every item the filter keeps, (I,) bool, read only (computed once per request; one common value's own)."""
+        if self._mask is None and len(self.conditions) == 1 and self.conditions[0][0] is not None:
+            self._mask = self.conditions[0][0]
         if self._mask is None:
             mask = np.ones(self.num_items, dtype=bool)
-            for bits, members, _ in self.conditions:
-                if bits is not None:
-                    mask &= np.unpackbits(bits, count=self.num_items, bitorder="little").view(bool)
+            for held, members, _ in self.conditions:
+                if held is not None:
+                    mask &= held
                 else:
                     held = np.zeros(self.num_items, dtype=bool)
                     held[members] = True

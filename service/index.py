@@ -321,7 +321,7 @@ class ServingIndex:
         if self.topn is not None and exclude_seen and cand is None and not hopeless:
             hit = self.topn.lookup(user_idx, k, banned, keep)
             if hit is not None:  # exactly what the scan below would answer
-                return self._answer(hit[0], hit[1] + offset, None, explained)
+                return self._answer(hit[0], hit[1] + offset if offset else hit[1], None, explained)  # as _rank adds
         if exclude_seen:
             banned = np.concatenate([banned, self.seen(user_idx)])
         query = self.user_vectors[user_idx] if self.dot else self.torch_scorer.users(np.array([user_idx]))

@@ -48,20 +48,25 @@ class Recommender:
         self.info = dict(info)  # what GET /model answers: version, kind, sizes, metrics, config
 
     @classmethod
-    def load(cls, path: str | Path, progress=None, threads: int | None = None, **settings: Any) -> Recommender:
+    def load(
+        cls, path: str | Path, progress=None, threads: int | None = None, lists_at_least: int = 0, **settings: Any
+    ) -> Recommender:
         """Load ``path`` (a checkpoint, or a model store directory's ``current``) as a service worker would.
 
         ``settings`` override the service's settings by name, e.g. ``topn_max_cells=0`` for
         ``RECSYS_TOPN_MAX_CELLS=0`` (see ``service/config.py``); ``progress(done, users)`` is called after
         each block of users whose top-N lists the load-time scan ranked; ``threads`` blocks are ranked at
-        once (default: every core this process may use; a service worker ranks one).
+        once (default: every core this process may use; a service worker ranks one); ``lists_at_least``: top-N
+        lists of at least this many items (otherwise as long as a worker's).
 
         Raises:
             CheckpointError: the file does not load (the reason the service would log).
             ConfigError: a setting that does not parse.
         """
         merged = load_settings(overrides={name.upper(): value for name, value in settings.items()})
-        topn = replace(TopNConfig.from_settings(merged), threads=threads or threads_per_process(SINGLE))
+        topn = replace(
+            TopNConfig.from_settings(merged), threads=threads or threads_per_process(SINGLE), at_least=lists_at_least
+        )
         state = load_state(checkpoint_target(Path(path)), AnnConfig.from_settings(merged), topn, progress)
         if state.index is None:
             raise CheckpointError(state.error)

@@ -44,6 +44,7 @@ class TopNConfig:
     n: int = 0  # RECSYS_TOPN_N; 0 = automatic (:meth:`length`)
     with_ann: bool = True  # RECSYS_TOPN_WITH_ANN: with an ANN index, lists searched from it and cached on disk
     threads: int = 1  # blocks ranked at once by the scan: 1 in a worker (one core each), every core in the batch
+    at_least: int = 0  # lists at least this long (the batch's k), whatever ``n`` says
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> TopNConfig:
@@ -67,10 +68,12 @@ class TopNConfig:
         index, ``scanned=False``: ``AUTO_MIN_N``). A longer list answers more filtered requests from the walk:
         a filter keeping a share p of the catalogue fills k from a list of n when about n x p >= k."""
         if self.n > 0:
-            return self.n
-        if not scanned:
-            return AUTO_MIN_N
-        return max(AUTO_MIN_N, min(AUTO_MAX_N, AUTO_BUDGET // max(8 * num_users, 1)))
+            n = self.n
+        elif not scanned:
+            n = AUTO_MIN_N
+        else:
+            n = max(AUTO_MIN_N, min(AUTO_MAX_N, AUTO_BUDGET // max(8 * num_users, 1)))
+        return max(n, self.at_least)
 
 
 class TopNCache:
@@ -140,24 +143,31 @@ class TopNCache:
     def lookup(
         self, user_idx: int, k: int, banned: np.ndarray, keep: ItemFilter | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top-k without ``banned`` (and among the items ``keep`` keeps) from the list, walked in order; None when
-        the list runs out before k and may not hold every candidate (then the caller scans)."""
+        """Top-k without ``banned`` (and among the items ``keep`` keeps) from the list, walked in order: (item
+        indices (int32), their scores); None when the list runs out before k and may not hold every candidate
+        (then the caller scans). The plain request (nothing banned, no filter) is two slices: on the request path
+        every numpy call counts (each costs microseconds with the caches cold between requests)."""
         valid = int(self.valid[user_idx])
-        items = self.items[user_idx, :valid]
-        scores = None if self.scores is None else self.scores[user_idx, :valid]
-        if len(banned) or keep is not None:
+        if not len(banned) and keep is None:
+            if valid < k and valid == self.n:
+                return None
+            end = min(k, valid)
+            scores = self.scores[user_idx, :end] if self.scores is not None else None
+            items = self.items[user_idx, :end]
+        else:
+            items = self.items[user_idx, :valid]
             passed = np.ones(len(items), dtype=bool) if keep is None else keep.allows(items)
             if len(banned):
                 passed &= ~np.isin(items, banned)
             items = items[passed]
-            scores = None if scores is None else scores[passed]
-        # Fewer than k left: exact only if the list already held every unseen item.
-        if len(items) < k and valid == self.n:
-            return None
-        items = items[:k].astype(np.int64)
+            # Fewer than k left: exact only if the list already held every unseen item.
+            if len(items) < k and valid == self.n:
+                return None
+            items = items[:k]
+            scores = self.scores[user_idx, :valid][passed][:k] if self.scores is not None else None
         if scores is None:
             return items, self.item_vectors[items] @ self.user_vectors[user_idx]
-        return items, scores[:k]
+        return items, scores
 
 
 LONG_HISTORY = 2000  # build_lists: users with more seen items than this are ranked exactly
