@@ -67,14 +67,15 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     kk = min(k, num_items)
     if kk <= 0:
         return np.zeros(0, dtype=np.int64)
-    clean = np.where(np.isnan(scores), -np.inf, scores)
+    # max() propagates NaN: one pass without a temporary finds out whether any needs replacing (rarely).
+    clean = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores.max()) else scores
     if num_items <= SMALL:  # one stable sort: ties keep index order
         best = np.argsort(-clean, kind="stable")[:kk]
         return best[clean[best] != -np.inf]
     if kk < num_items:
-        part = np.argpartition(-clean, kk - 1)[:kk]
+        part = np.argpartition(clean, num_items - kk)[num_items - kk :]  # ascending: no negated copy
         kth = clean[part].min()
-        if np.isfinite(kth) and (clean >= kth).sum() > kk:  # ties at the k-th score: the lowest indices
+        if np.isfinite(kth) and np.count_nonzero(clean >= kth) > kk:  # ties at the k-th score: the lowest indices
             better = np.flatnonzero(clean > kth)
             part = np.concatenate([better, np.flatnonzero(clean == kth)[: kk - len(better)]])
     else:

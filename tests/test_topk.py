@@ -31,6 +31,17 @@ def test_ties_go_to_the_lower_item_index():
     assert items.tolist() == [5, 3, 9] and scores.tolist() == [2.0, 1.0, 1.0]
 
 
+def test_top_k_past_the_sort_size_keeps_the_rule_with_ties_inf_and_nan(rng):
+    """Above SMALL items top_k partitions instead of sorting: the same order, NaN and -inf never returned."""
+    scores = tied_scores(rng, 6, 3000)
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    scores[1, rng.random(3000) < 0.05] = np.nan  # one row with NaNs among the ties
+    scores[2, 5:] = -np.inf  # one row with fewer returnable items than k
+    for k in (1, 10, 200, 3000):
+        for row in scores:
+            assert np.array_equal(top_k(row, k), reference(row, k)), k
+
+
 def test_every_list_maker_follows_the_rule(rng):
     scores = tied_scores(rng, 50, 300)
     scores[rng.random(scores.shape) < 0.1] = -np.inf
