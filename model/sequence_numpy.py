@@ -24,9 +24,12 @@ def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
 
 
 def _layer_norm(w: Weights, name: str, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    centred = x - x.mean(-1, keepdims=True)
-    var = np.einsum("...d,...d->...", centred, centred)[..., None] / x.shape[-1]
-    return centred / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
+    # ufunc reductions, not ndarray.mean or einsum: their Python-level wrappers cost more than the arithmetic
+    # at serving sizes (one history: 50 x 64), halving this function's time there.
+    inv = np.float32(1.0 / x.shape[-1])
+    centred = x - np.add.reduce(x, axis=-1, keepdims=True) * inv
+    var = np.add.reduce(centred * centred, axis=-1, keepdims=True) * inv
+    return centred / np.sqrt(var + np.float32(eps)) * w[f"{name}.weight"] + w[f"{name}.bias"]
 
 
 def _embed(w: Weights, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
