@@ -92,6 +92,19 @@ def process_memory_mib(pid: int) -> dict[str, float]:
     return out
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (/proc/PID/stat), summed; a process that has
+    exited counts 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def parse_wrk(text: str) -> dict[str, float]:
     def seconds(value: str, unit: str) -> float:
         return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]

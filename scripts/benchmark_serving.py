@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from _bench import Server, machine, run_wrk, write_section  # noqa: E402
+from _bench import Server, machine, process_cpu_seconds, run_wrk, write_section  # noqa: E402
 
 from model import checkpoint  # noqa: E402
 from model.data import RawRatings  # noqa: E402
@@ -240,7 +240,11 @@ def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[s
         # each route's ratio to /healthz is taken within its round.
         for round_no in range(args.rounds):
             for route in routes:
-                rounds[route].append(run_wrk(server.port, scripts[route], args.seconds, args.connections, workdir))
+                workers = server.workers()
+                cpu = process_cpu_seconds(workers)
+                sample = run_wrk(server.port, scripts[route], args.seconds, args.connections, workdir)
+                sample["worker_us"] = (process_cpu_seconds(workers) - cpu) / max(sample["requests"], 1) * 1e6
+                rounds[route].append(sample)
                 print(num_items, f"round {round_no + 1}", route, rounds[route][-1], flush=True)
         results = {route: summarize(samples, rounds["healthz"]) for route, samples in rounds.items()}
         for route, recall in recall_at_10(server.port, ckpt, num_items, args.history).items():
@@ -262,6 +266,7 @@ def summarize(samples: list[dict[str, float]], healthz: list[dict[str, float]]) 
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "p50_ms": float(np.median([s["p50_ms"] for s in samples])),
+        "worker_us": float(np.median([s["worker_us"] for s in samples])),
         "p99_ms": max(s["p99_ms"] for s in samples),
         "requests": sum(s["requests"] for s in samples),
         "non_2xx": sum(s["non_2xx"] for s in samples),
@@ -370,9 +375,13 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         "",
         "- req/s and p50: median over the rounds; vs /healthz: median of each round's ratio (range over the rounds "
         "in brackets); p99: the worst round's; requests and failures: all rounds.",
+        "- worker CPU: the uWSGI workers' user + system CPU time (/proc) per request served, median over the rounds, "
+        "and in brackets what the route adds to /healthz's (the framework's own cost: HTTP, Flask, telemetry). "
+        "wrk and the kernel's loopback TCP take CPU from the same 2 cores besides.",
         "",
-        "| items | route | req/s | vs /healthz | p50 ms | p99 ms | requests | failures | recall@10 |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| items | route | req/s | vs /healthz | p50 ms | p99 ms | worker CPU us/req | requests | failures "
+        "| recall@10 |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size, routes in results.items():
         for route, r in routes.items():
@@ -380,8 +389,10 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
             fails = int(r["non_2xx"] + r["failed_connections"])
             recall = f"{r['recall10']:.4f}" if "recall10" in r else ""
             name = f"{route} (ready {r['ready_s']:.0f} s)" if "ready_s" in r else route
+            extra = r["worker_us"] - routes["healthz"]["worker_us"] if "healthz" in routes else float("nan")
+            cpu = f"{r['worker_us']:.0f}" + ("" if route == "healthz" else f" (+{extra:.0f})")
             lines.append(
-                f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {size:,} | {name} | {r['rps']:,.0f} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} "
                 f"| {int(r['requests']):,} | {fails} | {recall} |"
             )
     judged = verdicts(results, args) if args.model != "sasrec" else sequence_verdicts(results)
