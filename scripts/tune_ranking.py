@@ -43,6 +43,8 @@ GRIDS = {
     # Mult-VAE / DAE (--model vae|dae): fixed epochs (val_fraction 0) against early stopping on 5% of the rows.
     "vae": {"model": ["vae"], "epochs": [30, 60, 100], "dim": [64, 200], "val_fraction": [0.0]},
     "dae": {"model": ["dae"], "epochs": [30, 60], "dim": [64, 200], "val_fraction": [0.0]},
+    # Implicit ALS's fold-in L2 for new users (--protocol strong), the default mf with its ials head.
+    "fold_in": {"loss": ["auto"], "fold_in_reg": [1.0, 2.0, 5.0, 10.0, 20.0, 50.0]},
     # The kinds as they are by default (the default's ranking head is ials with these defaults).
     "kinds": [{"loss": "ials"}, {"model": "vae"}, {"model": "dae"}],
 }
@@ -92,7 +94,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--losses", default="ials,softmax", help="grids to run: ials, softmax, vae, dae, kinds")
+    p.add_argument("--losses", default="ials,softmax", help="grids to run: ials, softmax, vae, dae, fold_in, kinds")
     p.add_argument("--protocol", default="known", choices=("known", "strong"), help="known users or new ones")
     args = p.parse_args()
     inner, measure = (known_users if args.protocol == "known" else new_users)(args)

@@ -134,12 +134,13 @@ class ServingIndex:
         # score weighs against the item biases (popularity) as it does for trained users.
         norms = np.linalg.norm(self.user_vectors[:, :-1], axis=1)
         self.typical_user_norm = float(np.median(norms)) if len(norms) else 1.0
-        # Implicit ALS rankers fold a history in exactly as training solves a user (implicit's recalculate_user):
-        # YtY over the whole catalogue (d, d) once per model, the history's rows per request.
+        # Implicit ALS rankers fold a history in as training solves a user (implicit's recalculate_user), with the
+        # fold-in's own L2 (config.fold_in_reg; a known user's explanation keeps training's): YtY over the whole
+        # catalogue (d, d) once per model, the history's rows per request.
         self.ials = _ials_fold_in(ckpt.config) if self.dot else None
         if self.ials is not None:
             items = self.item_vectors[:, :-1].astype(np.float64)
-            self.ials_base = items.T @ items + self.ials[1] * np.eye(self.dim)
+            self.ials_gram = items.T @ items
         # Autoencoders fold a history in by their own encoder (numpy): the code training gives a known user.
         self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
         # Sequence kinds: known users rank by their stored representation (user_vectors); a visitor's history is
@@ -343,7 +344,7 @@ class ServingIndex:
         similarity too.
         See :mod:`service.explain`."""
         if self.ials is not None:
-            return self._ials_system(item_idx, ratings)
+            return self._ials_system(item_idx, ratings, known)
         if known or self.encoder is not None or self.sequence is not None:
             return self.item_vectors[item_idx, :-1], None, np.ones(len(item_idx))
         if self.rank_is_rating:
@@ -354,13 +355,15 @@ class ServingIndex:
         scale = self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12)
         return y, None, weights * scale / max(len(item_idx), 1)
 
-    def _ials_system(self, item_idx: np.ndarray, ratings: np.ndarray | None):
+    def _ials_system(self, item_idx: np.ndarray, ratings: np.ndarray | None, known: bool = False):
         """Implicit ALS for one user: ``(YtY + alpha sum_h w_h y_h y_h^T + reg I) p = sum_h (1 + alpha w_h) y_h``
-        over liked items (w_h > 0): an item rated at the bottom of the scale counts as not interacted with."""
+        over liked items (w_h > 0): an item rated at the bottom of the scale counts as not interacted with.
+        ``reg``: the fold-in's, or training's for a ``known`` user (what their stored vector solved)."""
         weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-        alpha = self.ials[0]
+        alpha, train_reg, fold_reg = self.ials
         y = self.item_vectors[item_idx, :-1].astype(np.float64)
-        gram = self.ials_base + alpha * (y.T * weights) @ y
+        reg = train_reg if known else fold_reg
+        gram = self.ials_gram + reg * np.eye(self.dim) + alpha * (y.T * weights) @ y
         return y, gram, (1.0 + alpha * weights) * (weights > 0)
 
     def _ridge_system(self, item_idx: np.ndarray, ratings: np.ndarray | None):
@@ -378,8 +381,8 @@ class ServingIndex:
         items fixed (as implicit's ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i -
         p.V_i)^2 + reg*|p|^2``; without ratings every history item counts as liked at the top of the
         scale. Implicit-ALS rankers (the default MF's ranking head): the user's closed-form ALS solve with the
-        items fixed, liked items weighted by ``(r - low) / (high - low)``. Other ranking models: the mean of the
-        history's item vectors
+        items fixed and the fold-in's L2 (``fold_in_reg``), liked items weighted by ``(r - low) / (high - low)``.
+        Other ranking models: the mean of the history's item vectors
         weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
         at a typical user's length. Autoencoders (vae, dae): their encoder's mean code. NeuMF: a few gradient
         steps on a fresh user's embeddings (see :class:`TorchScorer`). Sequence kinds: the network's reading of
@@ -493,13 +496,16 @@ def _without(items: np.ndarray, banned: np.ndarray) -> np.ndarray:
     return np.delete(items, pos[items[pos] == banned])
 
 
-def _ials_fold_in(config) -> tuple[float, float] | None:
-    """(alpha, reg) of the implicit-ALS model that ranks (the model itself or an mse model's head), else None."""
+def _ials_fold_in(config) -> tuple[float, float, float] | None:
+    """(alpha, training's reg, the fold-in's reg) of the implicit-ALS model that ranks (the model itself or an mse
+    model's head), else None. A checkpoint without a fold-in reg folds in with training's."""
     if config.loss == "ials":
-        return float(config.alpha), float(config.reg)
-    if config.loss == "mse" and config.rank_loss == "ials":
-        return float(config.alpha), float(config.rank_reg)
-    return None
+        reg = float(config.reg)
+    elif config.loss == "mse" and config.rank_loss == "ials":
+        reg = float(config.rank_reg)
+    else:
+        return None
+    return float(config.alpha), reg, reg if config.fold_in_reg is None else float(config.fold_in_reg)
 
 
 class TorchScorer:

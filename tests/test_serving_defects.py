@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,11 @@ import torch
 from model import checkpoint
 from model.data import RawRatings
 from model.interactions import build_dataset
+from model.topk import top_k
 from model.train import fit
 from service.index import ServingIndex
 from tests.test_models import BLOCK, KINDS, block, checkerboard
+from tests.test_uwsgi import call
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,39 @@ def test_the_default_model_through_the_flask_client(default_mf):
     similar = client.get("/similar?item_id=i5&k=3").get_json()["items"]
     assert len(similar) == 3 and sum(block(i["item_id"]) == 0 for i in similar) >= 2
     assert client.get("/readyz").get_json()["ready"] is True
+
+
+def test_ials_fold_in_solves_with_its_own_l2_over_uwsgi(default_mf, start_uwsgi, tmp_path):
+    """A new user's implicit-ALS solve uses the fold-in's L2 (chosen for new users), a known user's explanation
+    and a file written without that field keep training's; POST /recommend under uWSGI answers that solve."""
+    trained_ckpt = checkpoint.load(default_mf)
+    assert trained_ckpt.config.fold_in_reg is not None  # resolved and stored at training
+    ckpt = replace(trained_ckpt, config=replace(trained_ckpt.config, fold_in_reg=0.5))
+    path = checkpoint.save(ckpt, tmp_path / "fold.ckpt")
+    index = ServingIndex(checkpoint.load(path))
+    alpha, train_reg, fold_reg = ckpt.config.alpha, ckpt.config.rank_reg, 0.5
+    assert fold_reg != train_reg
+    history = ["i30", "i31", "i34"]
+    hist = index.item_indices(history)
+    items = index.item_vectors[:, :-1].astype(np.float64)
+
+    def solve(reg: float) -> np.ndarray:
+        y = items[hist]
+        gram = items.T @ items + reg * np.eye(index.dim) + alpha * y.T @ y
+        return np.linalg.solve(gram, (1.0 + alpha) * y.sum(axis=0))
+
+    folded, trained = solve(fold_reg), solve(train_reg)
+    assert not np.allclose(folded, trained, rtol=1e-2)  # the two L2s give different users
+    np.testing.assert_allclose(index.fold_in(hist)[:-1], folded, rtol=1e-4, atol=1e-5)
+    before = ServingIndex(replace(ckpt, config=replace(ckpt.config, fold_in_reg=None)))
+    np.testing.assert_allclose(before.fold_in(hist)[:-1], trained, rtol=1e-4, atol=1e-5)
+    _, gram, _ = index.explain_system(hist, known=True)
+    known = items.T @ items + train_reg * np.eye(index.dim) + alpha * items[hist].T @ items[hist]
+    np.testing.assert_allclose(gram, known)
+
+    scores = index.item_vectors @ np.append(folded, 1.0)
+    scores[hist] = -np.inf
+    want = [index.item_ids[i] for i in top_k(scores, 4)]
+    server = start_uwsgi(path, RECSYS_PROCESSES="1")
+    status, _, answer = call(server.base, "/recommend", {"history": history, "k": 4})
+    assert status == 200 and [it["item_id"] for it in answer["items"]] == want
