@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -61,6 +62,7 @@ from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evalu
 from model.splits import fold_in_split, holdout_users, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
+PEER_MODULES = ("surprise", "implicit", "scipy", "threadpoolctl")  # the [bench] extra of pyproject.toml
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"  # a run without the rating task: quality-<tasks>
 K = 10
 TARGET_RMSE, TARGET_RMSE_FIT_S = 0.905, 30.0
@@ -789,6 +791,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [str(path) for path in needed if not path.is_file()]
     if missing:
         p.error(f"missing data files: {', '.join(missing)} (see --data-dir)")
+    # A section whose peer rows all read "failed" says nothing: refuse before the run, not after it.
+    absent = [] if args.skip_peers else [m for m in PEER_MODULES if importlib.util.find_spec(m) is None]
+    if absent:
+        p.error(f"peer libraries not installed: {', '.join(absent)} (pip install -e '.[bench]', or --skip-peers)")
     return args
 
 

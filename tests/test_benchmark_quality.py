@@ -76,6 +76,15 @@ def test_bad_arguments_exit_2(tmp_path):
     assert proc.returncode == 2 and "--folds" in proc.stderr
 
 
+def test_missing_peer_libraries_are_refused_before_the_run(fake_ml100k, tmp_path, monkeypatch, capsys):
+    """Without the [bench] extra every peer row would read "failed": refused up front, naming what is missing."""
+    monkeypatch.setattr(bq, "PEER_MODULES", ("surprise", "no_such_peer_library"))
+    with pytest.raises(SystemExit) as exit_info:
+        bq.parse_args(["--data-dir", str(fake_ml100k), "--tasks", "ranking", "--output", str(tmp_path / "out.md")])
+    assert exit_info.value.code == 2 and "no_such_peer_library" in capsys.readouterr().err
+    assert bq.parse_args(["--data-dir", str(fake_ml100k), "--tasks", "ranking", "--skip-peers"]).skip_peers
+
+
 def test_ease_reference_recovers_the_held_out_item_of_a_checkerboard():
     from model.interactions import Interactions
 
