@@ -58,13 +58,17 @@ class _Served:
             has = np.diff(attr.indptr) > 0
             self.single[has] = attr.values[attr.indptr[:-1][has]]
         self.value_ptr, self.value_items = attr.value_items()
+        self._items: dict[int, np.ndarray] = {}  # value code -> its items (views), filled as filters ask
         self.masks: dict[int, np.ndarray] = {}  # value code -> (I,) bool, read-only
 
     def count(self, code: int) -> int:
         return int(self.value_ptr[code + 1] - self.value_ptr[code])
 
     def items_of(self, code: int) -> np.ndarray:
-        return self.value_items[self.value_ptr[code] : self.value_ptr[code + 1]]
+        items = self._items.get(code)
+        if items is None:  # the slice once per value asked for, not two numpy scalar reads per request
+            items = self._items[code] = self.value_items[self.value_ptr[code] : self.value_ptr[code + 1]]
+        return items
 
 
 class AttributeIndex:

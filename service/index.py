@@ -322,9 +322,10 @@ class ServingIndex:
         if self.topn is not None and exclude_seen and cand is None and not hopeless:
             hit = self.topn.lookup(user_idx, k, banned, keep)
             if hit is not None:  # exactly what the scan below would answer
-                return self._answer(hit[0], hit[1] + offset if offset else hit[1], None, explained)  # as _rank adds
+                scores = hit[1].tolist()  # the offset in Python: k additions, not a numpy call on the request path
+                return self._answer(hit[0], [s + offset for s in scores] if offset else scores, None, explained)
         if exclude_seen:
-            banned = np.concatenate([banned, self.seen(user_idx)])
+            banned = np.concatenate([banned, self.seen(user_idx)]) if len(banned) else self.seen(user_idx)
         query = self.user_vectors[user_idx] if self.dot else self.torch_scorer.users(np.array([user_idx]))
         idx, scores = self._rank(query, offset, k, banned, cand, keep)
         return self._answer(idx, scores, None, explained)
