@@ -12,7 +12,7 @@ of the default vae sizes with random weights instead, whose fold-in runs its enc
 measures recall@10 of the served answers over HTTP. The items
 carry metadata (a title, a year, genres drawn with MovieLens 100k's genre shares), so every answer carries
 attributes, and ``recommend_filtered`` asks known users' top-10 with ``filter=genres:G``, G uniform over the
-18 genres (from Drama, 43% of the items, to Fantasy, 1.3%: narrow filters run out of the top-100 list and
+18 genres (from Drama, 43% of the items, to Fantasy, 1.3%: narrow filters run out of the top-N list and
 scan). A subset of routes and sizes can be rerun into its own section of docs/benchmarks.md:
 
     .venv/bin/python scripts/benchmark_serving.py --sizes 10000 --routes healthz,recommend,recommend_filtered \
@@ -371,7 +371,8 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         "`recommend_filtered`: 200 known users' top-10 with a random genre filter against exact filtered ranking "
         "(every answer also checked to hold only the genre).",
         "- ready s: from starting uWSGI to /readyz answering, including building and caching the HNSW index "
-        "and every user's top-100 list (the first worker builds them, the others map the cached files).",
+        "and every user's top-N list (scanned in each worker, 100-500 items long by default; searched from HNSW "
+        "by the first worker and mapped by the others).",
         "",
         "- req/s and p50: median over the rounds; vs /healthz: median of each round's ratio (range over the rounds "
         "in brackets); p99: the worst round's; requests and failures: all rounds.",
