@@ -371,7 +371,7 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         "`recommend_filtered`: 200 known users' top-10 with a random genre filter against exact filtered ranking "
         "(every answer also checked to hold only the genre).",
         "- ready s: from starting uWSGI to /readyz answering, including building and caching the HNSW index "
-        "and every user's top-N list (scanned in each worker, 100-500 items long by default; searched from HNSW "
+        "and every user's top-N list (scanned in each worker, 100-1,000 items long by default; searched from HNSW "
         "by the first worker and mapped by the others).",
         "",
         "- req/s and p50: median over the rounds; vs /healthz: median of each round's ratio (range over the rounds "

@@ -22,6 +22,7 @@ from model.items import Attribute, ItemAttributes, canonical
 MASK_SHARE = 256
 MASK_BUDGET = 32 * 2**20
 CACHE_ITEMS = 100_000  # items whose attribute dicts are kept once built (about 0.5 KB each)
+COMPILED_FILTERS = 4096  # distinct one-condition filters kept compiled per worker (emptied when full)
 
 
 class UnknownAttribute(KeyError):
@@ -77,6 +78,7 @@ class AttributeIndex:
     def __init__(self, attrs: ItemAttributes | None, num_items: int, budget: int = MASK_BUDGET):
         self.num_items = num_items
         self._cache: dict[int, dict[str, Any]] = {}
+        self._compiled: dict[tuple, ItemFilter] = {}  # filters -> their ItemFilter (shared: read only)
         self.by_name = {a.name: _Served(a, num_items) for a in (attrs.attributes if attrs else [])}
         # Masks for the most common values first, while they fit the budget.
         common = sorted(
@@ -131,6 +133,19 @@ class AttributeIndex:
         """
         if not filters:
             return None
+        key = tuple((name, tuple(values)) for name, values in filters.items())
+        compiled = self._compiled.get(key)
+        if compiled is None:  # the same few filters come back request after request: compile each once
+            compiled = self._compile(filters)
+            # Only one-condition filters are kept: they hold views of the index, never a mask of their own (a
+            # multi-condition filter may build an (I,) mask, which 4,096 kept filters would multiply).
+            if len(compiled.conditions) == 1:
+                if len(self._compiled) >= COMPILED_FILTERS:
+                    self._compiled.clear()
+                self._compiled[key] = compiled
+        return compiled
+
+    def _compile(self, filters: Mapping[str, Sequence[str]]) -> ItemFilter:
         conditions = []
         for name, values in filters.items():
             served = self.by_name.get(name)

@@ -39,7 +39,7 @@ SETTINGS: dict[str, Setting] = {
     # users x items is at most this many scores (the build is one users x items matrix product); 0 = no
     # lists at all, the ones searched from an ANN index included (TOPN_WITH_ANN).
     "TOPN_MAX_CELLS": Setting(100_000_000, "int", 0),
-    "TOPN_N": Setting(0, "int", 0, "list length per user (a larger k scans); 0 = automatic: 100-500 within 32 MiB"),
+    "TOPN_N": Setting(0, "int", 0, "list length per user (a larger k scans); 0 = automatic: 100-1000 within 64 MiB"),
     # With an ANN index (too many cells to build the lists at load): lists searched from the index once per
     # model (all cores) and cached beside it, memory-mapped and shared by the workers (4 bytes x N per user).
     "TOPN_WITH_ANN": Setting(True, "bool", help="with an ANN index, lists searched from it; off: per request"),
