@@ -22,7 +22,7 @@ from model.items import Attribute, ItemAttributes, canonical
 MASK_SHARE = 256
 MASK_BUDGET = 32 * 2**20
 CACHE_ITEMS = 100_000  # items whose attribute dicts are kept once built (about 0.5 KB each)
-COMPILED_FILTERS = 4096  # distinct one-condition filters kept compiled per worker (emptied when full)
+COMPILED_FILTERS = 4096  # distinct filters on one common value kept compiled per worker (emptied when full)
 
 
 class UnknownAttribute(KeyError):
@@ -137,9 +137,10 @@ class AttributeIndex:
         compiled = self._compiled.get(key)
         if compiled is None:  # the same few filters come back request after request: compile each once
             compiled = self._compile(filters)
-            # Only one-condition filters are kept: they hold views of the index, never a mask of their own (a
-            # multi-condition filter may build an (I,) mask, which 4,096 kept filters would multiply).
-            if len(compiled.conditions) == 1:
+            # Only filters on one common value (one with a stored mask) are kept: they hold views of the index and
+            # never build an (I,) mask of their own (/similar asks any filter for one), which kept filters would
+            # multiply by 4,096.
+            if len(compiled.conditions) == 1 and compiled.conditions[0][0] is not None:
                 if len(self._compiled) >= COMPILED_FILTERS:
                     self._compiled.clear()
                 self._compiled[key] = compiled
