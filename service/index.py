@@ -140,7 +140,9 @@ class ServingIndex:
         self.ials = _ials_fold_in(ckpt.config) if self.dot else None
         if self.ials is not None:
             items = self.item_vectors[:, :-1].astype(np.float64)
-            self.ials_gram = items.T @ items
+            gram, eye = items.T @ items, np.eye(self.dim)
+            # YtY + reg I for a new user (the fold-in's L2) and a known one (training's): once, not per request.
+            self.ials_base = {False: gram + self.ials[2] * eye, True: gram + self.ials[1] * eye}
         # Autoencoders fold a history in by their own encoder (numpy): the code training gives a known user.
         self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
         # Sequence kinds: known users rank by their stored representation (user_vectors); a visitor's history is
@@ -361,10 +363,9 @@ class ServingIndex:
         over liked items (w_h > 0): an item rated at the bottom of the scale counts as not interacted with.
         ``reg``: the fold-in's, or training's for a ``known`` user (what their stored vector solved)."""
         weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-        alpha, train_reg, fold_reg = self.ials
+        alpha = self.ials[0]
         y = self.item_vectors[item_idx, :-1].astype(np.float64)
-        reg = train_reg if known else fold_reg
-        gram = self.ials_gram + reg * np.eye(self.dim) + alpha * (y.T * weights) @ y
+        gram = self.ials_base[known] + alpha * (y.T * weights) @ y
         return y, gram, (1.0 + alpha * weights) * (weights > 0)
 
     def _ridge_system(self, item_idx: np.ndarray, ratings: np.ndarray | None):
