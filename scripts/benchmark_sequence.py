@@ -3,7 +3,8 @@ non-sequential model, in the same run, on the same split, scored by the same cod
 
     python scripts/benchmark_sequence.py [--seeds 0,1,2] [--models sasrec,gru4rec,caser] [--epochs N]
         [--trials N] [--peers popularity,mf,recbole] [--recbole-models SASRec,GRU4Rec,Caser]
-        [--recbole-epochs N] [--skip-peers] [--data-dir ../shared/datasets/ml-100k] [--output docs/benchmarks.md]
+        [--recbole-epochs N] [--skip-peers] [--jobs N] [--results DIR] [--fresh]
+        [--data-dir ../shared/datasets/ml-100k] [--output docs/benchmarks.md]
 
 Protocol (issue 11): leave-last-out by time (``model.sequence_data.last_out``: each user's newest row is the
 test item, ties in time broken by file order; the newest training row is the validation item), full
@@ -22,6 +23,13 @@ ranking over the catalogue with the user's earlier items excluded, HR@10 and nDC
 
 Tuning budget (``--trials N``): every tunable system tries the first N settings of its grid (the first is
 its default) and keeps the one with the best validation nDCG@10; N=1 runs the defaults only.
+Runs (one system on one seed) are saved under ``--results`` (``artifacts/benchmark_sequence``), keyed by the
+system, the seed and the settings that change its result (trials, epoch caps, patience, data); a later run
+with the same key reuses the saved one (``--fresh`` re-runs), so an interrupted benchmark resumes and parts
+of it can be run apart. Each saved run records the commit and the time it was measured at, and the table
+says which runs were reused. ``--jobs N`` runs N systems at once, each in a child process of this script
+with one torch thread, longest first (RecBole's SASRec takes the longest by far).
+
 Results (mean over ``--seeds`` and per seed) replace the section between ``<!-- sequence:begin -->`` and
 ``<!-- sequence:end -->`` of ``--output``. Timing figures are under whatever load the machine had.
 """
@@ -29,7 +37,9 @@ Results (mean over ``--seeds`` and per seed) replace the section between ``<!-- 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -195,16 +205,85 @@ def guarded(name: str, run) -> Run:
     return result
 
 
-def run_seed(seed: int, dataset: Dataset, test: Interactions, inter_file: Path | None, args) -> dict[str, Run]:
-    runs = {f"ours {kind}": (lambda kind=kind: ours(kind, dataset, test, seed, args)) for kind in args.models}
-    if "popularity" in args.peers:
-        runs["popularity"] = lambda: popularity(dataset, test)
-    if "mf" in args.peers:
-        runs["ours mf (default, non-sequential)"] = lambda: ours("mf", dataset, test, seed, args)
+MF = "ours mf (default, non-sequential)"
+# Rough single-thread minutes per seed on this machine, for running the longest first (--jobs).
+EXPECTED_MINUTES = {"RecBole SASRec": 60, "RecBole GRU4Rec": 20, "RecBole Caser": 4, "ours sasrec": 4,
+                    "ours gru4rec": 3, "ours caser": 1}  # fmt: skip
+
+
+def systems(args) -> list[str]:
+    """The systems to run, in table order."""
+    names = [f"ours {kind}" for kind in args.models]
+    names += [name for peer, name in (("popularity", "popularity"), ("mf", MF)) if peer in args.peers]
     if "recbole" in args.peers:
-        for model in args.recbole_models:
-            runs[f"RecBole {model}"] = lambda model=model: recbole(model, inter_file, dataset, test, seed, args)
-    return {name: guarded(f"{name} seed {seed}", run) for name, run in runs.items()}
+        names += [f"RecBole {model}" for model in args.recbole_models]
+    return names
+
+
+def run_one(name: str, seed: int, full: Dataset, dataset: Dataset, test: Interactions, args) -> Run:
+    """One system on one seed, in this process (``full``: every row, for RecBole's own split)."""
+    if name == "popularity":
+        return popularity(dataset, test)
+    if name == MF:
+        return ours("mf", dataset, test, seed, args)
+    if name.startswith("ours "):
+        return ours(name.removeprefix("ours "), dataset, test, seed, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        inter_file = write_inter(full.interactions, Path(tmp))
+        return recbole(name.removeprefix("RecBole "), inter_file, dataset, test, seed, args)
+
+
+def result_path(name: str, seed: int, args) -> Path:
+    """Where one run is saved: keyed by everything on the command line that changes its result."""
+    key = {"trials": args.trials, "data": str(args.data_dir)}
+    if name.startswith("RecBole "):
+        key |= {"epochs": args.recbole_epochs, "patience": args.recbole_patience}
+    elif name != "popularity":
+        key |= {"epochs": args.epochs}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return Path(args.results) / f"{slug}-seed{seed}-{digest}.json"
+
+
+def save_run(path: Path, run: Run) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
+    record = {**dataclasses.asdict(run), "commit": commit.stdout.strip() or "unknown",
+              "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
+    tmp.replace(path)
+
+
+def load_run(path: Path) -> tuple[Run, str]:
+    record = json.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(Run)}
+    return Run(**{k: v for k, v in record.items() if k in fields}), f"{record['commit']}, {record['measured']}"
+
+
+def run_pending(pending: list[tuple[str, int]], full: Dataset, dataset: Dataset, test: Interactions, args) -> None:
+    """Run and save each (system, seed): in this process, or ``--jobs`` children at a time, longest first."""
+    if args.jobs <= 1:
+        for name, seed in pending:
+            run = guarded(f"{name} seed {seed}", lambda n=name, s=seed: run_one(n, s, full, dataset, test, args))
+            save_run(result_path(name, seed, args), run)
+        return
+    pending = sorted(pending, key=lambda task: -EXPECTED_MINUTES.get(task[0], 1))
+    logs = Path(args.results) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def child(task: tuple[str, int]) -> None:
+        name, seed = task
+        log_file = logs / (result_path(name, seed, args).stem + ".log")
+        cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--one", name, "--seeds", str(seed)]
+        log(f"{name} seed {seed}: started (log {log_file})")
+        with log_file.open("w") as out:
+            code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode  # fmt: skip
+        log(f"{name} seed {seed}: exited {code}")
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(child, pending))
 
 
 def mean_of(runs: list[Run], key: str) -> float:
@@ -217,7 +296,7 @@ def cell(x: float, digits: int = 4) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
-def render(args, results: dict[str, list[Run]], command: str, load_start: str) -> str:
+def render(args, results: dict[str, list[Run]], command: str, load_start: str, reused: dict[str, str]) -> str:
     seeds = args.seeds
     head = ["system", "mean nDCG@10", "mean HR@10", *[f"nDCG@10 seed {s}" for s in seeds], "val nDCG@10",
             "fit s (mean)", "setting chosen (per seed)", "notes"]  # fmt: skip
@@ -241,7 +320,10 @@ def render(args, results: dict[str, list[Run]], command: str, load_start: str) -
         f"- Leave-last-out by time (ties: file order), full ranking, earlier items excluded; {len(seeds)} seed(s); "
         f"tuning budget {args.trials} setting(s) per system on the validation item; our epochs cap "
         f"{args.epochs or 'default'}, RecBole epochs cap {args.recbole_epochs} (patience {args.recbole_patience}).",
-        "- fit s: our `fit` (including early stopping and the refit) or RecBole's `trainer.fit`; one torch thread.",
+        "- fit s: our `fit` (including early stopping and the refit) or RecBole's `trainer.fit`; one torch thread"
+        + (f"; {args.jobs} systems at a time (`--jobs`)." if args.jobs > 1 else "."),
+        *([f"- Saved runs reused (measured at commit, time): {'; '.join(f'{k}: {v}' for k, v in reused.items())}"]
+          if reused else []),
         "",
         *lines,
         f"<!-- {TAG}:end -->",
@@ -260,8 +342,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recbole-models", default="SASRec,GRU4Rec,Caser")
     p.add_argument("--recbole-epochs", type=int, default=50)
     p.add_argument("--recbole-patience", type=int, default=5)
+    p.add_argument("--jobs", type=int, default=1, help="systems run at once, each in a child process")
+    p.add_argument("--results", default=str(REPO / "artifacts" / "benchmark_sequence"),
+                   help="saved runs (reused unless --fresh)")  # fmt: skip
+    p.add_argument("--fresh", action="store_true", help="re-run systems that have a saved run")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # a --jobs child: this system, one seed
     p.add_argument("--output", default="docs/benchmarks.md", help="'' to print only")
     args = p.parse_args(argv)
+    args.argv = [a for a in (sys.argv[1:] if argv is None else argv)]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.models = [m for m in args.models.split(",") if m]
     args.peers = [] if args.skip_peers else [m for m in args.peers.split(",") if m]
@@ -278,13 +366,23 @@ def main(argv: list[str] | None = None) -> int:
     train, test = last_out(full.interactions)
     dataset = dataclasses.replace(full, interactions=train)
     log(f"{len(train)} training rows, {len(test)} test items ({train.num_users} users, {train.num_items} items)")
+    if args.one:  # a --jobs child
+        args.jobs = 1
+        run_pending([(args.one, seed) for seed in args.seeds], full, dataset, test, args)
+        return 0
+    tasks = [(name, seed) for name in systems(args) for seed in args.seeds]
+    pending = [t for t in tasks if args.fresh or not result_path(*t, args).exists()]
+    log(f"{len(tasks) - len(pending)} of {len(tasks)} runs saved already; running {len(pending)}")
+    run_pending(pending, full, dataset, test, args)
     results: dict[str, list[Run]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        inter_file = write_inter(full.interactions, Path(tmp)) if "recbole" in args.peers else None
-        for seed in args.seeds:
-            for name, run in run_seed(seed, dataset, test, inter_file, args).items():
-                results.setdefault(name, []).append(run)
-    section = render(args, results, command, load_start)
+    reused: dict[str, str] = {}
+    for name, seed in tasks:
+        path = result_path(name, seed, args)
+        run, measured = load_run(path) if path.exists() else (Run(error="no result (see its log)"), "")
+        results.setdefault(name, []).append(run)
+        if (name, seed) not in pending and measured:
+            reused[f"{name} seed {seed}"] = measured
+    section = render(args, results, command, load_start, reused)
     print(section)
     if args.output:
         write_section(REPO / args.output, section, TAG)

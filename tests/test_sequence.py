@@ -225,7 +225,13 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     rows = zip(raw.user_ids, raw.item_ids, raw.timestamps)
     (tmp_path / "u.data").write_text("".join(f"{u[1:]}\t{i[1:]}\t1\t{t}\n" for u, i, t in rows))
     args = ["--data-dir", str(tmp_path), "--seeds", "0", "--models", "sasrec", "--epochs", "2", "--peers",
-            "popularity", "--output", ""]  # fmt: skip
-    assert bench.main(args) == 0
+            "popularity", "--results", str(tmp_path / "runs"), "--output", ""]  # fmt: skip
+    assert bench.main([*args, "--jobs", "2"]) == 0  # each system in a child process, saved under --results
     table = capsys.readouterr().out
     assert "| ours sasrec |" in table and "| popularity |" in table and "failed" not in table
+    assert "reused" not in table and len(list((tmp_path / "runs").glob("*.json"))) == 2
+    assert bench.main(args) == 0  # the same key again: nothing re-runs, the saved runs give the same table
+    again = capsys.readouterr().out
+    assert "Saved runs reused" in again and "ours sasrec seed 0" in again
+    rows = lambda text: [ln for ln in text.splitlines() if ln.startswith("| ours") or ln.startswith("| pop")]  # noqa: E731
+    assert rows(again) == rows(table)
