@@ -7,9 +7,12 @@ test suite checks these against the torch modules.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
+
+from model.sequence_data import pad_history
 
 Weights = Mapping[str, np.ndarray]
 
@@ -18,8 +21,25 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
 
 
+def prepare(w: Weights) -> dict[str, np.ndarray]:
+    """``w`` plus each linear layer's weight transposed into a contiguous copy (``NAME.weight_t``), which
+    :func:`_linear` uses when present: numpy's product with a transposed view took 22 us instead of 14 us for
+    one history's (50, 64) x (64, 192). Small: the layers' weights, not the item embeddings."""
+    out = dict(w)
+    for key, value in w.items():
+        name = key.removesuffix(".weight")
+        if key.endswith(".weight") and value.ndim == 2 and f"{name}.bias" in w and "embedding" not in name:
+            out[f"{name}.weight_t"] = np.ascontiguousarray(value.T)
+    return out
+
+
 def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1, x.shape[-1]) @ w[f"{name}.weight"].T + w[f"{name}.bias"]  # one 2-d product, not a batch
+    weight_t = w.get(f"{name}.weight_t")
+    if weight_t is None:
+        weight_t = w[f"{name}.weight"].T
+    if x.ndim == 2:
+        return x @ weight_t + w[f"{name}.bias"]
+    flat = x.reshape(-1, x.shape[-1]) @ weight_t + w[f"{name}.bias"]  # one 2-d product, not a batch
     return flat.reshape(*x.shape[:-1], -1)
 
 
@@ -49,6 +69,52 @@ def encode(w: Weights, kind: str, seq: np.ndarray, heads: int = 1) -> np.ndarray
     else:
         raise ValueError(f"unknown sequence kind {kind!r}")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def encode_history(w: Weights, kind: str, items: np.ndarray, max_len: int, heads: int = 1) -> np.ndarray:
+    """The representation (d,) float32 of one history (oldest first; its last ``max_len`` items): what
+    :func:`encode` gives for its left-padded window, by a shorter path for sasrec (``POST /recommend``'s)."""
+    items = np.asarray(items, dtype=np.int64)[-max_len:]
+    if kind == "sasrec" and len(items):
+        return _sasrec_one(w, items, heads)
+    return encode(w, kind, pad_history(items, max_len)[None], heads)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_bias(length: int) -> np.ndarray:
+    """(L, L) float32: 0 where a position may attend (itself and earlier ones), -1e9 above the diagonal."""
+    bias = np.triu(np.full((length, length), np.float32(-1e9)), 1)
+    bias.flags.writeable = False
+    return bias
+
+
+def _sasrec_one(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
+    """:func:`_sasrec_last` for one unpadded sequence (L,): no padding, so no masks; the causal bias is cached
+    per length; the last block attends from the newest position alone, which sees every position (no bias).
+    About half the numpy calls of the batched path: each costs microseconds on the request path."""
+    length = len(seq)
+    d = w["item_embedding.weight"].shape[1]
+    head_dim = d // heads
+    scale = np.float32(head_dim**-0.5)
+    x = w["item_embedding.weight"][seq] * np.float32(d**0.5) + w["position_embedding.weight"][-length:]
+    blocks = _block_count(w)
+    for b in range(blocks):
+        p = f"blocks.{b}"
+        qkv = _linear(w, f"{p}.qkv", _layer_norm(w, f"{p}.norm1", x))  # (L, 3d)
+        k = qkv[:, d : 2 * d].reshape(length, heads, head_dim).transpose(1, 2, 0)  # (H, hd, L)
+        v = qkv[:, 2 * d :].reshape(length, heads, head_dim).transpose(1, 0, 2)  # (H, L, hd)
+        if b == blocks - 1:  # the newest position only: it attends to every position
+            x = x[-1:]
+            q = qkv[-1:, :d].reshape(1, heads, head_dim).transpose(1, 0, 2)  # (H, 1, hd)
+            scores = q @ k * scale
+        else:
+            q = qkv[:, :d].reshape(length, heads, head_dim).transpose(1, 0, 2)  # (H, L, hd)
+            scores = q @ k * scale + _causal_bias(length)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        attended = (scores / scores.sum(-1, keepdims=True)) @ v  # (H, L or 1, hd)
+        x = x + _linear(w, f"{p}.proj", attended.transpose(1, 0, 2).reshape(len(x), d))
+        x = x + _linear(w, f"{p}.ff2", np.maximum(_linear(w, f"{p}.ff1", _layer_norm(w, f"{p}.norm2", x)), 0.0))
+    return np.ascontiguousarray(_layer_norm(w, "final_norm", x)[0], dtype=np.float32)
 
 
 def _gru_last(w: Weights, seq: np.ndarray) -> np.ndarray:

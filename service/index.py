@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model import sequence_numpy
 from model.autoencoder import AUTOENCODERS, encode_history, encoder_arrays
 from model.checkpoint import Checkpoint
 from model.sequence import SEQUENCE_KINDS
-from model.sequence_data import pad_history
-from model.sequence_numpy import encode
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
@@ -147,7 +146,7 @@ class ServingIndex:
         self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
         # Sequence kinds: known users rank by their stored representation (user_vectors); a visitor's history is
         # read by the network itself, one numpy forward pass (model.sequence_numpy), no torch.
-        self.sequence = (state, ckpt.config) if ckpt.kind in SEQUENCE_KINDS else None
+        self.sequence = (sequence_numpy.prepare(state), ckpt.config) if ckpt.kind in SEQUENCE_KINDS else None
         self.model_version = ckpt.model_version
         # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
         # would rank by something other than the model, so it always scores the catalogue.
@@ -396,8 +395,8 @@ class ServingIndex:
             return np.append(encode_history(*self.encoder, item_idx), 1.0).astype(np.float32)
         if self.sequence is not None:  # the order is the signal; ratings are not used
             weights, config = self.sequence
-            window = pad_history(item_idx, config.max_len)[None]
-            return np.append(encode(weights, self.kind, window, config.heads)[0], 1.0).astype(np.float32)
+            user = sequence_numpy.encode_history(weights, self.kind, item_idx, config.max_len, config.heads)
+            return np.append(user, 1.0).astype(np.float32)
         if self.ials is not None or self.rank_is_rating:
             y, gram, coef = self._ials_system(item_idx, ratings) if self.ials else self._ridge_system(item_idx, ratings)
             p = np.linalg.solve(gram, y.T @ coef)

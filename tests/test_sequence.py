@@ -18,7 +18,7 @@ from model.metrics import evaluate_ranking
 from model.retrain import ExitCode
 from model.sequence import SEQUENCE_KINDS, build_sequence_network
 from model.sequence_data import FileOrderWarning, last_out, left_pad, next_item_pairs, timelines, windows
-from model.sequence_numpy import encode
+from model.sequence_numpy import encode, encode_history, prepare
 from model.train import TrainConfig, fit, resolve
 from service.index import ServingIndex
 
@@ -73,6 +73,13 @@ def test_numpy_forward_pass_is_the_torch_network(kind):
         expected = net.encode(torch.from_numpy(seqs)).numpy()
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     np.testing.assert_allclose(encode(weights, kind, seqs, heads=2), expected, rtol=1e-4, atol=1e-5)
+    # One history (POST /recommend's path, sasrec's own shorter one), with or without the prepared weights.
+    for w in (weights, prepare(weights)):
+        for row, want in zip(seqs, expected):
+            history = row[row >= 0]
+            np.testing.assert_allclose(encode_history(w, kind, history, 6, 2), want, rtol=1e-4, atol=1e-5)
+        longer = np.concatenate([[1, 2, 3], seqs[0]])  # more than max_len: the newest max_len items count
+        np.testing.assert_allclose(encode_history(w, kind, longer, 6, 2), expected[0], rtol=1e-4, atol=1e-5)
     seqs[:, :2] = -1  # padding in every row (sasrec drops those columns) and a row of padding only
     seqs[3] = -1
     with torch.no_grad():
