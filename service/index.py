@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model import sequence_numpy
-from model.autoencoder import AUTOENCODERS, encode_history, encoder_arrays
 from model.checkpoint import Checkpoint
-from model.sequence import SEQUENCE_KINDS
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
 from service.explain import ExplainUnsupported, contributions, top_contributors
+from service.fold_in import FoldIn
+from service.torch_scorer import TorchScorer
 
 __all__ = ["BadFilterValue", "ExplainUnsupported", "Recommendation", "ServingIndex", "UnknownAttribute", "UnknownItem"]
 VALUE_BLOCK_BUDGET = 64 * 2**20
@@ -127,26 +126,9 @@ class ServingIndex:
         self._blocks: dict[tuple, np.ndarray] = {}  # (attribute, value) -> its items' vectors (see _value_block)
         self._block_bytes = 0
         self.low, self.high = ckpt.rating_scale
-        self.fold_in_reg = max(float(ckpt.config.reg or 0.0), 1e-3)
-        # Ranking fold-in (dot kinds with a ranking objective): a new user's vector is the mean of their items'
-        # vectors, rescaled to a typical trained user's length (the median), so the personal part of the
-        # score weighs against the item biases (popularity) as it does for trained users.
-        norms = np.linalg.norm(self.user_vectors[:, :-1], axis=1)
-        self.typical_user_norm = float(np.median(norms)) if len(norms) else 1.0
-        # Implicit ALS rankers fold a history in as training solves a user (implicit's recalculate_user), with the
-        # fold-in's own L2 (config.fold_in_reg; a known user's explanation keeps training's): YtY over the whole
-        # catalogue (d, d) once per model, the history's rows per request.
-        self.ials = _ials_fold_in(ckpt.config) if self.dot else None
-        if self.ials is not None:
-            items = self.item_vectors[:, :-1].astype(np.float64)
-            gram, eye = items.T @ items, np.eye(self.dim)
-            # YtY + reg I for a new user (the fold-in's L2) and a known one (training's): once, not per request.
-            self.ials_base = {False: gram + self.ials[2] * eye, True: gram + self.ials[1] * eye}
-        # Autoencoders fold a history in by their own encoder (numpy): the code training gives a known user.
-        self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
-        # Sequence kinds: known users rank by their stored representation (user_vectors); a visitor's history is
-        # read by the network itself, one numpy forward pass (model.sequence_numpy), no torch.
-        self.sequence = (sequence_numpy.prepare(state), ckpt.config) if ckpt.kind in SEQUENCE_KINDS else None
+        # A new user's query from a history (POST /recommend), per kind: service.fold_in.
+        self.folding = FoldIn(ckpt, state, self.item_vectors, self.user_vectors, self.item_bias, self.global_bias,
+                              self.rank_is_rating, self.torch_scorer)  # fmt: skip
         self.model_version = ckpt.model_version
         # NeuMF is not a dot product: an inner-product index or top-N lists of user_vectors . item_vectors
         # would rank by something other than the model, so it always scores the catalogue.
@@ -339,84 +321,18 @@ class ServingIndex:
             )
 
     def explain_system(self, item_idx: np.ndarray, ratings: np.ndarray | None = None, known: bool = False):
-        """The linear fold-in behind a user vector, ``p = W^-1 sum_h a_h y_h``: (the history's item vectors
-        ``y`` (n, d), ``W`` (d, d) or None for the identity, ``a`` (n,)). ``known``: a trained user, whose
-        vector only implicit ALS solves from the history (other kinds: item similarity, ``a = 1``); the
-        autoencoders' encoder and the sequence networks are not linear in the history, so theirs is item
-        similarity too.
-        See :mod:`service.explain`."""
-        if self.ials is not None:
-            return self._ials_system(item_idx, ratings, known)
-        if known or self.encoder is not None or self.sequence is not None:
-            return self.item_vectors[item_idx, :-1], None, np.ones(len(item_idx))
-        if self.rank_is_rating:
-            return self._ridge_system(item_idx, ratings)
-        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-        y = self.item_vectors[item_idx, :-1]
-        mean = (weights[:, None] * y).sum(axis=0) / max(len(item_idx), 1)
-        scale = self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12)
-        return y, None, weights * scale / max(len(item_idx), 1)
-
-    def _ials_system(self, item_idx: np.ndarray, ratings: np.ndarray | None, known: bool = False):
-        """Implicit ALS for one user: ``(YtY + alpha sum_h w_h y_h y_h^T + reg I) p = sum_h (1 + alpha w_h) y_h``
-        over liked items (w_h > 0): an item rated at the bottom of the scale counts as not interacted with.
-        ``reg``: the fold-in's, or training's for a ``known`` user (what their stored vector solved)."""
-        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-        alpha = self.ials[0]
-        y = self.item_vectors[item_idx, :-1].astype(np.float64)
-        gram = self.ials_base[known] + alpha * (y.T * weights) @ y
-        return y, gram, (1.0 + alpha * weights) * (weights > 0)
-
-    def _ridge_system(self, item_idx: np.ndarray, ratings: np.ndarray | None):
-        """The MF objective for one new user, items fixed: ``(F^T F + reg I) p = F^T (r - mu - b_i)``."""
-        factors = self.item_vectors[item_idx, :-1]  # (n, d)
-        target = (np.full(len(item_idx), self.high) if ratings is None else ratings) - self.global_bias
-        target = target - self.item_bias[item_idx]
-        gram = factors.T @ factors + self.fold_in_reg * np.eye(self.dim, dtype=np.float32)
-        return factors, gram, target.astype(np.float32)
+        """The linear system behind a (folded-in or ``known``) user's vector: see :meth:`FoldIn.system`."""
+        return self.folding.system(item_idx, ratings, known)
 
     def fold_in(self, item_idx: np.ndarray, ratings: np.ndarray | None = None):
-        """A query for a history the model never trained on: a user vector ``[p, 1]`` (d+1,) (NeuMF: embeddings).
-
-        Ranking by rating (an MF without a ranking head): solves the MF objective for one new user with the
-        items fixed (as implicit's ``recalculate_user`` does for ALS): ``min_p sum_i (r_i - mu - b_i -
-        p.V_i)^2 + reg*|p|^2``; without ratings every history item counts as liked at the top of the
-        scale. Implicit-ALS rankers (the default MF's ranking head): the user's closed-form ALS solve with the
-        items fixed and the fold-in's L2 (``fold_in_reg``), liked items weighted by ``(r - low) / (high - low)``.
-        Other ranking models: the mean of the history's item vectors
-        weighted by how much each was liked (``(r - low) / (high - low)``; without ratings all count fully),
-        at a typical user's length. Autoencoders (vae, dae): their encoder's mean code. NeuMF: a few gradient
-        steps on a fresh user's embeddings (see :class:`TorchScorer`). Sequence kinds: the network's reading of
-        the history in its order (oldest first), its last ``max_len`` items.
-        """
-        if not self.dot:
-            return self.torch_scorer.fold_in(item_idx)
-        if self.encoder is not None:  # every history item counts, as every training row did
-            return np.append(encode_history(*self.encoder, item_idx), 1.0).astype(np.float32)
-        if self.sequence is not None:  # the order is the signal; ratings are not used
-            weights, config = self.sequence
-            user = sequence_numpy.encode_history(weights, self.kind, item_idx, config.max_len, config.heads)
-            return np.append(user, 1.0).astype(np.float32)
-        if self.ials is not None or self.rank_is_rating:
-            y, gram, coef = self._ials_system(item_idx, ratings) if self.ials else self._ridge_system(item_idx, ratings)
-            p = np.linalg.solve(gram, y.T @ coef)
-            return np.append(p, 1.0).astype(np.float32)
-        # Ratings weigh the history: the top of the scale counts fully, the bottom not at all.
-        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-        mean = (weights[:, None] * self.item_vectors[item_idx, :-1]).sum(axis=0) / max(len(item_idx), 1)
-        p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
-        return np.append(p, 1.0).astype(np.float32)
+        """A query for a history the model never trained on: a user vector ``[p, 1]`` (d+1,) (NeuMF: its
+        embeddings), by the kind's rule (:mod:`service.fold_in`)."""
+        return self.folding.query(item_idx, ratings)
 
     def score_history(self, item_idx: np.ndarray, ratings: np.ndarray | None = None) -> np.ndarray:
         """Ranking scores (I,) of every item for a new user with this history: what ``recommend_for_history``
         ranks by (it then drops the history). Offline strong-generalisation evaluation scores through it."""
         return np.asarray(self._scores(self.fold_in(np.asarray(item_idx, np.int64), ratings)), np.float32)
-
-    def _liking(self, ratings: np.ndarray) -> np.ndarray:
-        """Ratings as weights in [0, 1]: (r - low) / (high - low), clipped; all 1 on a scale of one value."""
-        if self.high <= self.low:
-            return np.ones(len(ratings))
-        return np.clip((np.asarray(ratings, np.float64) - self.low) / (self.high - self.low), 0.0, 1.0)
 
     def recommend_for_history(
         self,
@@ -495,88 +411,3 @@ def _without(items: np.ndarray, banned: np.ndarray) -> np.ndarray:
         return items
     pos = np.minimum(np.searchsorted(items, banned), len(items) - 1)
     return np.delete(items, pos[items[pos] == banned])
-
-
-def _ials_fold_in(config) -> tuple[float, float, float] | None:
-    """(alpha, training's reg, the fold-in's reg) of the implicit-ALS model that ranks (the model itself or an mse
-    model's head), else None. A checkpoint without a fold-in reg folds in with training's."""
-    if config.loss == "ials":
-        reg = float(config.reg)
-    elif config.loss == "mse" and config.rank_loss == "ials":
-        reg = float(config.rank_reg)
-    else:
-        return None
-    return float(config.alpha), reg, reg if config.fold_in_reg is None else float(config.fold_in_reg)
-
-
-class TorchScorer:
-    """NeuMF at serving time: batched forward passes over the catalogue, no gradients, on the CPU.
-
-    torch runs on the request path only here. Workers run one torch thread each (uwsgi.ini sets
-    ``OMP_NUM_THREADS=1``; ``service.wsgi`` calls ``torch.set_num_threads(1)``), so N workers use N cores.
-    """
-
-    def __init__(self, ckpt: Checkpoint, chunk: int = 65536):
-        import torch  # only this kind needs torch to answer requests
-
-        self.torch = torch
-        self.net = ckpt.network().requires_grad_(False)  # fold-in optimises new embeddings only
-        self.chunk = chunk
-        self.num_items = ckpt.num_items
-
-    def users(self, user_idx: np.ndarray):
-        """The query for known users: their (gmf, mlp) embeddings, (n, d) and (n, h)."""
-        idx = self.torch.from_numpy(np.asarray(user_idx, dtype=np.int64))
-        with self.torch.no_grad():
-            return self.net.gmf_user(idx), self.net.mlp_user(idx)
-
-    def scores(self, query, items: np.ndarray | None = None) -> np.ndarray:
-        """Logits (n, m) of ``items`` (default: all) for n queries."""
-        torch = self.torch
-        gmf_u, mlp_u = query
-        items_t = torch.arange(self.num_items) if items is None else torch.from_numpy(np.asarray(items, np.int64))
-        out = np.empty((len(gmf_u), len(items_t)), dtype=np.float32)
-        step = max(self.chunk // max(len(items_t), 1), 1)
-        with torch.no_grad():
-            for start in range(0, len(gmf_u), step):
-                out[start : start + step] = self.net.score_items(
-                    gmf_u[start : start + step], mlp_u[start : start + step], items_t
-                ).numpy()
-        return out
-
-    def pairs(self, user_idx: np.ndarray, item_idx: np.ndarray, block: int = 256) -> np.ndarray:
-        """Logits (n,) for (user, item) pairs.
-
-        Computed in zero-padded blocks of a fixed size: a matrix product's rounding can depend on how many
-        rows it has, and a pair must get the same answer alone as in a batch of 10,000.
-        """
-        torch = self.torch
-        n = len(user_idx)
-        padded = -(-max(n, 1) // block) * block
-        users, items = np.zeros(padded, np.int64), np.zeros(padded, np.int64)
-        users[:n], items[:n] = user_idx, item_idx
-        out = np.empty(padded, np.float32)
-        with torch.no_grad():
-            for start in range(0, padded, block):
-                sl = slice(start, start + block)
-                out[sl] = self.net(torch.from_numpy(users[sl]), torch.from_numpy(items[sl])).numpy()
-        return out[:n]
-
-    def fold_in(self, item_idx: np.ndarray, steps: int = 30):
-        """Embeddings for a new user: Adam steps on BCE (history = 1, every other item = 0, weighted to balance)."""
-        torch = self.torch
-        gmf = self.net.gmf_user.weight.detach().mean(0, keepdim=True).clone().requires_grad_(True)
-        mlp = self.net.mlp_user.weight.detach().mean(0, keepdim=True).clone().requires_grad_(True)
-        target = torch.zeros(self.num_items)
-        target[torch.from_numpy(np.asarray(item_idx, np.int64))] = 1.0
-        weight = torch.where(target > 0, 1.0 / target.sum(), 1.0 / (self.num_items - target.sum()).clamp(min=1))
-        opt = torch.optim.Adam([gmf, mlp], lr=0.05)
-        items = torch.arange(self.num_items)
-        for _ in range(steps):
-            logits = self.net.score_items(gmf, mlp, items)[0]
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-            loss = (bce * weight).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return gmf.detach(), mlp.detach()

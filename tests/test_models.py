@@ -15,6 +15,7 @@ from model import checkpoint
 from model.data import RawRatings
 from model.interactions import build_dataset
 from model.items import build
+from model.sequence import SEQUENCE_KINDS
 from model.train import TrainConfig, TrainingDiverged, fit
 from service.explain import contributions
 from service.index import BadFilterValue, ExplainUnsupported, ServingIndex, UnknownAttribute
@@ -258,7 +259,7 @@ def test_filters_and_explanations_for_every_kind(trained):
     hist = np.array([plain.item_index[i] for i in history])
     vectors, gram, coef = plain.explain_system(hist)
     split = contributions(plain.item_vectors[:, :-1], vectors, coef, gram).sum(axis=1)
-    if plain.encoder is None and plain.sequence is None:
+    if plain.folding.linear:
         want = plain.item_vectors[:, :-1] @ plain.fold_in(hist)[:-1]
         np.testing.assert_allclose(split, want, rtol=1e-3, atol=1e-4)
     if name == "mf-by-rating":  # its factors do not cluster the blocks (see test_model_contract)
@@ -270,7 +271,7 @@ def test_filters_and_explanations_for_every_kind(trained):
         explained = zip(rec.item_ids, rec.explanations)
         own += [block(e[0]["item_id"]) == group(user) for i, e in explained if block(i) == group(user)]
     assert len(own) > len(ckpt.user_ids) and np.mean(own) >= 0.8, (name, np.mean(own))
-    if plain.sequence is not None:  # the history ends on the block-0 item i5: a sequence model rightly follows it
+    if plain.kind in SEQUENCE_KINDS:  # the history ends on the block-0 item i5: a sequence model rightly follows it
         return
     rec = plain.recommend_for_history(history, 3, explain=True)
     firsts = [block(e[0]["item_id"]) for i, e in zip(rec.item_ids, rec.explanations) if block(i) == 2]
