@@ -25,10 +25,10 @@ Tuning budget (``--trials N``): every tunable system tries the first N settings 
 its default) and keeps the one with the best validation nDCG@10; N=1 runs the defaults only.
 Runs (one system on one seed) are saved under ``--results`` (``artifacts/benchmark_sequence``), keyed by the
 system, the seed and the settings that change its result (trials, epoch caps, patience, data); a later run
-with the same key reuses the saved one (``--fresh`` re-runs), so an interrupted benchmark resumes and parts
-of it can be run apart. Each saved run records the commit and the time it was measured at, and the table
-says which runs were reused. ``--jobs N`` runs N systems at once, each in a child process of this script
-with one torch thread, longest first (RecBole's SASRec takes the longest by far).
+with the same key reuses the saved one unless it failed (``--fresh`` re-runs all), so an interrupted
+benchmark resumes and parts of it can be run apart. Each saved run records the commit and the time it was
+measured at, and the table says which runs were reused. ``--jobs N`` runs N systems at once, each in a child
+process of this script with one torch thread, longest first (RecBole's SASRec takes the longest by far).
 
 Results (mean over ``--seeds`` and per seed) replace the section between ``<!-- sequence:begin -->`` and
 ``<!-- sequence:end -->`` of ``--output``. Timing figures are under whatever load the machine had.
@@ -255,6 +255,11 @@ def save_run(path: Path, run: Run) -> None:
     tmp.replace(path)
 
 
+def saved_ok(path: Path) -> bool:
+    """A saved run that did not fail (a failed one is shown once, then run again by the next invocation)."""
+    return path.exists() and not load_run(path)[0].error
+
+
 def load_run(path: Path) -> tuple[Run, str]:
     record = json.loads(path.read_text())
     fields = {f.name for f in dataclasses.fields(Run)}
@@ -371,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         run_pending([(args.one, seed) for seed in args.seeds], full, dataset, test, args)
         return 0
     tasks = [(name, seed) for name in systems(args) for seed in args.seeds]
-    pending = [t for t in tasks if args.fresh or not result_path(*t, args).exists()]
+    pending = [t for t in tasks if args.fresh or not saved_ok(result_path(*t, args))]
     log(f"{len(tasks) - len(pending)} of {len(tasks)} runs saved already; running {len(pending)}")
     run_pending(pending, full, dataset, test, args)
     results: dict[str, list[Run]] = {}

@@ -242,3 +242,10 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     assert "Saved runs reused" in again and "ours sasrec seed 0" in again
     rows = lambda text: [ln for ln in text.splitlines() if ln.startswith("| ours") or ln.startswith("| pop")]  # noqa: E731
     assert rows(again) == rows(table)
+    saved = bench.result_path("popularity", 0, bench.parse_args(args))
+    record = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**record, "test": {}, "error": "RuntimeError: boom"}))  # a failed run is retried
+    assert bench.main(args) == 0
+    third = capsys.readouterr().out
+    assert "popularity seed 0" not in third.split("Saved runs reused")[1] and rows(third) == rows(table)
+    assert not json.loads(saved.read_text())["error"]
