@@ -115,7 +115,8 @@ def ours(kind: str, dataset: Dataset, test: Interactions, seed: int, args) -> Ru
     trials, seconds = [], []
     for setting in GRIDS[kind][: args.trials]:
         extra = {"epochs": args.epochs} if args.epochs and kind != "mf" else {}
-        config = TrainConfig(model=kind, seed=seed, **extra, **setting)
+        # One thread for every system (the closed-form MF would take every core: unfair to --jobs neighbours).
+        config = TrainConfig(model=kind, seed=seed, threads=1, **extra, **setting)
         result = fit(dataset.interactions, config, progress=False)
         seconds.append(result.metrics["fit_seconds"])
         val = result.metrics.get("val_ndcg10", result.metrics.get("rank_val_ndcg10", math.nan))
@@ -267,12 +268,17 @@ def load_run(path: Path) -> tuple[Run, str]:
 
 
 def run_pending(pending: list[tuple[str, int]], full: Dataset, dataset: Dataset, test: Interactions, args) -> None:
-    """Run and save each (system, seed): in this process, or ``--jobs`` children at a time, longest first."""
+    """Run and save each (system, seed): in this process, or ``--jobs`` children at a time, longest first.
+    A run's old file goes first, so a run that dies leaves no result rather than an older one."""
+    for name, seed in pending:
+        result_path(name, seed, args).unlink(missing_ok=True)
     if args.jobs <= 1:
         for name, seed in pending:
             run = guarded(f"{name} seed {seed}", lambda n=name, s=seed: run_one(n, s, full, dataset, test, args))
             save_run(result_path(name, seed, args), run)
         return
+    if any(name.startswith("RecBole ") for name, _ in pending):
+        recbole_venv()  # made once here, not by several children at once
     pending = sorted(pending, key=lambda task: -EXPECTED_MINUTES.get(task[0], 1))
     logs = Path(args.results) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -280,12 +286,15 @@ def run_pending(pending: list[tuple[str, int]], full: Dataset, dataset: Dataset,
     def child(task: tuple[str, int]) -> None:
         name, seed = task
         log_file = logs / (result_path(name, seed, args).stem + ".log")
-        cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--one", name, "--seeds", str(seed)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--one", name, "--seeds", str(seed),
+               "--results", args.results]  # fmt: skip
         log(f"{name} seed {seed}: started (log {log_file})")
         with log_file.open("w") as out:
             code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode  # fmt: skip
         log(f"{name} seed {seed}: exited {code}")
+        if not result_path(name, seed, args).exists():  # killed, or failed outside guarded(): say so in the table
+            save_run(result_path(name, seed, args), Run(error=f"child exited {code}; see {log_file}"))
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(child, pending))
@@ -355,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="docs/benchmarks.md", help="'' to print only")
     args = p.parse_args(argv)
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv)]
+    args.results = str(Path(args.results).resolve())  # children run in the repo root
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.models = [m for m in args.models.split(",") if m]
     args.peers = [] if args.skip_peers else [m for m in args.peers.split(",") if m]
