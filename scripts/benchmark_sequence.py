@@ -261,10 +261,11 @@ def saved_ok(path: Path) -> bool:
     return path.exists() and not load_run(path)[0].error
 
 
-def load_run(path: Path) -> tuple[Run, str]:
+def load_run(path: Path) -> tuple[Run, tuple[str, str]]:
+    """A saved run and (the commit, the time) it was measured at."""
     record = json.loads(path.read_text())
     fields = {f.name for f in dataclasses.fields(Run)}
-    return Run(**{k: v for k, v in record.items() if k in fields}), f"{record['commit']}, {record['measured']}"
+    return Run(**{k: v for k, v in record.items() if k in fields}), (record["commit"], record["measured"])
 
 
 def run_pending(pending: list[tuple[str, int]], full: Dataset, dataset: Dataset, test: Interactions, args) -> None:
@@ -310,7 +311,20 @@ def cell(x: float, digits: int = 4) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
-def render(args, results: dict[str, list[Run]], command: str, load_start: str, reused: dict[str, str]) -> str:
+def reused_line(reused: dict[str, tuple[str, str]], total: int) -> list[str]:
+    """One line on the runs this invocation took from earlier ones: how many, when and at which commits."""
+    if not reused:
+        return []
+    commits = ", ".join(dict.fromkeys(commit for commit, _ in reused.values()))
+    times = sorted(when for _, when in reused.values())
+    which = "all of them" if len(reused) == total else ", ".join(reused)
+    return [
+        f"- {len(reused)} of {total} runs were measured by earlier invocations with the same settings (saved "
+        f"under --results) and reused: {which}; measured {times[0]} to {times[-1]}, at commit(s) {commits}."
+    ]
+
+
+def render(args, results: dict[str, list[Run]], command: str, load_start: str, reused: dict) -> str:
     seeds = args.seeds
     head = ["system", "mean nDCG@10", "mean HR@10", *[f"nDCG@10 seed {s}" for s in seeds], "val nDCG@10",
             "fit s (mean)", "setting chosen (per seed)", "notes"]  # fmt: skip
@@ -336,8 +350,7 @@ def render(args, results: dict[str, list[Run]], command: str, load_start: str, r
         f"{args.epochs or 'default'}, RecBole epochs cap {args.recbole_epochs} (patience {args.recbole_patience}).",
         "- fit s: our `fit` (including early stopping and the refit) or RecBole's `trainer.fit`; one torch thread"
         + (f"; {args.jobs} systems at a time (`--jobs`)." if args.jobs > 1 else "."),
-        *([f"- Saved runs reused (measured at commit, time): {'; '.join(f'{k}: {v}' for k, v in reused.items())}"]
-          if reused else []),
+        *reused_line(reused, sum(len(runs) for runs in results.values())),
         "",
         *lines,
         f"<!-- {TAG}:end -->",
@@ -390,10 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{len(tasks) - len(pending)} of {len(tasks)} runs saved already; running {len(pending)}")
     run_pending(pending, full, dataset, test, args)
     results: dict[str, list[Run]] = {}
-    reused: dict[str, str] = {}
+    reused: dict[str, tuple[str, str]] = {}
     for name, seed in tasks:
         path = result_path(name, seed, args)
-        run, measured = load_run(path) if path.exists() else (Run(error="no result (see its log)"), "")
+        run, measured = load_run(path) if path.exists() else (Run(error="no result (see its log)"), None)
         results.setdefault(name, []).append(run)
         if (name, seed) not in pending and measured:
             reused[f"{name} seed {seed}"] = measured

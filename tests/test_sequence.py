@@ -239,7 +239,7 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     assert "reused" not in table and len(list((tmp_path / "runs").glob("*.json"))) == 2
     assert bench.main(args) == 0  # the same key again: nothing re-runs, the saved runs give the same table
     again = capsys.readouterr().out
-    assert "Saved runs reused" in again and "ours sasrec seed 0" in again
+    assert "2 of 2 runs were measured by earlier invocations" in again and "all of them" in again
     rows = lambda text: [ln for ln in text.splitlines() if ln.startswith("| ours") or ln.startswith("| pop")]  # noqa: E731
     assert rows(again) == rows(table)
     saved = bench.result_path("popularity", 0, bench.parse_args(args))
@@ -247,5 +247,6 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     saved.write_text(json.dumps({**record, "test": {}, "error": "RuntimeError: boom"}))  # a failed run is retried
     assert bench.main(args) == 0
     third = capsys.readouterr().out
-    assert "popularity seed 0" not in third.split("Saved runs reused")[1] and rows(third) == rows(table)
+    assert "1 of 2 runs were measured by earlier invocations" in third
+    assert "reused: ours sasrec seed 0;" in third and rows(third) == rows(table)
     assert not json.loads(saved.read_text())["error"]
