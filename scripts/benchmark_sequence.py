@@ -3,7 +3,7 @@ non-sequential model, in the same run, on the same split, scored by the same cod
 
     python scripts/benchmark_sequence.py [--seeds 0,1,2] [--models sasrec,gru4rec,caser] [--epochs N]
         [--trials N] [--peers popularity,mf,recbole] [--recbole-models SASRec,GRU4Rec,Caser]
-        [--recbole-epochs N] [--skip-peers] [--jobs N] [--results DIR] [--fresh]
+        [--recbole-epochs N] [--skip-peers] [--jobs N] [--results DIR] [--fresh] [--render-only]
         [--data-dir ../shared/datasets/ml-100k] [--output docs/benchmarks.md]
 
 Protocol (issue 11): leave-last-out by time (``model.sequence_data.last_out``: each user's newest row is the
@@ -27,8 +27,10 @@ Runs (one system on one seed) are saved under ``--results`` (``artifacts/benchma
 system, the seed and the settings that change its result (trials, epoch caps, patience, data); a later run
 with the same key reuses the saved one unless it failed (``--fresh`` re-runs all), so an interrupted
 benchmark resumes and parts of it can be run apart. Each saved run records the commit and the time it was
-measured at, and the table says which runs were reused. ``--jobs N`` runs N systems at once, each in a child
-process of this script with one torch thread, longest first (RecBole's SASRec takes the longest by far).
+measured at, and the table says which runs were reused; ``--render-only`` runs nothing and shows the saved
+runs alone (a seed without one reads "not run", and that system's means are over the seeds that ran).
+``--jobs N`` runs N systems at once, each in a child process of this script with one torch thread, longest
+first (RecBole's SASRec takes the longest by far).
 
 Results (mean over ``--seeds`` and per seed) replace the section between ``<!-- sequence:begin -->`` and
 ``<!-- sequence:end -->`` of ``--output``. Timing figures are under whatever load the machine had.
@@ -301,7 +303,12 @@ def run_pending(pending: list[tuple[str, int]], full: Dataset, dataset: Dataset,
         list(pool.map(child, pending))
 
 
+NOT_RUN = "not run (--render-only)"
+
+
 def mean_of(runs: list[Run], key: str) -> float:
+    """The mean over the seeds that ran (``--render-only`` may lack some); NaN if one failed or none ran."""
+    runs = [r for r in runs if r.error != NOT_RUN]
     if not runs or any(r.error for r in runs):
         return math.nan
     return float(np.mean([r.test[key] if key in r.test else getattr(r, key) for r in runs]))
@@ -330,10 +337,13 @@ def render(args, results: dict[str, list[Run]], command: str, load_start: str, r
             "fit s (mean)", "setting chosen (per seed)", "notes"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 3) + "|---|---|"]
     for name, runs in results.items():
-        per_seed = [r.error and "failed" or cell(r.test["ndcg"]) for r in runs]
-        errors = [r.error for r in runs if r.error]
+        per_seed = [("not run" if r.error == NOT_RUN else "failed") if r.error else cell(r.test["ndcg"]) for r in runs]
+        errors = [r.error for r in runs if r.error and r.error != NOT_RUN]
         settings = "; ".join(json.dumps(r.setting) if r.setting else "defaults" for r in runs if not r.error)
         notes = errors[0] if errors else "; ".join(dict.fromkeys(r.note for r in runs if r.note))
+        missing = sum(r.error == NOT_RUN for r in runs)
+        if missing and missing < len(runs):
+            notes = f"means over the {len(runs) - missing} seed(s) run; " + notes
         cells = [name, cell(mean_of(runs, "ndcg")), cell(mean_of(runs, "hr")), *per_seed,
                  cell(mean_of(runs, "val_ndcg")), cell(mean_of(runs, "fit_s"), 0), settings, notes]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -373,6 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(REPO / "artifacts" / "benchmark_sequence"),
                    help="saved runs (reused unless --fresh)")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="re-run systems that have a saved run")
+    p.add_argument("--render-only", action="store_true", help="run nothing: the table from the saved runs alone")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # a --jobs child: this system, one seed
     p.add_argument("--output", default="docs/benchmarks.md", help="'' to print only")
     args = p.parse_args(argv)
@@ -400,15 +411,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tasks = [(name, seed) for name in systems(args) for seed in args.seeds]
     pending = [t for t in tasks if args.fresh or not saved_ok(result_path(*t, args))]
-    log(f"{len(tasks) - len(pending)} of {len(tasks)} runs saved already; running {len(pending)}")
-    run_pending(pending, full, dataset, test, args)
+    log(f"{len(tasks) - len(pending)} of {len(tasks)} runs saved already")
+    if not args.render_only:
+        run_pending(pending, full, dataset, test, args)
     results: dict[str, list[Run]] = {}
     reused: dict[str, tuple[str, str]] = {}
     for name, seed in tasks:
         path = result_path(name, seed, args)
-        run, measured = load_run(path) if path.exists() else (Run(error="no result (see its log)"), None)
+        missing = Run(error=NOT_RUN if args.render_only else "no result (see its log)")
+        run, measured = load_run(path) if path.exists() else (missing, None)
         results.setdefault(name, []).append(run)
-        if (name, seed) not in pending and measured:
+        if ((name, seed) not in pending or args.render_only) and measured:
             reused[f"{name} seed {seed}"] = measured
     section = render(args, results, command, load_start, reused)
     print(section)

@@ -250,3 +250,7 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     assert "1 of 2 runs were measured by earlier invocations" in third
     assert "reused: ours sasrec seed 0;" in third and rows(third) == rows(table)
     assert not json.loads(saved.read_text())["error"]
+    assert bench.main([*args, "--seeds", "0,1", "--render-only"]) == 0  # seed 1 never ran: shown, not run
+    partial = capsys.readouterr().out
+    assert "not run" in partial and "means over the 1 seed(s) run" in partial
+    assert not list((tmp_path / "runs").glob("*seed1*"))
