@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from service import metrics
@@ -49,9 +51,15 @@ def _model() -> ModelState:
 
 
 def _query_args() -> dict:
-    """Query parameters as a dict; list parameters may repeat and/or be comma-separated, others may not repeat."""
+    """Query parameters as a dict; list parameters may repeat and/or be comma-separated, others may not repeat.
+
+    Parsed as werkzeug parses ``request.args`` (the same call: blank values kept, invalid bytes left
+    percent-encoded), minus its MultiDict, which this runs on every GET only to take apart again."""
+    parsed: dict[str, list[str]] = {}
+    for name, value in parse_qsl(request.query_string.decode(), keep_blank_values=True, errors="werkzeug.url_quote"):
+        parsed.setdefault(name, []).append(value)
     args = {}
-    for name, values in request.args.lists():  # one pass over the parsed MultiDict (this runs on every GET)
+    for name, values in parsed.items():
         if name in LIST_PARAMS:
             args[name] = [part for value in values for part in value.split(",") if part]
         elif name in REPEATED_PARAMS:

@@ -71,6 +71,15 @@ BodyFilter = Annotated[
     dict[str, FilterValue | list[FilterValue]],
     Field(max_length=MAX_FILTERS, description="{attribute: value or [values]}: every value must hold (see GET)"),
 ]
+
+
+def empty_list(description: str | None = None) -> Any:
+    """A list field that defaults to ``[]``: built fresh per request (pydantic deep-copies a literal ``[]``
+    default on every validation, which was most of a GET's validation time) and still documented as ``[]``."""
+    described = {} if description is None else {"description": description}  # else the type's own, if any
+    return Field(default_factory=list, json_schema_extra={"default": []}, **described)
+
+
 EXPLAIN = "add to each item the user's history items that contributed most to its score, with their share"
 
 
@@ -90,9 +99,9 @@ class RecommendQuery(_Strict):
     user_id: RawId
     k: K = 10
     exclude_seen: bool = Field(True, description="drop items the user rated in training")
-    exclude: QueryIdList = Field([], description="item ids never to return (repeat the parameter or comma-separate)")
+    exclude: QueryIdList = empty_list("item ids never to return (repeat the parameter or comma-separate)")
     items: QueryIdList | None = Field(None, description="return only these item ids (repeat or comma-separate)")
-    filter: QueryFilterList = []
+    filter: QueryFilterList = empty_list()
     explain: bool = Field(False, description=EXPLAIN)
 
     def filters(self) -> dict[str, list[str]]:
@@ -139,7 +148,7 @@ class RecommendHistoryRequest(_Body):
         WithJsonSchema(_history_schema(), mode="validation"),
     ]
     k: BodyK = 10
-    exclude: IdList = []
+    exclude: IdList = empty_list()
     items: IdList | None = None
     filter: BodyFilter | None = None
     explain: bool = Field(False, description=EXPLAIN)
@@ -158,7 +167,7 @@ class RecommendHistoryRequest(_Body):
 class SimilarQuery(_Strict):
     item_id: RawId
     k: K = 10
-    filter: QueryFilterList = []
+    filter: QueryFilterList = empty_list()
 
     def filters(self) -> dict[str, list[str]]:
         return parse_filters(self.filter)
