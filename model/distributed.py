@@ -54,7 +54,9 @@ class Cluster:
             return module
         device = next(module.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # The loss modules' buffers (per-row weights) are the same on every rank: synced once at init (torch
+        # 2.13 always does), never again per forward.
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
 
 SINGLE = Cluster()
@@ -77,6 +79,17 @@ def start(cluster: Cluster, device: torch.device) -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def finish(cluster: Cluster) -> None:
+    """Wait until every rank is done (rank 0 writes the checkpoint while the others would already leave).
+
+    Called on the normal path only, so that no rank tears its connections down while another still holds
+    them open: the ranks then leave the group together (:func:`stop`). After an exception a rank leaves at
+    once: a barrier there could meet a collective the others are still in, and ``torchrun`` stops the rest.
+    """
+    if cluster.distributed and dist.is_initialized():
+        dist.barrier()
 
 
 def stop(cluster: Cluster) -> None:

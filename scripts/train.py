@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return train(args, cluster)
+        code = train(args, cluster)
+        distributed.finish(cluster)
+        return code
     finally:
         distributed.stop(cluster)
 
