@@ -64,7 +64,7 @@ from model.data import load_ratings  # noqa: E402
 from model.interactions import Dataset, Interactions, build_dataset  # noqa: E402
 from model.metrics import evaluate_ranking  # noqa: E402
 from model.sequence_data import last_out, timeline_order  # noqa: E402
-from model.train import TrainConfig, fit  # noqa: E402
+from model.train import TrainConfig, fit, resolve  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 TAG = "sequence"
@@ -112,13 +112,17 @@ def best_of(trials: list[tuple[dict, float, object]]) -> tuple[dict, float, obje
     return max(trials, key=lambda t: -math.inf if math.isnan(t[1]) else t[1])
 
 
+def trial_configs(kind: str, seed: int, args) -> list[TrainConfig]:
+    """Our kind's training configurations, one per tried setting, in the grid's order."""
+    extra = {"epochs": args.epochs} if args.epochs and kind != "mf" else {}
+    # One thread for every system (the closed-form MF would take every core: unfair to --jobs neighbours).
+    return [TrainConfig(model=kind, seed=seed, threads=1, **extra, **s) for s in GRIDS[kind][: args.trials]]
+
+
 def ours(kind: str, dataset: Dataset, test: Interactions, seed: int, args) -> Run:
     """Our kind, tuned on the validation item (fit's own), scored through the serving index."""
     trials, seconds = [], []
-    for setting in GRIDS[kind][: args.trials]:
-        extra = {"epochs": args.epochs} if args.epochs and kind != "mf" else {}
-        # One thread for every system (the closed-form MF would take every core: unfair to --jobs neighbours).
-        config = TrainConfig(model=kind, seed=seed, threads=1, **extra, **setting)
+    for setting, config in zip(GRIDS[kind][: args.trials], trial_configs(kind, seed, args)):
         result = fit(dataset.interactions, config, progress=False)
         seconds.append(result.metrics["fit_seconds"])
         val = result.metrics.get("val_ndcg10", result.metrics.get("rank_val_ndcg10", math.nan))
@@ -242,7 +246,11 @@ def result_path(name: str, seed: int, args) -> Path:
     if name.startswith("RecBole "):
         key |= {"epochs": args.recbole_epochs, "patience": args.recbole_patience}
     elif name != "popularity":
-        key |= {"epochs": args.epochs}
+        # Our runs also by what fit will train, every default filled in (the seed is in the file name):
+        # a changed default (epochs, patience, dim, ...) runs them again instead of reusing the old results.
+        kind = "mf" if name == MF else name.removeprefix("ours ")
+        resolved = [resolve(c, args.implicit, args.train_rows) for c in trial_configs(kind, 0, args)]
+        key |= {"epochs": args.epochs, "configs": [dataclasses.asdict(c) for c in resolved]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     return Path(args.results) / f"{slug}-seed{seed}-{digest}.json"
@@ -404,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     full = build_dataset(load_ratings(data_dir / "u.data"))
     train, test = last_out(full.interactions)
     dataset = dataclasses.replace(full, interactions=train)
+    args.implicit, args.train_rows = dataset.implicit, len(train)  # what result_path resolves our configs for
     log(f"{len(train)} training rows, {len(test)} test items ({train.num_users} users, {train.num_items} items)")
     if args.one:  # a --jobs child
         args.jobs = 1

@@ -12,6 +12,7 @@ import torch
 
 from model import checkpoint
 from model.checkpoint_checks import consistency_error
+from model.config import RANKING_DEFAULTS
 from model.data import RawRatings
 from model.interactions import Interactions, build_dataset
 from model.metrics import evaluate_ranking
@@ -254,3 +255,9 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     partial = capsys.readouterr().out
     assert "not run" in partial and "means over the 1 seed(s) run" in partial
     assert not list((tmp_path / "runs").glob("*seed1*"))
+    parsed = bench.parse_args(args)
+    parsed.implicit, parsed.train_rows = False, 120
+    ours = bench.result_path("ours sasrec", 0, parsed)
+    monkeypatch.setitem(RANKING_DEFAULTS["sasrec"], "dim", 24)  # a changed default: the saved run is not reused
+    assert bench.result_path("ours sasrec", 0, parsed) != ours
+    assert bench.result_path("popularity", 0, parsed) == saved
