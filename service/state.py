@@ -15,6 +15,7 @@ model keeps answering.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,13 @@ from service.index import ServingIndex
 from service.topn import TopNCache, TopNConfig, load_or_build_lists
 
 log = logging.getLogger(__name__)
+
+
+# The signals uWSGI stops, reloads and recycles a worker with (SIGINT, SIGQUIT, SIGTERM, SIGHUP) and its user
+# signals: blocked in the worker's own threads so that only the main thread, uWSGI's, ever handles them.
+WORKER_STOP_SIGNALS = frozenset(
+    {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+)
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,11 @@ class ModelHolder:
         """Poll every ``interval`` seconds in a daemon thread (needs uWSGI ``enable-threads``)."""
 
         def loop() -> None:
+            # Stop signals are the worker's main thread's to handle. A process-directed signal may be delivered
+            # to any thread that does not block it: uWSGI's handler then ran the interpreter's exit on this
+            # thread, which waited forever in threading's shutdown, and the master killed the worker after its
+            # 5 s mercy (seen in about 1 stop in 3 when the whole process group got SIGTERM).
+            signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
             while not self._stop.wait(interval):
                 try:
                     self.check()

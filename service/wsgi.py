@@ -23,16 +23,18 @@ except ImportError:
 if uwsgi is not None:
 
     def _exit_now() -> None:
-        """End the worker once our own exit work is done (registered last, so ``atexit`` runs it first).
+        """End the worker once our own exit work is done: uWSGI calls ``uwsgi.atexit`` before it finalizes
+        the interpreter, and this never returns, so the worker skips that finalization altogether.
 
-        torch's finalizers (``torch.library._del_library``) hang at interpreter exit in a uWSGI worker,
-        so every stop, reload and recycling waited out the 5 s mercy and ended in SIGKILL. A worker
-        holds nothing that needs them: drop its live metrics, flush the logs, and leave. (A worker
-        stopped while still loading the app is not helped: it never gets here, and the mercy ends it.)
+        Finalizing hung in a uWSGI worker, and the master killed the worker after its 5 s mercy: in torch's
+        finalizers (``torch.library._del_library``), and in the interpreter's wait for threads
+        (``wait_for_thread_shutdown``), which runs before any ``atexit`` hook could skip it. A worker holds
+        nothing that needs finalizing: drop its live metrics, flush the logs, and leave. (A worker stopped
+        while still loading the app never gets here; the mercy ends it.)
         """
         metrics.mark_worker_dead(os.getpid())
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
-    atexit.register(_exit_now)
+    uwsgi.atexit = _exit_now

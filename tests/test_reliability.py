@@ -22,6 +22,7 @@ import torch
 from model import checkpoint
 from model.store import ModelStore
 from model.train import TrainConfig, fit
+from service.state import WORKER_STOP_SIGNALS
 from tests.conftest import record_figures
 
 pytestmark = pytest.mark.reliability
@@ -282,6 +283,27 @@ def test_a_worker_killed_under_load_is_respawned_and_only_its_request_fails(star
     assert after and all(r[2] == 200 for r in after)
     assert victim not in respawned and "killed by signal 9" in server.log()
     assert get_json(server.base, "/readyz")[0] == 200
+
+
+def _blocked_signals(pid: int, tid: int) -> set[int]:
+    """The signals thread ``tid`` of process ``pid`` blocks (its ``SigBlk`` mask in /proc)."""
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines()
+    mask = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def test_only_a_workers_main_thread_takes_the_stop_signals(start_uwsgi, small_ckpt_path):
+    # A stop signal delivered to the model watcher thread ran the interpreter's exit there, which hung in its wait
+    # for threads until the master's SIGKILL 5 s later (service/state.py).
+    server = start_uwsgi(small_ckpt_path, RECSYS_PROCESSES="2")  # the watcher thread polls (default interval)
+    wait_for(lambda: len(_workers(server.proc.pid)) == 2 and len(worker_versions(server.base)) == 2)
+    stop_signals = {int(s) for s in WORKER_STOP_SIGNALS}
+    for worker in _workers(server.proc.pid):
+        threads = {int(tid) for tid in os.listdir(f"/proc/{worker}/task")} - {worker}
+        assert threads, "each worker runs its model watcher thread"
+        for tid in threads:
+            assert stop_signals <= _blocked_signals(worker, tid), (worker, tid)
+        assert not stop_signals & _blocked_signals(worker, worker)  # uWSGI's own thread handles them
 
 
 def test_bad_pickle_via_plain_pickle_module_is_refused_too(tmp_path):
