@@ -84,12 +84,15 @@ def start(cluster: Cluster, device: torch.device) -> None:
 def finish(cluster: Cluster) -> None:
     """Wait until every rank is done (rank 0 writes the checkpoint while the others would already leave).
 
-    Called on the normal path only, so that no rank tears its connections down while another still holds
-    them open: the ranks then leave the group together (:func:`stop`). After an exception a rank leaves at
-    once: a barrier there could meet a collective the others are still in, and ``torchrun`` stops the rest.
+    Called after a successful run only, so that no rank tears its connections down while another still holds
+    them open: the ranks then leave the group together (:func:`stop`). A rank that fails (an exception, or an
+    error code such as a divergence its own slice of a batch saw) leaves at once: a barrier there could meet a
+    collective the others are still in, and ``torchrun`` stops the rest.
     """
     if cluster.distributed and dist.is_initialized():
-        dist.barrier()
+        # NCCL needs this rank's device (start() set it), or it guesses and warns.
+        ids = [torch.cuda.current_device()] if dist.get_backend() == "nccl" else None
+        dist.barrier(device_ids=ids)
 
 
 def stop(cluster: Cluster) -> None:

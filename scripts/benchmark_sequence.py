@@ -63,6 +63,7 @@ from model import checkpoint  # noqa: E402
 from model.data import load_ratings  # noqa: E402
 from model.interactions import Dataset, Interactions, build_dataset  # noqa: E402
 from model.metrics import evaluate_ranking  # noqa: E402
+from model.sequence import SEQUENCE_KINDS  # noqa: E402
 from model.sequence_data import last_out, timeline_order  # noqa: E402
 from model.train import TrainConfig, fit, resolve  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
@@ -123,7 +124,7 @@ def ours(kind: str, dataset: Dataset, test: Interactions, seed: int, args) -> Ru
     """Our kind, tuned on the validation item (fit's own), scored through the serving index."""
     trials, seconds = [], []
     for setting, config in zip(GRIDS[kind][: args.trials], trial_configs(kind, seed, args)):
-        result = fit(dataset.interactions, config, progress=False)
+        result = fit(dataset.interactions, config, progress=False, implicit=dataset.implicit)
         seconds.append(result.metrics["fit_seconds"])
         val = result.metrics.get("val_ndcg10", result.metrics.get("rank_val_ndcg10", math.nan))
         log(
@@ -399,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.results = str(Path(args.results).resolve())  # children run in the repo root
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.models = [m for m in args.models.split(",") if m]
+    if unknown := [m for m in args.models if m not in SEQUENCE_KINDS]:
+        p.error(f"--models: unknown sequence kind(s) {', '.join(unknown)}; choose among {', '.join(SEQUENCE_KINDS)}")
     args.peers = [] if args.skip_peers else [m for m in args.peers.split(",") if m]
     args.recbole_models = [m for m in args.recbole_models.split(",") if m]
     return args

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = train(args, cluster)
-        distributed.finish(cluster)
+        if code == 0:  # an error return (bad data, divergence) may be one rank's alone: no barrier to wait in
+            distributed.finish(cluster)
         return code
     finally:
         distributed.stop(cluster)

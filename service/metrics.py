@@ -50,7 +50,8 @@ def render() -> tuple[bytes, str]:
 
 
 def mark_worker_dead(pid: int) -> None:
-    """Drop a finished worker's live gauges (uWSGI calls this through ``atexit`` in each worker)."""
+    """Drop a finished worker's live gauges (called by each uWSGI worker's exit hook, ``service.wsgi``; a worker
+    killed mid-request skips it, and :func:`reap_dead_workers` catches up)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(pid)
 

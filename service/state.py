@@ -212,11 +212,6 @@ class ModelHolder:
         """Poll every ``interval`` seconds in a daemon thread (needs uWSGI ``enable-threads``)."""
 
         def loop() -> None:
-            # Stop signals are the worker's main thread's to handle. A process-directed signal may be delivered
-            # to any thread that does not block it: uWSGI's handler then ran the interpreter's exit on this
-            # thread, which waited forever in threading's shutdown, and the master killed the worker after its
-            # 5 s mercy (seen in about 1 stop in 3 when the whole process group got SIGTERM).
-            signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
             while not self._stop.wait(interval):
                 try:
                     self.check()
@@ -224,7 +219,19 @@ class ModelHolder:
                     log.exception("model watcher error")
 
         thread = threading.Thread(target=loop, name="model-watcher", daemon=True)
-        thread.start()
+        # Stop signals are the worker's main thread's to handle. A process-directed signal may be delivered to
+        # any thread that does not block it: uWSGI's handler then ran the interpreter's exit on this thread,
+        # which waited forever in threading's shutdown, and the master killed the worker after its 5 s mercy
+        # (in about 1 stop in 3 when the whole process group got SIGTERM). A new thread inherits the mask of the
+        # one that starts it, so the watcher blocks them from its first instruction.
+        if hasattr(signal, "pthread_sigmask"):  # POSIX; uWSGI runs nowhere else
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_STOP_SIGNALS)
+            try:
+                thread.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        else:
+            thread.start()
         return thread
 
     def stop(self) -> None:

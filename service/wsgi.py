@@ -30,7 +30,8 @@ if uwsgi is not None:
         finalizers (``torch.library._del_library``), and in the interpreter's wait for threads
         (``wait_for_thread_shutdown``), which runs before any ``atexit`` hook could skip it. A worker holds
         nothing that needs finalizing: drop its live metrics, flush the logs, and leave. (A worker stopped
-        while still loading the app never gets here; the mercy ends it.)
+        while still loading the app, or mid-request, never gets here: uWSGI skips the hook for a busy worker,
+        and the next worker's ``reap_dead_workers`` drops its gauges.)
         """
         metrics.mark_worker_dead(os.getpid())
         sys.stdout.flush()
