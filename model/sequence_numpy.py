@@ -30,7 +30,18 @@ def prepare(w: Weights) -> dict[str, np.ndarray]:
         name = key.removesuffix(".weight")
         if key.endswith(".weight") and value.ndim == 2 and f"{name}.bias" in w and "embedding" not in name:
             out[f"{name}.weight_t"] = np.ascontiguousarray(value.T)
+    for b in range(_block_count(w)):
+        for norm, linear in _NORM_FEEDS:
+            scale, shift = w[f"blocks.{b}.{norm}.weight"], w[f"blocks.{b}.{norm}.bias"]
+            weight_t = w[f"blocks.{b}.{linear}.weight"].T
+            out[f"blocks.{b}.{linear}.weight_ln"] = np.ascontiguousarray(scale[:, None] * weight_t)
+            out[f"blocks.{b}.{linear}.bias_ln"] = shift @ weight_t + w[f"blocks.{b}.{linear}.bias"]
     return out
+
+
+# sasrec's layer norms that feed a linear layer: :func:`prepare` folds their scale and shift into its weights
+# (``(n(x) * g + s) W + c = n(x) (g W) + (s W + c)``), two numpy calls fewer per norm (:func:`_norm_linear`).
+_NORM_FEEDS = (("norm1", "qkv"), ("norm2", "ff1"))
 
 
 def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
@@ -43,13 +54,34 @@ def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
     return flat.reshape(*x.shape[:-1], -1)
 
 
-def _layer_norm(w: Weights, name: str, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    # ufunc reductions, not ndarray.mean or einsum: their Python-level wrappers cost more than the arithmetic
-    # at serving sizes (one history: 50 x 64), halving this function's time there.
-    inv = np.float32(1.0 / x.shape[-1])
-    centred = x - np.add.reduce(x, axis=-1, keepdims=True) * inv
-    var = np.add.reduce(centred * centred, axis=-1, keepdims=True) * inv
-    return centred / np.sqrt(var + np.float32(eps)) * w[f"{name}.weight"] + w[f"{name}.bias"]
+@functools.lru_cache(maxsize=16)
+def _mean_column(d: int) -> np.ndarray:
+    column = np.full((d, 1), np.float32(1.0 / d))
+    column.flags.writeable = False
+    return column
+
+
+def _normalize(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """``x`` centred and scaled to unit variance over its last axis: a layer norm without its scale and shift.
+    The means are products with a (d, 1) column of 1/d, one BLAS call each: half the time of ufunc reductions
+    (and a third of ndarray.mean's) at serving sizes, 9 us against 18 for one history's 50 x 64."""
+    flat = x.reshape(-1, x.shape[-1])
+    mean = _mean_column(flat.shape[1])
+    centred = flat - flat @ mean
+    return (centred / np.sqrt((centred * centred) @ mean + np.float32(eps))).reshape(x.shape)
+
+
+def _layer_norm(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
+    return _normalize(x) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+
+def _norm_linear(w: Weights, norm: str, linear: str, x: np.ndarray) -> np.ndarray:
+    """``linear(layer_norm(x))``, by the folded weights :func:`prepare` adds when ``w`` has them."""
+    weight = w.get(f"{linear}.weight_ln")
+    if weight is None:
+        return _linear(w, linear, _layer_norm(w, norm, x))
+    flat = _normalize(x).reshape(-1, x.shape[-1]) @ weight + w[f"{linear}.bias_ln"]
+    return flat.reshape(*x.shape[:-1], -1)
 
 
 def _embed(w: Weights, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +132,7 @@ def _sasrec_one(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
     blocks = _block_count(w)
     for b in range(blocks):
         p = f"blocks.{b}"
-        qkv = _linear(w, f"{p}.qkv", _layer_norm(w, f"{p}.norm1", x))  # (L, 3d)
+        qkv = _norm_linear(w, f"{p}.norm1", f"{p}.qkv", x)  # (L, 3d)
         k = qkv[:, d : 2 * d].reshape(length, heads, head_dim).transpose(1, 2, 0)  # (H, hd, L)
         v = qkv[:, 2 * d :].reshape(length, heads, head_dim).transpose(1, 0, 2)  # (H, L, hd)
         if b == blocks - 1:  # the newest position only: it attends to every position
@@ -113,7 +145,7 @@ def _sasrec_one(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         attended = (scores / scores.sum(-1, keepdims=True)) @ v  # (H, L or 1, hd)
         x = x + _linear(w, f"{p}.proj", attended.transpose(1, 0, 2).reshape(len(x), d))
-        x = x + _linear(w, f"{p}.ff2", np.maximum(_linear(w, f"{p}.ff1", _layer_norm(w, f"{p}.norm2", x)), 0.0))
+        x = x + _linear(w, f"{p}.ff2", np.maximum(_norm_linear(w, f"{p}.norm2", f"{p}.ff1", x), 0.0))
     return np.ascontiguousarray(_layer_norm(w, "final_norm", x)[0], dtype=np.float32)
 
 
@@ -164,7 +196,7 @@ def _sasrec_last(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
     head_dim = d // heads
     for b in range(blocks):
         p, last = f"blocks.{b}", b == blocks - 1
-        qkv = _linear(w, f"{p}.qkv", _layer_norm(w, f"{p}.norm1", x)).reshape(n, length, 3, heads, head_dim)
+        qkv = _norm_linear(w, f"{p}.norm1", f"{p}.qkv", x).reshape(n, length, 3, heads, head_dim)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (n, H, L, hd)
         if last:  # the newest position's query only: (n, H, 1, hd)
             q, bias, x = q[:, :, -1:], bias[:, :, -1:], x[:, -1:]
@@ -172,7 +204,7 @@ def _sasrec_last(w: Weights, seq: np.ndarray, heads: int) -> np.ndarray:
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         attended = (scores / scores.sum(-1, keepdims=True)) @ v  # (n, H, L or 1, hd)
         x = x + _linear(w, f"{p}.proj", attended.transpose(0, 2, 1, 3).reshape(n, x.shape[1], d))
-        x = x + _linear(w, f"{p}.ff2", np.maximum(_linear(w, f"{p}.ff1", _layer_norm(w, f"{p}.norm2", x)), 0.0))
+        x = x + _linear(w, f"{p}.ff2", np.maximum(_norm_linear(w, f"{p}.norm2", f"{p}.ff1", x), 0.0))
         x = x * (mask[:, -1:, None] if last else mask[..., None])
     return _layer_norm(w, "final_norm", x[:, -1])
 

@@ -149,9 +149,9 @@ def recommend():
 def recommend_history():
     req = RecommendHistoryRequest.model_validate(_json_body())
     index = _model().index
-    items = [h.item_id for h in req.history]
-    ratings = None if req.history[0].rating is None else [h.rating for h in req.history]
-    rec = index.recommend_for_history(items, req.k, ratings, req.exclude, req.items, req.filters(), req.explain)
+    rec = index.recommend_for_history(
+        req.item_ids(), req.k, req.ratings(), req.exclude, req.items, req.filters(), req.explain
+    )
     return _recommendation(None, rec, index, "recommend_history")
 
 

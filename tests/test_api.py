@@ -250,10 +250,32 @@ def test_fold_in_bare_ids_exclude_history_and_unknown_history_is_popular(client,
     assert body["fallback"] == "popular" and len(body["items"]) == 3
 
 
+def test_a_history_reads_alike_as_bare_ids_integers_and_objects(client, small_ckpt):
+    """Bare ids skip pydantic's per-entry models (the common request's fast path): they must mean what the
+    same entries as objects mean, integers included, and a mixed list takes the general path."""
+    from service.schemas import RecommendHistoryRequest
+
+    def read(history):
+        req = RecommendHistoryRequest.model_validate({"history": history})
+        return req.item_ids(), req.ratings()
+
+    bare = read(["7", 8])
+    assert bare == read([{"item_id": "7"}, {"item_id": 8}]) == read(["7", {"item_id": 8}]) == (["7", "8"], None)
+    assert read([{"item_id": 7, "rating": 4}]) == (["7"], [4.0])
+    ids = small_ckpt.item_ids[:4]
+    answers = [
+        client.post("/recommend", json={"history": history, "k": 5}).get_json()["items"]
+        for history in (ids, [{"item_id": i} for i in ids], [ids[0], *({"item_id": i} for i in ids[1:])])
+    ]
+    assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 5
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"history": []}, "history"),
+        ({"history": [""]}, "history.0.item_id"),
+        ({"history": [5, False]}, "history.1"),
         ({"history": ["a", {"item_id": "b", "rating": 3}]}, "history"),
         ({"history": [True]}, "history.0"),
         ({"history": ["a"], "k": 0}, "k"),
