@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on training machines; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def save_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
-    """One panel per metric (train loss/RMSE, validation RMSE/nDCG; ``rank_*`` = the ranking head) vs epoch."""
+    """One panel per metric (train loss/RMSE, validation RMSE/nDCG; ``rank_*`` = the ranking head) vs epoch.
+
+    matplotlib is imported here, not with the module: its import (0.6 s) would delay every ``scripts/train.py``
+    run that stops early (``--help``, a refused flag or file) by that much."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines; must precede pyplot
+    import matplotlib.pyplot as plt
+
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in history:
         prefix = "rank_" if "rank_epoch" in row else ""

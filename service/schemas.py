@@ -129,10 +129,10 @@ def _history_entry(value: Any) -> Any:
 
 
 def _bare_ids(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """The common history, a list of bare ids, as a list of id strings without a model per entry: validating 50
-    ``HistoryItem`` objects cost 76 us a request, this 4 us. The same rules as the general path (strings of 1 to
-    ``MAX_ID_LENGTH`` characters or integers, 1 to ``MAX_LIST`` entries); anything else goes to ``handler``,
-    which validates every entry and names the one that fails."""
+    """The common history, a list of bare ids, as a list of id strings without a model per entry: a body with 50
+    ids took 76 us to validate through ``HistoryItem`` objects, 14 us this way. The same rules as the general path
+    (strings of 1 to ``MAX_ID_LENGTH`` characters or integers, 1 to ``MAX_LIST`` entries); anything else goes to
+    ``handler``, which validates every entry and names the one that fails."""
     if type(value) is list and 0 < len(value) <= MAX_LIST:
         ids = [v if type(v) is str else str(v) if type(v) is int else "" for v in value]
         if all(0 < len(i) <= MAX_ID_LENGTH for i in ids):
