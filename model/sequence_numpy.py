@@ -1,4 +1,5 @@
-"""The sequence networks' forward pass in numpy, weight for weight as :mod:`model.sequence` (eval mode).
+"""The sequence networks' forward pass in numpy, the same function as :mod:`model.sequence` (eval mode), from
+its weights (or from :func:`prepare`'s rearrangement of them: transposed copies, folded layer norms).
 
 Serving stays torch-free: a visitor's history (``POST /recommend``) is one pass here, and known users'
 representations are computed here once, when the checkpoint is saved (``model.serving_arrays``). The
@@ -21,27 +22,38 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
 
 
-def prepare(w: Weights) -> dict[str, np.ndarray]:
-    """``w`` plus each linear layer's weight transposed into a contiguous copy (``NAME.weight_t``), which
-    :func:`_linear` uses when present: numpy's product with a transposed view took 22 us instead of 14 us for
-    one history's (50, 64) x (64, 192). Small: the layers' weights, not the item embeddings."""
-    out = dict(w)
-    for key, value in w.items():
-        name = key.removesuffix(".weight")
-        if key.endswith(".weight") and value.ndim == 2 and f"{name}.bias" in w and "embedding" not in name:
-            out[f"{name}.weight_t"] = np.ascontiguousarray(value.T)
-    for b in range(_block_count(w)):
-        for norm, linear in _NORM_FEEDS:
-            scale, shift = w[f"blocks.{b}.{norm}.weight"], w[f"blocks.{b}.{norm}.bias"]
-            weight_t = w[f"blocks.{b}.{linear}.weight"].T
-            out[f"blocks.{b}.{linear}.weight_ln"] = np.ascontiguousarray(scale[:, None] * weight_t)
-            out[f"blocks.{b}.{linear}.bias_ln"] = shift @ weight_t + w[f"blocks.{b}.{linear}.bias"]
-    return out
-
-
 # sasrec's layer norms that feed a linear layer: :func:`prepare` folds their scale and shift into its weights
 # (``(n(x) * g + s) W + c = n(x) (g W) + (s W + c)``), two numpy calls fewer per norm (:func:`_norm_linear`).
 _NORM_FEEDS = (("norm1", "qkv"), ("norm2", "ff1"))
+_LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which model.sequence's norms use
+
+
+def prepare(w: Weights) -> dict[str, np.ndarray]:
+    """``w`` plus what the request path multiplies by, computed once per model. Small: the layers' weights, not
+    the item embeddings. Either form of the weights gives the same answers.
+
+    - ``NAME.weight_t``: each linear layer's weight transposed into a contiguous copy, which :func:`_linear`
+      uses: numpy's product with a transposed view took 22 us instead of 14 us for one history's
+      (50, 64) x (64, 192).
+    - ``NAME.weight_ln`` and ``NAME.bias_ln`` for sasrec's ``qkv`` and ``ff1``: the layer norm before each folded
+      into it (``_NORM_FEEDS``), which :func:`_norm_linear` uses (so those two get no ``weight_t``)."""
+    out = dict(w)
+    folded = set()
+    for b in range(_block_count(w)):
+        for norm, linear in _NORM_FEEDS:
+            scale, shift = w.get(f"blocks.{b}.{norm}.weight"), w.get(f"blocks.{b}.{norm}.bias")
+            if scale is None or shift is None:  # a norm without its affine part: nothing to fold
+                continue
+            weight_t = w[f"blocks.{b}.{linear}.weight"].T
+            out[f"blocks.{b}.{linear}.weight_ln"] = np.ascontiguousarray(scale[:, None] * weight_t)
+            out[f"blocks.{b}.{linear}.bias_ln"] = shift @ weight_t + w[f"blocks.{b}.{linear}.bias"]
+            folded.add(f"blocks.{b}.{linear}")
+    for key, value in w.items():
+        name = key.removesuffix(".weight")
+        if key.endswith(".weight") and value.ndim == 2 and f"{name}.bias" in w and "embedding" not in name:
+            if name not in folded:
+                out[f"{name}.weight_t"] = np.ascontiguousarray(value.T)
+    return out
 
 
 def _linear(w: Weights, name: str, x: np.ndarray) -> np.ndarray:
@@ -61,7 +73,7 @@ def _mean_column(d: int) -> np.ndarray:
     return column
 
 
-def _normalize(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+def _normalize(x: np.ndarray, eps: float = _LN_EPS) -> np.ndarray:
     """``x`` centred and scaled to unit variance over its last axis: a layer norm without its scale and shift.
     The means are products with a (d, 1) column of 1/d, one BLAS call each: half the time of ufunc reductions
     (and a third of ndarray.mean's) at serving sizes, 9 us against 18 for one history's 50 x 64."""

@@ -63,7 +63,7 @@ class FoldIn:
             gram, eye = items.T @ items, np.eye(self.dim)
             self.ials_base = {False: gram + self.ials[2] * eye, True: gram + self.ials[1] * eye}
         self.encoder = encoder_arrays(state, self.dim) if ckpt.kind in AUTOENCODERS else None
-        # Layer weights prepared once (contiguous transposes): one history is one numpy forward pass.
+        # Layer weights prepared once (contiguous transposes, folded layer norms): one history is one numpy pass.
         self.sequence = (sequence_numpy.prepare(state), ckpt.config) if ckpt.kind in SEQUENCE_KINDS else None
 
     @property

@@ -13,6 +13,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
     WrapValidator,
+    field_serializer,
     field_validator,
 )
 
@@ -134,10 +135,20 @@ def _bare_ids(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     (strings of 1 to ``MAX_ID_LENGTH`` characters or integers, 1 to ``MAX_LIST`` entries); anything else goes to
     ``handler``, which validates every entry and names the one that fails."""
     if type(value) is list and 0 < len(value) <= MAX_LIST:
-        ids = [v if type(v) is str else str(v) if type(v) is int else "" for v in value]
+        try:
+            ids = [v if type(v) is str else str(v) if type(v) is int else "" for v in value]
+        except ValueError:  # an integer past Python's digit limit: the general path names the entry
+            return handler(value)
         if all(0 < len(i) <= MAX_ID_LENGTH for i in ids):
             return ids
     return handler(value)
+
+
+# The history's entries as the general path validates them (each a HistoryItem); :func:`_bare_ids` takes the
+# common case, a list of bare ids, past it.
+HistoryEntries = Annotated[
+    list[Annotated[HistoryItem, BeforeValidator(_history_entry)]], Field(min_length=1, max_length=MAX_LIST)
+]
 
 
 def _history_schema() -> dict[str, Any]:
@@ -164,12 +175,8 @@ class RecommendHistoryRequest(_Body):
     Entries are item ids or ``{"item_id", "rating"}``; either every entry has a rating or none has.
     """
 
-    history: Annotated[
-        list[Annotated[HistoryItem, BeforeValidator(_history_entry)]],
-        Field(min_length=1, max_length=MAX_LIST),
-        WrapValidator(_bare_ids),
-        WithJsonSchema(_history_schema(), mode="validation"),
-    ]
+    # Bare ids stay strings (see _bare_ids), objects are HistoryItems: read it through item_ids() and ratings().
+    history: Annotated[HistoryEntries, WrapValidator(_bare_ids), WithJsonSchema(_history_schema(), mode="validation")]
     k: BodyK = 10
     exclude: IdList = empty_list()
     items: IdList | None = None
@@ -194,6 +201,10 @@ class RecommendHistoryRequest(_Body):
         if len({type(h) is str or h.rating is None for h in history}) > 1:
             raise ValueError("give a rating for every item or for none")
         return history
+
+    @field_serializer("history")
+    def _history_out(self, history: list[HistoryItem | str]) -> list[Any]:
+        return [h if type(h) is str else h.model_dump() for h in history]
 
 
 class SimilarQuery(_Strict):

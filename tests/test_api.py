@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -268,6 +270,35 @@ def test_a_history_reads_alike_as_bare_ids_integers_and_objects(client, small_ck
         for history in (ids, [{"item_id": i} for i in ids], [ids[0], *({"item_id": i} for i in ids[1:])])
     ]
     assert answers[0] == answers[1] == answers[2] and len(answers[0]) == 5
+    with warnings.catch_warnings():  # the strings serialise as they are, not as a HistoryItem that is not there
+        warnings.simplefilter("error")
+        assert RecommendHistoryRequest.model_validate({"history": ["7", 8]}).model_dump()["history"] == ["7", "8"]
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        ["x" * 256], ["x" * 257], ["é" * 256], ["😀" * 257], [int("9" * 256)], [int("9" * 257)], [-5], [10**5000],
+        ["a"] * 10_000, ["a"] * 10_001, [5, False], [1.0], [None], [""], [["a"]], [], "abc", ["a", {"item_id": "b"}],
+    ],
+)  # fmt: skip
+def test_the_bare_id_fast_path_accepts_and_refuses_what_the_general_path_does(history):
+    """_bare_ids restates the id rules (length in characters, integers not booleans, list sizes): on the limits, it
+    must agree with the general path, each entry a HistoryItem, down to the field an error names."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    from service.schemas import HistoryEntries, RecommendHistoryRequest
+
+    def outcome(validate):
+        try:
+            return "ok", validate()
+        except ValidationError as exc:
+            return "refused", sorted(tuple(str(part) for part in error["loc"]) for error in exc.errors())
+
+    entries = TypeAdapter(HistoryEntries, config=ConfigDict(strict=True))
+    general = outcome(lambda: [h.item_id for h in entries.validate_python(history)])
+    general = general if general[0] == "ok" else ("refused", [("history", *loc) for loc in general[1]])
+    assert outcome(lambda: RecommendHistoryRequest.model_validate({"history": history}).item_ids()) == general
 
 
 @pytest.mark.parametrize(

@@ -59,10 +59,10 @@ def test_windows_and_pairs_are_left_padded_next_item_targets():
     assert left_pad(indptr, items, 3).tolist() == [[2, 3, 4], [-1, -1, 9]]
 
 
-@pytest.mark.parametrize("kind", SEQUENCE_KINDS)
-def test_numpy_forward_pass_is_the_torch_network(kind):
+@pytest.mark.parametrize(("kind", "blocks"), [*((kind, 2) for kind in SEQUENCE_KINDS), ("sasrec", 3)])
+def test_numpy_forward_pass_is_the_torch_network(kind, blocks):
     torch.manual_seed(0)
-    config = TrainConfig(model=kind, dim=8, max_len=6, heads=2, dropout=0.2)
+    config = TrainConfig(model=kind, dim=8, max_len=6, heads=2, dropout=0.2, blocks=blocks)
     net = build_sequence_network(kind, 30, config).eval()
     with torch.no_grad():
         for p in net.parameters():
@@ -85,7 +85,8 @@ def test_numpy_forward_pass_is_the_torch_network(kind):
     seqs[3] = -1
     with torch.no_grad():
         expected = net.encode(torch.from_numpy(seqs)).numpy()
-    np.testing.assert_allclose(encode(weights, kind, seqs, heads=2), expected, rtol=1e-4, atol=1e-5)
+    for w in (weights, prepare(weights)):  # the batched path too takes the prepared weights (folded norms)
+        np.testing.assert_allclose(encode(w, kind, seqs, heads=2), expected, rtol=1e-4, atol=1e-5)
 
 
 def cycle_data(num_items: int = 20, users: int = 120, length: int = 8, seed: int = 0) -> RawRatings:
