@@ -52,8 +52,8 @@ from model.data import RawRatings  # noqa: E402
 from model.interactions import build_dataset  # noqa: E402
 from model.items import build as build_attributes  # noqa: E402
 from model.networks import build_network  # noqa: E402
-from model.synthetic import clustered_factors  # noqa: E402
-from model.train import TrainConfig, TrainResult, resolve  # noqa: E402
+from model.synthetic import MovieLensShape, clustered_factors, movielens_like  # noqa: E402
+from model.train import TrainConfig, TrainResult, fit, resolve  # noqa: E402
 from service.index import ServingIndex  # noqa: E402
 
 NUM_USERS, SEEN_PER_USER, DIM = 10_000, 20, 64
@@ -128,6 +128,41 @@ def synthetic_checkpoint(num_items: int, path: Path, seed: int = 0, kind: str = 
     return checkpoint.save(checkpoint.from_training(result, dataset, synthetic_attributes(dataset, rng)), path)
 
 
+TRAINED_CACHE = REPO / "artifacts" / "benchmark_serving"
+
+
+def trained_checkpoint(num_items: int, kind: str, epochs: int, seed: int = 0) -> Path:
+    """``--trained``: the kind trained (its defaults, ``epochs`` epochs) on MovieLens-shaped synthetic rows
+    (``model.synthetic.movielens_like``: Zipf popularity, log-normal activity, ~50 items per user; every item
+    rated at least once) under the benchmark's ids. Trained item vectors are far from isotropic, which the
+    exact pruned top-k (``service/pruned.py``) uses and random weights would not show. Kept under
+    ``artifacts/benchmark_serving/`` and reused by later runs with the same arguments (training takes minutes)."""
+    path = TRAINED_CACHE / f"{kind}-{num_items}-{epochs}-{seed}.ckpt"
+    if path.exists():
+        print(f"reusing {path}", flush=True)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = MovieLensShape(num_users=NUM_USERS, num_items=num_items, num_ratings=50 * NUM_USERS, seed=seed)
+    data = movielens_like(shape)
+    rng = np.random.default_rng(seed)
+    missing = np.setdiff1d(np.arange(num_items), data.item_idx)  # one row each, by a random user
+    users = np.concatenate([data.user_idx, rng.integers(0, NUM_USERS, len(missing))])
+    items = np.concatenate([data.item_idx, missing])
+    raw = RawRatings(
+        np.array([f"u{u}" for u in users], dtype=object),
+        np.array([f"i{i}" for i in items], dtype=object),
+        np.concatenate([data.ratings, np.full(len(missing), 3.0, np.float32)]),
+        np.concatenate([data.timestamps, np.full(len(missing), data.timestamps.max() + 1)]),
+        f"bench-trained:{num_items}:{seed}",
+        "bench",
+    )
+    dataset = build_dataset(raw)
+    started = time.monotonic()
+    result = fit(dataset.interactions, TrainConfig(model=kind, epochs=epochs, seed=seed), progress=False)
+    print(f"trained {kind} on {len(users):,} rows in {time.monotonic() - started:.0f} s", flush=True)
+    return checkpoint.save(checkpoint.from_training(result, dataset, synthetic_attributes(dataset, rng)), path)
+
+
 def synthetic_attributes(dataset, rng: np.random.Generator):
     """A title, a year and genres per item (each genre with its MovieLens 100k share; Drama when none drawn)."""
     ids = dataset.item_map.ids
@@ -190,7 +225,7 @@ def http_json(port: int, path: str, body: dict | None = None) -> dict:
 def recall_at_10(port: int, ckpt: Path, num_items: int, history: int = 20, users: int = 200) -> dict[str, float]:
     """Recall@10 of what the server answers against exact ranking (numpy over every item, seen excluded),
     for known users (GET) and for fold-in histories (POST)."""
-    exact = ServingIndex(checkpoint.load(ckpt))  # no ANN, no lists: a full scan per query
+    exact = ServingIndex(checkpoint.load(ckpt), prune_min_items=0)  # no ANN, no lists: a full scan per query
     rng = np.random.default_rng(3)
     got_known = want_known = 0
     for u in rng.choice(NUM_USERS, users, replace=False):
@@ -219,7 +254,10 @@ def recall_at_10(port: int, ckpt: Path, num_items: int, history: int = 20, users
 
 
 def bench_size(num_items: int, routes: list[str], args, workdir: Path) -> dict[str, dict[str, float]]:
-    ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt", kind=args.model)
+    if args.trained:
+        ckpt = trained_checkpoint(num_items, args.model, args.trained)
+    else:
+        ckpt = synthetic_checkpoint(num_items, workdir / f"bench-{num_items}.ckpt", kind=args.model)
     started = time.monotonic()
     # Ready includes building the HNSW index and the top-N lists (100k items and up), cached beside the file.
     server = Server(ckpt, workdir / f"uwsgi-{num_items}.log", {"RECSYS_RELOAD_INTERVAL": "5"})
@@ -327,7 +365,9 @@ def verdicts(results: dict[int, dict[str, dict[str, float]]], args) -> list[str]
 
 def section_name(args) -> str:
     """The docs section a run replaces: ``--section``, or for the vae run its own beside the mf one."""
-    return f"serving-{args.model}" if args.section == "serving" and args.model != "mf" else args.section
+    if args.section != "serving" or args.model == "mf":
+        return args.section
+    return f"serving-{args.model}" + ("-trained" if args.trained else "")
 
 
 def sequence_verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[str]:
@@ -351,7 +391,8 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
     lines = [
         f"<!-- {section_name(args)}:begin -->",
         f"## Serving throughput and latency (real uWSGI + wrk on loopback){title}"
-        + ("" if args.model == "mf" else f": a {args.model} checkpoint, {args.history}-item histories"),
+        + ("" if args.model == "mf" else f": a {args.model} checkpoint, {args.history}-item histories")
+        + (f", trained {args.trained} epochs on MovieLens-shaped synthetic rows" if args.trained else ""),
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; machine: {machine()}",
         f"- command: `{command}`",
@@ -367,7 +408,8 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         f"some) and 200 fold-in answers (`POST /recommend`, {args.history}-item histories: always a live search) "
         "over HTTP, "
         "against exact ranking of every item with the same exclusions. `recommend_history` is the live top-k "
-        "path: a full numpy scan at 10k items, an HNSW search (faiss, efSearch 128) from 100k. "
+        "path: an exact numpy scan at 10k items (the pruned one of service/pruned.py where the vectors allow it, "
+        "`RECSYS_PRUNE_MIN_ITEMS`), an HNSW search (faiss, efSearch 128) from 100k. "
         "`recommend_filtered`: 200 known users' top-10 with a random genre filter against exact filtered ranking "
         "(every answer also checked to hold only the genre).",
         "- ready s: from starting uWSGI to /readyz answering, including building and caching the HNSW index "
@@ -416,9 +458,16 @@ def main() -> int:
                    help="the checkpoint served: mf (trained-like factors) or an untrained vae or sasrec of the "
                    "kind's default sizes, each with its own section (default: mf)")  # fmt: skip
     p.add_argument("--history", type=int, help="items in each fold-in history (default: 20; sasrec 50)")
+    p.add_argument("--trained", type=int, default=0, metavar="EPOCHS",
+                   help="vae or sasrec: serve the kind trained for EPOCHS epochs on MovieLens-shaped synthetic rows "
+                   "instead of random weights (its own section, serving-KIND-trained)")  # fmt: skip
     args = p.parse_args()
     if args.history is None:
         args.history = HISTORY_SIZE[args.model]
+    if args.trained and args.model == "mf":
+        p.error(
+            "--trained is for --model vae or sasrec (the mf checkpoint's factors are already shaped like trained ones)"
+        )
     if args.model != "mf" and args.sizes == p.get_default("sizes"):
         args.sizes = "10000"
     if shutil.which("wrk") is None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from model.topk import order_by_score, top_k
+from service import pruned
 
 faiss: Any = None  # the module, once imported by import_faiss
 
@@ -49,6 +50,9 @@ class AnnConfig:
     ef_search: int = 128  # RECSYS_ANN_EF_SEARCH: candidate list size per query (recall vs latency)
     ef_construction: int = 40  # RECSYS_ANN_EF_CONSTRUCTION: faiss's default; higher = slower build
     build_threads: int = 0  # RECSYS_ANN_BUILD_THREADS: threads while building; 0 = all cores
+    # RECSYS_PRUNE_MIN_ITEMS: without an ANN index, the exact pruned scan (service.pruned) from this many items
+    # (when the model's vectors allow it); 0 = always the full scan.
+    prune_min_items: int = pruned.MIN_ITEMS
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> AnnConfig:
@@ -58,6 +62,7 @@ class AnnConfig:
             ef_search=int(settings.get("ANN_EF_SEARCH", cls.ef_search)),
             ef_construction=int(settings.get("ANN_EF_CONSTRUCTION", cls.ef_construction)),
             build_threads=int(settings.get("ANN_BUILD_THREADS", cls.build_threads)),
+            prune_min_items=int(settings.get("PRUNE_MIN_ITEMS", cls.prune_min_items)),
         )
 
 

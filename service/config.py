@@ -49,6 +49,9 @@ SETTINGS: dict[str, Setting] = {
     "ANN_EF_SEARCH": Setting(128, "int", 1, "HNSW candidates per query; higher = better recall, slower"),
     "ANN_EF_CONSTRUCTION": Setting(40, "int", 1, "HNSW build effort (part of the cache key)"),
     "ANN_BUILD_THREADS": Setting(0, "int", 0, "threads while building the index; 0 = all cores"),
+    # Exact top-k from a bound on a few leading dimensions (service/pruned.py), kept only when it pays for the
+    # model's vectors (measured at load); below the ANN threshold.
+    "PRUNE_MIN_ITEMS": Setting(4096, "int", 0, "exact pruned top-k from this many items; 0 = always a full scan"),
 }
 DEFAULTS: dict[str, Any] = {name: s.default for name, s in SETTINGS.items()}
 

@@ -25,6 +25,7 @@ import numpy as np
 from model.checkpoint import Checkpoint
 from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
+from service import pruned
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
 from service.explain import ExplainUnsupported, contributions, top_contributors
 from service.fold_in import FoldIn
@@ -88,7 +89,13 @@ _NO_ITEMS = _frozen(np.empty(0, dtype=np.int64))
 class ServingIndex:
     """Read-only arrays for answering requests; built once per loaded checkpoint."""
 
-    def __init__(self, ckpt: Checkpoint, ann: AnnIndex | None = None, topn: TopNCache | None = None):
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        ann: AnnIndex | None = None,
+        topn: TopNCache | None = None,
+        prune_min_items: int = pruned.MIN_ITEMS,
+    ):
         # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
         # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.
         state = {k: v.detach().numpy() for k, v in ckpt.state_dict.items()}
@@ -134,6 +141,9 @@ class ServingIndex:
         # would rank by something other than the model, so it always scores the catalogue.
         self.ann = ann if self.dot else None  # optional approximate index over item_vectors (service.ann)
         self.topn = topn if self.dot else None  # optional precomputed top-N unseen items per user (service.topn)
+        # Exact top-k that reads a fraction of item_vectors, where the model's vectors allow it (service.pruned).
+        wants_pruned = self.dot and self.ann is None and 0 < prune_min_items <= self.num_items
+        self.pruned = pruned.build(self.item_vectors, self.user_vectors) if wants_pruned else None
 
     @property
     def num_items(self) -> int:
@@ -206,6 +216,9 @@ class ServingIndex:
         if self.ann is not None:
             idx, scores = self.ann.search(query, k, banned)
             return idx, scores + offset
+        found = None if self.pruned is None else self.pruned.search(query, k, banned)
+        if found is not None:
+            return found[0], found[1] + offset
         scores = self._scores(query)  # (I,)
         scores[banned] = -np.inf
         top = top_k(scores, k)

@@ -134,7 +134,8 @@ def _load_state(path: str | Path, ann: AnnConfig | None, topn: TopNConfig | None
             cache = TopNCache(items, serving["user_vectors"], serving["item_vectors"])
         except Exception:  # noqa: BLE001 - the lists only accelerate: without them each request searches
             log.exception("top-N lists unavailable for %s, searching per request", ckpt.model_version)
-    return ModelState(index=ServingIndex(ckpt, ann=ann_index, topn=cache), info=info)
+    prune = (ann or AnnConfig()).prune_min_items
+    return ModelState(index=ServingIndex(ckpt, ann=ann_index, topn=cache, prune_min_items=prune), info=info)
 
 
 class ModelHolder:
