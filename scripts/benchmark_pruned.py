@@ -78,9 +78,9 @@ def measure(index: ServingIndex, users: np.ndarray, k: int) -> dict[str, float] 
     return out
 
 
-def render(path: str, result: dict[str, float] | None, k: int, command: str) -> str:
+def render(path: str, result: dict[str, float] | None, k: int, command: str, tag: str = "pruned") -> str:
     lines = [
-        "<!-- pruned:begin -->",
+        f"<!-- {tag}:begin -->",
         "## Exact pruned top-k: what a trained model's vectors allow (`scripts/benchmark_pruned.py`)",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
@@ -106,7 +106,7 @@ def render(path: str, result: dict[str, float] | None, k: int, command: str) -> 
                 f"| {name} | {result[f'{name}_pruned_share']:.3f} | {result[f'{name}_candidates']:.0f} | "
                 f"{result[f'{name}_agree']:.3f} | {full:.0f} | {fast:.0f} | {full / fast:.2f}x |"
             )
-    lines += ["", "<!-- pruned:end -->"]
+    lines += ["", f"<!-- {tag}:end -->"]
     return "\n".join(lines)
 
 
@@ -115,16 +115,18 @@ def main() -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--users", type=int, default=0, help="at most this many known users (0 = all)")
-    p.add_argument("--output", help="a markdown file whose `pruned` section is (re)written")
+    p.add_argument("--output", help="a markdown file whose --section is (re)written")
+    p.add_argument("--section", default="pruned", help="the tagged section of --output (default pruned)")
     args = p.parse_args()
     index = ServingIndex(checkpoint.load(args.checkpoint), prune_min_items=0)
     users = np.arange(index.user_vectors.shape[0])
     if args.users:
         users = users[np.linspace(0, len(users) - 1, min(args.users, len(users))).astype(int)]
     result = measure(index, users, args.k)
-    section = render(args.checkpoint, result, args.k, "python scripts/benchmark_pruned.py " + shlex.join(sys.argv[1:]))
+    command = "python scripts/benchmark_pruned.py " + shlex.join(sys.argv[1:])
+    section = render(args.checkpoint, result, args.k, command, args.section)
     if args.output:
-        write_section(Path(args.output), section, "pruned")
+        write_section(Path(args.output), section, args.section)
     print(section)
     return 0
 

@@ -386,6 +386,16 @@ def sequence_verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[s
     return out
 
 
+def served_model(args) -> str:
+    """What the checkpoint is, for the section's load line."""
+    if args.trained:
+        rows = "MovieLens-shaped rows (50 per user on average, at least 20; every item rated at least once)"
+        return f"the {args.model}'s default sizes trained {args.trained} epochs on {NUM_USERS} users' {rows}"
+    if args.model != "mf":
+        return f"an untrained {args.model} of its default sizes, {NUM_USERS} users with {SEEN_PER_USER} seen items each"
+    return f"{DIM}-d factors, {NUM_USERS} users with at least {SEEN_PER_USER} seen items each"
+
+
 def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) -> str:
     title = "" if args.section == "serving" else f" ({args.section}: a subset of the routes)"
     lines = [
@@ -398,9 +408,8 @@ def render(results: dict[int, dict[str, dict[str, float]]], args, command: str) 
         f"- command: `{command}`",
         f"- load: wrk 1 thread, {args.connections} connections, {args.rounds} rounds of {args.seconds} s per route "
         "(routes in turn within a round) after a 2 s warm-up of each; "
-        f"uWSGI with the repo's uwsgi.ini (processes = cores, no keep-alive); {DIM}-d factors, {NUM_USERS} users "
-        f"with at least {SEEN_PER_USER} seen items each; fold-in histories of {args.history} items; load average at "
-        f"start {args.load_start}.",
+        f"uWSGI with the repo's uwsgi.ini (processes = cores, no keep-alive); {served_model(args)}; fold-in "
+        f"histories of {args.history} items; load average at start {args.load_start}.",
         "- failures = non-2xx responses + failed connections (connect/write/timeout); wrk's 'read' errors are "
         "the server closing each connection after a whole response (no keep-alive) and are not failures.",
         "",
