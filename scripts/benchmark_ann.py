@@ -51,9 +51,12 @@ from service.index import ServingIndex  # noqa: E402
 DIM, RANK, CLUSTERS, SEEN = 64, 16, 1024, 50
 
 
-def synthetic_checkpoint(num_items: int, num_users: int, num_queries: int, seed: int = 0) -> Checkpoint:
+def synthetic_checkpoint(
+    num_items: int, num_users: int, num_queries: int, seed: int = 0, reg: float | None = None
+) -> Checkpoint:
     """Clustered rank-16 factors in 64-d; query users (the first ``num_queries``) have seen 25 of their
-    exact top-100 plus 25 random items, the others 50 random items."""
+    exact top-100 plus 25 random items, the others 50 random items. ``reg``: the L2 the checkpoint says it was
+    trained with (a new user's fold-in solves with it)."""
     rng = np.random.default_rng(seed)
     factors = clustered_factors(rng, DIM, RANK, CLUSTERS)
     items, users = factors(num_items, 0.3), factors(num_users, 0.3)
@@ -70,7 +73,7 @@ def synthetic_checkpoint(num_items: int, num_users: int, num_queries: int, seed:
     indices = np.concatenate(seen).astype(np.int64)
     return Checkpoint(
         kind="mf",
-        config=TrainConfig(dim=DIM),
+        config=TrainConfig(dim=DIM, reg=reg),
         state_dict={
             "user_factors.weight": torch.from_numpy(users),
             "item_factors.weight": torch.from_numpy(items),
@@ -114,7 +117,7 @@ def time_queries(index: ServingIndex, users: list[str], k: int = 10) -> tuple[li
 def bench_ranking(num_items: int, args, workdir: Path) -> tuple[list[dict], Path]:
     ckpt = synthetic_checkpoint(num_items, args.users, args.queries)
     path = checkpoint.save(ckpt, workdir / f"model-{num_items}.ckpt")
-    index = ServingIndex(checkpoint.load(path))
+    index = ServingIndex(checkpoint.load(path), prune_min_items=0)  # the plain full scan: the ANN's baseline
     users = [f"u{u}" for u in range(args.queries)]
     truth, ms = time_queries(index, users)
     rows = [{"items": num_items, "method": "exact numpy", "p50": np.median(ms), "p99": np.quantile(ms, 0.99)}]

@@ -143,7 +143,7 @@ class ServingIndex:
         self.topn = topn if self.dot else None  # optional precomputed top-N unseen items per user (service.topn)
         # Exact top-k that reads a fraction of item_vectors, where the model's vectors allow it (service.pruned).
         wants_pruned = self.dot and self.ann is None and 0 < prune_min_items <= self.num_items
-        self.pruned = pruned.build(self.item_vectors, self.user_vectors) if wants_pruned else None
+        self.pruned = pruned.build(self.item_vectors, pruned.sample_queries(self)) if wants_pruned else None
 
     @property
     def num_items(self) -> int:

@@ -23,47 +23,56 @@ only when it reads at most half the memory of the full one (an untrained, isotro
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.topk import top_k
 
+if TYPE_CHECKING:
+    from service.index import ServingIndex
+
 log = logging.getLogger(__name__)
 
 MIN_ITEMS = 4096  # RECSYS_PRUNE_MIN_ITEMS (AnnConfig): below this the full scan is cheap (it fits in L2)
-SAMPLE_USERS = 128  # known users' vectors that measure the pruning at load
+SAMPLE_USERS = 64  # known users whose vectors and fold-ins measure the pruning at load (sample_queries)
 TOLERANCE = 1e-4  # relative to |query| x the largest |item vector|: float32 rounding of the bound's parts
 MAX_REST_SHARE = 0.9  # a query with more of its length outside the leading dimensions is scanned at once: its
 # bound would leave most items (e.g. an mf fold-in of unrelated items, nearly orthogonal to the items' main axes)
 MAX_GATHER_SHARE = 0.1  # a query whose bound leaves more items than this share to score exactly is scanned
 MAX_READ_SHARE = 0.5  # keep the pruned scan when it reads at most this share of the full scan's floats
+FIXED_READ = 100_000  # a pruned query's fixed cost (a dozen numpy calls, ~40 us) as floats streamed, for build()
+BUILD_ROWS = 1 << 15  # items rotated at a time while building: temporaries stay a few MB at any catalogue size
 
 
 class PrunedScan:
-    """The rotated leading dimensions of ``item_vectors`` (I, d+1) ``[V_i, b_i]`` and the norms of the rest."""
+    """The rotated leading dimensions of ``item_vectors`` (I, d+1) ``[V_i, b_i]`` and the norms of the rest.
 
-    def __init__(self, item_vectors: np.ndarray, rotation: np.ndarray, lead_dims: int, rotated: np.ndarray):
-        """``rotation`` (d, d) orthonormal columns, ``rotated`` = ``item_vectors[:, :d] @ rotation``."""
-        dim = item_vectors.shape[1] - 1
-        self.items, self.rotation, self.lead_dims = item_vectors, rotation, lead_dims
-        # [leading rotated dims, bias]: one product scores the partial sums, bias included (query ends in 1).
-        self.lead = np.ascontiguousarray(np.hstack([rotated[:, :lead_dims], item_vectors[:, dim:]]), np.float32)
-        self.rest = np.linalg.norm(rotated[:, lead_dims:], axis=1).astype(np.float32)  # (I,)
-        self.max_norm = float(np.linalg.norm(item_vectors, axis=1).max(initial=0.0))
+    ``rotation`` (d, d): orthonormal columns; ``lead`` (I, L+1): each item's first L rotated coordinates and its
+    bias, contiguous; ``rest`` (I,): the norm of its other rotated coordinates; ``max_norm``: the largest
+    ``|item_vectors[i]|`` (the tolerance's scale). Made by :func:`build`."""
+
+    def __init__(self, item_vectors: np.ndarray, rotation: np.ndarray, lead: np.ndarray, rest: np.ndarray,
+                 max_norm: float):  # fmt: skip
+        self.items, self.rotation, self.lead, self.rest, self.max_norm = item_vectors, rotation, lead, rest, max_norm
+        self.lead_dims = lead.shape[1] - 1
 
     def search(self, query: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(items, exact scores) of the top-k of ``item_vectors @ query`` without ``banned``, best first; None
-        when pruning cannot help this query (k near the catalogue's size, too few items left, a non-finite
-        query, one mostly outside the leading dimensions, a bound that leaves over ``MAX_GATHER_SHARE`` of the
-        items): the caller scans."""
-        found = self._search(query, k, banned)
+        when pruning cannot help this query (k near the catalogue's size or under 1, too few items left, a
+        non-finite query, one mostly outside the leading dimensions, a bound that leaves over
+        ``MAX_GATHER_SHARE`` of the items): the caller scans."""
+        found = self.search_counted(query, k, banned)
         return None if found is None else found[:2]
 
-    def _search(self, query: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    def search_counted(
+        self, query: np.ndarray, k: int, banned: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int] | None:
         """:meth:`search`'s answer and how many items it scored exactly in step 4."""
         num_items, dim = len(self.items), self.items.shape[1] - 1
         first = max(4 * k, 32)  # items scored exactly to find the floor tau
-        if first * 4 > num_items or len(banned) * 2 > num_items:
+        if k < 1 or first * 4 > num_items or len(banned) * 2 > num_items:
             return None
         rotated = query[:dim] @ self.rotation
         rest_norm, query_norm = float(np.linalg.norm(rotated[self.lead_dims :])), float(np.linalg.norm(query))
@@ -75,44 +84,68 @@ class PrunedScan:
         if len(banned):
             upper[banned] = -np.inf
         best = np.argpartition(upper, num_items - first)[num_items - first :]
-        exact = self.items[best] @ query
+        exact = _scores(self.items[best], query)
         exact[upper[best] == -np.inf] = -np.inf
         tau = np.partition(exact, first - k)[first - k]  # the k-th best exact score among them
         if not np.isfinite(tau):
             return None
         candidates = np.flatnonzero(upper >= tau)  # ascending: top_k's ties go to the lowest index
-        if len(candidates) > num_items * MAX_GATHER_SHARE:  # a query the bound cannot narrow: gathering would
-            return None  # cost more than the scan
-        scores = self.items[candidates] @ query
+        # Fewer than k can only come from a bound broken by rounding: the scan then answers. Too many: gathering
+        # them would cost more than the scan.
+        if not k <= len(candidates) <= num_items * MAX_GATHER_SHARE:
+            return None
+        scores = _scores(self.items[candidates], query)
         top = top_k(scores, k)
         return candidates[top], scores[top], len(candidates)
 
 
-def build(item_vectors: np.ndarray, user_vectors: np.ndarray, k: int = 10) -> PrunedScan | None:
+def _scores(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``rows @ query`` with each row's sum in one fixed order wherever the row sits: BLAS rounds the rows at the
+    tail of a block differently, so identical items gathered at different places would not tie (their order
+    would then depend on which others were gathered), where the full scan ties them and breaks the tie by index."""
+    return np.einsum("ij,j->i", rows, query)
+
+
+def build(item_vectors: np.ndarray, queries: Sequence[tuple[np.ndarray, np.ndarray]], k: int = 10) -> PrunedScan | None:
     """A :class:`PrunedScan` over ``item_vectors`` (I, d+1) when it pays for these vectors, else None.
 
-    The rotation is the eigenvectors of ``V^T V`` (principal directions through the origin, largest first).
-    Leading sizes d/16, d/8 and d/4 are tried on up to ``SAMPLE_USERS`` of the known users' vectors
-    (``user_vectors`` (U, d+1)), at ``k``: the one reading the fewest floats per query (the leading block, the
-    norms and the bound's temporaries for every item, plus the rows scored exactly) is kept if that is at most
-    ``MAX_READ_SHARE`` of the full scan's ``I x (d+1)``."""
+    The rotation is the eigenvectors of ``V^T V`` (principal directions through the origin, largest first),
+    applied ``BUILD_ROWS`` items at a time. Leading sizes d/16, d/8 and d/4 are tried on ``queries``, pairs of
+    (query (d+1,), banned item indices) such as the service will see (:func:`sample_queries`), at ``k``: the size
+    reading the fewest floats per query (the leading block, the norms and the bound's temporaries for every
+    item, plus the rows scored exactly, or the full scan for a query left to it, plus ``FIXED_READ`` for the
+    calls themselves) is kept if that is at most ``MAX_READ_SHARE`` of the full scan's ``I x (d+1)``: a small
+    matrix (5,000 x 65) stays a plain scan."""
     num_items, dim = item_vectors.shape[0], item_vectors.shape[1] - 1
-    if dim < 16 or not len(user_vectors) or not np.isfinite(item_vectors).all():
+    if num_items == 0 or dim < 16 or not len(queries):
         return None
-    factors = item_vectors[:, :dim]
-    _, vectors = np.linalg.eigh((factors.T @ factors).astype(np.float64))  # (d, d): no float64 copy of the items
-    rotation = np.ascontiguousarray(vectors[:, ::-1], np.float32)  # largest eigenvalue first
-    rotated = factors @ rotation  # (I, d), while building only
-    sample = user_vectors[np.linspace(0, len(user_vectors) - 1, min(SAMPLE_USERS, len(user_vectors))).astype(int)]
+    chunks = [slice(start, start + BUILD_ROWS) for start in range(0, num_items, BUILD_ROWS)]
+    gram, max_norm = np.zeros((dim, dim)), 0.0
+    for rows in chunks:
+        part = item_vectors[rows]
+        if not np.isfinite(part).all():
+            return None
+        gram += part[:, :dim].T @ part[:, :dim]  # float32 products, summed in float64
+        max_norm = max(max_norm, float(np.sqrt(np.einsum("ij,ij->i", part, part).max())))
+    rotation = np.ascontiguousarray(np.linalg.eigh(gram)[1][:, ::-1], np.float32)  # largest eigenvalue first
+    leads = sorted({dim // 16, dim // 8, dim // 4})
+    widest = np.empty((num_items, leads[-1] + 1), np.float32)  # the widest leading block, the bias last
+    rests = np.empty((len(leads), num_items), np.float32)
+    for rows in chunks:
+        rotated = item_vectors[rows, :dim] @ rotation
+        widest[rows, :-1], widest[rows, -1] = rotated[:, : leads[-1]], item_vectors[rows, dim]
+        for j, lead in enumerate(leads):
+            rests[j, rows] = np.sqrt(np.einsum("ij,ij->i", rotated[:, lead:], rotated[:, lead:]))
     full_read = num_items * (dim + 1)
     best: tuple[float, PrunedScan, float] | None = None
-    for lead in sorted({dim // 16, dim // 8, dim // 4}):
-        scan = PrunedScan(item_vectors, rotation, lead, rotated)
-        found = [scan._search(np.asarray(q, np.float32), k, np.zeros(0, np.int64)) for q in sample]
+    for j, lead in enumerate(leads):
+        block = np.ascontiguousarray(np.hstack([widest[:, :lead], widest[:, -1:]]))
+        scan = PrunedScan(item_vectors, rotation, block, rests[j], max_norm)
+        found = [scan.search_counted(np.asarray(q, np.float32), k, b) for q, b in queries]
         # Floats read per query: the bound's pass over every item, then the rows scored exactly (gathered rows
         # cost about twice streamed ones), or the full scan after all for a query the bound left to it.
         gathered = [2 * f[2] * (dim + 1) if f is not None else full_read for f in found]
-        read = num_items * (lead + 1 + 4) + float(np.mean(gathered))
+        read = FIXED_READ + num_items * (lead + 1 + 4) + float(np.mean(gathered))
         if best is None or read < best[0]:
             best = (read, scan, float(np.mean([f[2] if f is not None else num_items for f in found])))
     assert best is not None
@@ -122,3 +155,17 @@ def build(item_vectors: np.ndarray, user_vectors: np.ndarray, k: int = 10) -> Pr
              "full scan's reads", "on" if kept else "off", scan.lead_dims, dim, mean, num_items,
              100 * read / full_read)  # fmt: skip
     return scan if kept else None
+
+
+def sample_queries(index: ServingIndex) -> list[tuple[np.ndarray, np.ndarray]]:
+    """What :func:`build` measures on: for up to ``SAMPLE_USERS`` known users spread over the index, their vector
+    (``GET /recommend`` past the precomputed lists) and a fold-in of their history (``POST /recommend``), each
+    with their seen items banned."""
+    users = index.user_vectors.shape[0]
+    out = []
+    for user in np.unique(np.linspace(0, users - 1, min(SAMPLE_USERS, users)).astype(np.int64)):
+        seen = index.seen(int(user))
+        out.append((index.user_vectors[user], seen))
+        if len(seen):
+            out.append((index.fold_in(seen), seen))
+    return out
