@@ -76,10 +76,12 @@ def measure(index: ServingIndex, users: np.ndarray, k: int) -> dict[str, float] 
     return out
 
 
-def render(path: str, result: dict[str, float] | None, k: int, command: str, tag: str = "pruned") -> str:
+def render(
+    path: str, result: dict[str, float] | None, k: int, command: str, tag: str = "pruned", note: str = ""
+) -> str:
     lines = [
         f"<!-- {tag}:begin -->",
-        "## Exact pruned top-k: what a trained model's vectors allow (`scripts/benchmark_pruned.py`)",
+        f"## Exact pruned top-k on `{Path(path).name}`: what its vectors allow (`scripts/benchmark_pruned.py`)",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {machine()}",
         f"- command: `{command}`; checkpoint `{Path(path).name}`; k = {k}; one thread, in-process (no HTTP)",
@@ -105,7 +107,7 @@ def render(path: str, result: dict[str, float] | None, k: int, command: str, tag
                 f"| {name} | {result[f'{name}_pruned_share']:.3f} | {result[f'{name}_candidates']:.0f} | "
                 f"{result[f'{name}_agree']:.3f} | {full:.0f} | {fast:.0f} | {full / fast:.2f}x |"
             )
-    lines += ["", f"<!-- {tag}:end -->"]
+    lines += [*([f"- {note}"] if note else []), "", f"<!-- {tag}:end -->"]
     return "\n".join(lines)
 
 
@@ -116,6 +118,7 @@ def main() -> int:
     p.add_argument("--users", type=int, default=0, help="at most this many known users (0 = all)")
     p.add_argument("--output", help="a markdown file whose --section is (re)written")
     p.add_argument("--section", default="pruned", help="the tagged section of --output (default pruned)")
+    p.add_argument("--note", default="", help="a line under the table (e.g. how the checkpoint was made)")
     args = p.parse_args()
     index = ServingIndex(checkpoint.load(args.checkpoint), prune_min_items=0)
     users = np.arange(index.user_vectors.shape[0])
@@ -123,7 +126,7 @@ def main() -> int:
         users = users[np.linspace(0, len(users) - 1, min(args.users, len(users))).astype(int)]
     result = measure(index, users, args.k)
     command = "python scripts/benchmark_pruned.py " + shlex.join(sys.argv[1:])
-    section = render(args.checkpoint, result, args.k, command, args.section)
+    section = render(args.checkpoint, result, args.k, command, args.section, args.note)
     if args.output:
         write_section(Path(args.output), section, args.section)
     print(section)
