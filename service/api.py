@@ -54,10 +54,15 @@ def _query_args() -> dict:
     """Query parameters as a dict; list parameters may repeat and/or be comma-separated, others may not repeat.
 
     Parsed as werkzeug parses ``request.args`` (the same call: blank values kept, invalid bytes left
-    percent-encoded), minus its MultiDict, which this runs on every GET only to take apart again."""
+    percent-encoded), minus its MultiDict, which this runs on every GET only to take apart again. Raw bytes
+    that are not UTF-8 (a client that did not percent-encode them) stay percent-encoded too: werkzeug's own
+    ``.decode()`` raised there, a 500."""
     parsed: dict[str, list[str]] = {}
-    for name, value in parse_qsl(request.query_string.decode(), keep_blank_values=True, errors="werkzeug.url_quote"):
+    query = request.query_string.decode("utf-8", "werkzeug.url_quote")
+    for name, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
         parsed.setdefault(name, []).append(value)
+    if "" in parsed:  # "?=x" or "?&=": a value for no parameter
+        raise ApiError(422, "validation_error", "request is invalid", "query", "a parameter without a name")
     args = {}
     for name, values in parsed.items():
         if name in LIST_PARAMS:
@@ -72,7 +77,10 @@ def _query_args() -> dict:
 
 
 def _json_body() -> object:
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # arrays nested thousands deep: the standard decoder recurses per level
+        raise ApiError(400, "invalid_json", "request body must be JSON", "body", "nested too deeply") from None
     if body is None:
         reason = "empty body" if not request.get_data(cache=True) else "not valid JSON"
         raise ApiError(400, "invalid_json", "request body must be JSON", "body", reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
@@ -25,14 +26,20 @@ def error_response(status: int, code: str, message: str, details: list[dict] | N
     return jsonify(body), status
 
 
+# How pydantic names the member of a union in an error's location ("function-after[...]", "list[...]"): a schema
+# detail, not a field the client sent, so it is left out of the field's name.
+_UNION_MEMBER = re.compile(r"^[a-z][a-z-]*\[.*\]$", re.DOTALL)
+
+
 def validation_details(exc: ValidationError, prefix: str = "") -> list[dict]:
     """Pydantic errors as ``[{field: "pairs.3.user_id", reason: "..."}]``."""
     details = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"])
+        loc = ".".join(str(part) for part in err["loc"] if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
         field = ".".join(p for p in (prefix, loc) if p) or "body"
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        details.append({"field": field, "reason": reason})
+        if {"field": field, "reason": reason} not in details:  # a union's members may fail alike
+            details.append({"field": field, "reason": reason})
     return details
 
 

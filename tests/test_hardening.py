@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import urllib.parse
 
 import pytest
@@ -62,6 +63,12 @@ NON_ASCII = "ユーザー-Ünïcødé-👤"
         ("POST", "/recommend", {"history": ["i1"] * 10_001}, 422, "history"),
         ("GET", "/recommend?" + q(user_id="u1", exclude=["i1"] * (MAX_QUERY_LIST + 1)), None, 422, "exclude"),
         ("GET", "/recommend?" + q(user_id=["u1", "u2"]), None, 422, "user_id"),  # which one? refused
+        ("GET", "/recommend?user_id=u1&k=2&&=x", None, 422, "query"),  # a value for no parameter
+        ("POST", "/recommend", b"[" * 100_000 + b"]" * 100_000, 400, "body"),  # the decoder's recursion: was a 500
+        ("POST", "/predict", b"[" * 100_000 + b"]" * 100_000, 400, "body"),
+        # A union's member ("function-after[...]", "list[...]") is pydantic's, not a field the client sent.
+        ("POST", "/recommend", {"history": ["i1"], "filter": {"year": 1.5}}, 422, "filter.year"),
+        ("POST", "/recommend", {"history": ["i1"], "filter": {"genres": [None]}}, 422, "filter.genres.0"),
     ],
 )
 def test_bad_input_is_json_4xx_naming_the_field(server, method, path, body, status, field):
@@ -77,6 +84,18 @@ def test_non_ascii_ids_are_ordinary_ids(server):
     assert status == 200 and body["user_id"] == NON_ASCII and body["fallback"] == "baseline"
     status, _, body = send(server, "GET", "/similar?" + q(item_id=NON_ASCII))
     assert status == 404 and body["error"]["details"][0]["field"] == "item_id"
+
+
+def test_raw_non_utf8_bytes_in_the_query_are_ids_not_a_500(server):
+    """A client that sends bytes unencoded (not UTF-8): they stay percent-encoded, as werkzeug leaves invalid
+    percent-escapes; the id is then simply unknown (it raised UnicodeDecodeError: a 500)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET /recommend?user_id=\xff\xfe&k=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"200", raw[:300]
+    answer = json.loads(body)
+    assert answer["user_id"] == "%FF%FE" and answer["fallback"] == "popular"
 
 
 def test_oversized_history_body_is_413_json(server):
