@@ -47,13 +47,26 @@ def last_out(inter: Interactions, warn: bool = True) -> tuple[Interactions, Inte
 
 
 def newest_rows(inter: Interactions, eligible: np.ndarray | None = None) -> np.ndarray:
-    """(n,) bool: each user's newest row (ties: the later in the file) where it is ``eligible`` and the user has
-    another row to train on: the holdout of a sequence model's retrain (what comes next, judged by time)."""
+    """(n,) bool: each user's newest row (ties: the later in the file) where the user has another row to train on:
+    leave-last-out's test part.
+
+    With ``eligible`` (the retrain's holdout: rows of pairs no compared model has trained on), each user's
+    newest *eligible* row, with every row of its (user, item) pair, so that no model has the held item among
+    the user's training items; a user keeps it only with a row of another pair to train on. Rows after it (a
+    repeat of an older pair: music, re-watches) stay in training, as they did for the compared models."""
     order = timeline_order(inter, warn=False)
-    counts = np.bincount(inter.user_idx, minlength=inter.num_users)
-    held = np.zeros(len(inter), dtype=bool)
-    held[order[np.cumsum(counts)[counts >= 2] - 1]] = True
-    return held if eligible is None else held & np.asarray(eligible, dtype=bool)
+    if eligible is None:
+        counts = np.bincount(inter.user_idx, minlength=inter.num_users)
+        held = np.zeros(len(inter), dtype=bool)
+        held[order[np.cumsum(counts)[counts >= 2] - 1]] = True
+        return held
+    at = np.flatnonzero(np.asarray(eligible, dtype=bool)[order])  # positions in time order of eligible rows
+    newest = np.full(inter.num_users, -1, dtype=np.int64)
+    np.maximum.at(newest, inter.user_idx[order[at]], at)  # each user's last eligible position
+    keys = inter.pair_keys()
+    held = np.isin(keys, keys[order[newest[newest >= 0]]])
+    others = np.bincount(inter.user_idx[~held], minlength=inter.num_users)
+    return held & (others[inter.user_idx] > 0)
 
 
 def left_pad(indptr: np.ndarray, items: np.ndarray, length: int, users: np.ndarray | None = None) -> np.ndarray:

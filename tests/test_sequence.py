@@ -18,7 +18,7 @@ from model.interactions import Interactions, build_dataset
 from model.metrics import evaluate_ranking
 from model.retrain import ExitCode
 from model.sequence import SEQUENCE_KINDS, build_sequence_network
-from model.sequence_data import FileOrderWarning, last_out, left_pad, next_item_pairs, timelines, windows
+from model.sequence_data import FileOrderWarning, last_out, left_pad, newest_rows, next_item_pairs, timelines, windows
 from model.sequence_numpy import encode, encode_history, prepare
 from model.train import TrainConfig, fit, resolve
 from service.index import ServingIndex
@@ -262,3 +262,20 @@ def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(RANKING_DEFAULTS["sasrec"], "dim", 24)  # a changed default: the saved run is not reused
     assert bench.result_path("ours sasrec", 0, parsed) != ours
     assert bench.result_path("popularity", 0, parsed) == saved
+
+
+def test_the_retrain_holdout_is_each_users_newest_fresh_pair_even_when_an_old_pair_repeats_after_it():
+    """Repeat consumption: a user's newest row may repeat a pair the served model knows. The holdout then takes
+    their newest fresh row (it held nothing before: "nothing to judge by"), with every row of that pair."""
+    # (user, item, time); eligible = the pair is fresh (no compared model trained on it)
+    rows = [(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 0, 4),  # old a, fresh b, fresh c, old a again: c is held
+            (1, 3, 1), (1, 3, 2),  # one fresh pair, twice: nothing else to train on, nothing held
+            (2, 4, 1), (2, 5, 2), (2, 5, 3),  # old e, fresh f twice: both f rows held
+            (3, 6, 1), (3, 7, 2)]  # fmt: skip
+    users, items, times = (np.array(col) for col in zip(*rows))
+    inter = Interactions(users, items, np.ones(len(rows), np.float32), times, 4, 8)
+    eligible = ~np.isin(items, [0, 4, 6])
+    held = newest_rows(inter, eligible)
+    assert held.tolist() == [False, False, True, False, False, False, False, True, True, False, True]
+    # Without eligibility it is leave-last-out: each user's newest row.
+    assert np.flatnonzero(newest_rows(inter)).tolist() == [3, 5, 8, 10]
