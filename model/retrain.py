@@ -5,7 +5,7 @@ the decisions here makes them testable without training anything.
 
 The rule, in the order a run applies it:
 
-1. **References.** The current model and the versions added just before it (``--compare-versions``) are
+1. **References.** The current model and the versions served just before it (``--compare-versions``) are
    loaded. An unreadable current (or a ``current`` pointing outside the store) is an error unless
    ``--force``: the store is never silently treated as empty.
 2. **Holdout.** Pairs that no reference has trained on (nothing in its seen items) are the only fair
@@ -19,7 +19,9 @@ The rule, in the order a run applies it:
 4. **Decision** (:func:`decide`). For each served metric the candidate is compared with the *best*
    reference on it (so small regressions cannot accumulate run after run), and refused when worse by
    more than ``tolerance + z * SE``, SE being the standard error of the paired difference over the
-   held-out rows (RMSE) or users (nDCG).
+   held-out rows (RMSE) or users (nDCG). Refused too: fewer held-out users than ``min_judged``, and a
+   candidate without a rating model where the current model has one. A reference whose figure is not
+   finite is left out of that comparison.
 5. **Refit.** A promoted candidate is retrained with the same configuration on every row, so the model
    served knows every pair (and never recommends an item the user has in the data file).
 """
@@ -188,11 +190,24 @@ def _compare(candidate: Measured, best: Measured, metric: str, margins: Margins)
             "margin": margin, "se": se, "ok": worse <= margin}  # fmt: skip
 
 
-def decide(candidate: Measured, references: list[Measured], margins: Margins, force: bool = False) -> Decision:
+# Fewer held-out users than this judge nothing: one user's nDCG is 0 or 1, and a standard error needs spread.
+MIN_JUDGED_USERS = 10
+
+
+def decide(
+    candidate: Measured,
+    references: list[Measured],
+    margins: Margins,
+    force: bool = False,
+    min_judged: int = MIN_JUDGED_USERS,
+) -> Decision:
     """Whether to promote ``candidate`` over the ``references`` (current first, then recent versions).
 
     Each served metric is compared with the reference that is best on it: RMSE when the candidate predicts
-    ratings (references that do not are left out of that comparison), nDCG@10 always.
+    ratings (references that do not are left out of that comparison), nDCG@10 always. A candidate without a
+    rating model is refused where the current model has one: ``/predict`` would answer squashed ranking scores. A
+    reference whose figure is not finite (a model with NaN weights) is left out of that comparison: it
+    cannot be the best, and the candidate is what replaces it.
     """
     if force:
         return Decision(True, "forced (--force)")
@@ -201,16 +216,32 @@ def decide(candidate: Measured, references: list[Measured], margins: Margins, fo
     if not len(candidate.ndcg):
         return Decision(False, "no held-out pair that the recent models have not trained on: nothing to judge by "
                                "(the data has not changed?); use --force to promote anyway")  # fmt: skip
-    comparisons = [_compare(candidate, max(references, key=lambda m: m.ndcg.mean()), "ndcg", margins)]
+    if len(candidate.ndcg) < min_judged:
+        return Decision(False, f"rejected: {len(candidate.ndcg)} held-out user(s), too few to judge by (at least "
+                               f"{min_judged}, --min-judged); use --force to promote anyway")  # fmt: skip
     rating_refs = [m for m in references if m.predicts_ratings]
-    if candidate.predicts_ratings and rating_refs:
-        comparisons.append(_compare(candidate, min(rating_refs, key=lambda m: m.rmse), "rmse", margins))
+    if references[0].predicts_ratings and not candidate.predicts_ratings:
+        return Decision(False, f"rejected: the candidate does not predict ratings and {references[0].version} does "
+                               "(/predict would answer squashed ranking scores); train a kind with a rating model "
+                               "(the default mf) or use --force")  # fmt: skip
+    comparisons, unusable = [], []
+    for metric, refs, key in (
+        ("ndcg", references, lambda m: -float(m.ndcg.mean())),
+        ("rmse", rating_refs if candidate.predicts_ratings else [], lambda m: m.rmse),
+    ):
+        finite = [m for m in refs if np.isfinite(key(m))]
+        unusable += [f"{m.version} ({metric} {abs(key(m))})" for m in refs if not np.isfinite(key(m))]
+        if finite:
+            comparisons.append(_compare(candidate, min(finite, key=key), metric, margins))
     failed = [c for c in comparisons if not c["ok"]]
     words = "; ".join(
         f"{c['metric']} {c['candidate']:.4f} vs best {c['best']:.4f} ({c['best_version']}): "
-        f"{'worse' if c['worse_by'] > 0 else 'not worse'} by {max(c['worse_by'], 0.0):.4f}, margin {c['margin']:.4f}"
+        + ("not worse by 0.0000" if c["worse_by"] <= 0 else f"worse by {c['worse_by']:.4f}")  # NaN: worse
+        + f", margin {c['margin']:.4f}"
         for c in comparisons
     )
+    if unusable:
+        words += f"{'; ' if words else ''}left out, not finite: {', '.join(unusable)}"
     return Decision(not failed, ("rejected: " if failed else "") + words, comparisons)
 
 

@@ -18,9 +18,15 @@ Version files are memory-mapped by every serving worker (``checkpoint.load``), s
 truncated or rewritten in place: a version is written to a temporary file and renamed in once, and
 pruning only unlinks (a worker still mapping an unlinked file keeps its pages until it reloads).
 
-Order: versions are ordered by the time they were added (file mtime, then name). ``rollback`` without
-a target goes to the newest version added before the current one. ``prune`` keeps the ``keep`` newest
-versions and never deletes the current one or the one a rollback would go to.
+Order: versions are ordered by the time they were added (file mtime, then name). What was *served* is
+recorded apart, in ``DIR/served`` (one version per line, the last one current, rewritten atomically):
+moving ``current`` to a version pushes it there, or, when the version is already in it, unwinds the list
+back to it. ``rollback`` without a target goes to the version served before the current one, so a
+rollback followed by a promotion rolls back to the version rolled back to, not to the one rolled away
+from; a worker that cannot load ``current`` serves that same version (:meth:`ModelStore.served_before`).
+Versions never recorded there (a store from before the file, a pointer moved by hand) follow in the order
+they were added. ``prune`` keeps the ``keep`` newest versions and never deletes the current one or the one a
+rollback would go to.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pathlib import Path
 
 from model import checkpoint
 
-VERSIONS, CURRENT, REPORTS, LOCK = "versions", "current", "reports", ".lock"
+VERSIONS, CURRENT, REPORTS, LOCK, SERVED = "versions", "current", "reports", ".lock", "served"
 SUFFIX = ".ckpt"
 DEFAULT_KEEP = 5
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -130,14 +136,36 @@ class ModelStore:
         version = self.current()
         return None if version is None else self.path_of(version)
 
-    def previous(self, version: str | None = None) -> str | None:
-        """The newest version added before ``version`` (default: the current one); None if there is none."""
+    def served(self) -> list[str]:
+        """The versions ``current`` was moved to, oldest first, unwound by rollbacks (the last: current's)."""
+        try:
+            return [line for line in (self.root / SERVED).read_text().split() if _VERSION.match(line)]
+        except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+            return []
+
+    def served_before(self, version: str | None = None) -> list[str]:
+        """The stored versions to fall back to from ``version`` (default: the current one), best first: those
+        served before it, most recent first (when it is not the last one served, as after a pointer moved by
+        hand, the last one served comes first), then the others added before it, newest first."""
         version = version or self.current()
         names = [v.name for v in self.versions()]
-        if version not in names:
+        stack = self.served()
+        if stack and stack[-1] == version:
+            stack = stack[:-1]
+        added = names[: names.index(version)] if version in names else names
+        out: list[str] = []
+        for name in [*reversed(stack), *reversed(added)]:
+            if name in names and name != version and name not in out:
+                out.append(name)
+        return out
+
+    def previous(self, version: str | None = None) -> str | None:
+        """The version a rollback from ``version`` (default: the current one) goes to; None if there is none."""
+        version = version or self.current()
+        if version is None:
             return None
-        at = names.index(version)
-        return names[at - 1] if at > 0 else None
+        before = self.served_before(version)
+        return before[0] if before else None
 
     # --- changing ------------------------------------------------------------------------------------
 
@@ -182,6 +210,15 @@ class ModelStore:
             raise StoreError(f"no version {version} in {self.versions_dir}")
         checkpoint.load(path)  # raises CheckpointError for a bad file
         self._point(path)
+        stack = self.served()
+        stack = stack[: len(stack) - stack[::-1].index(version)] if version in stack else [*stack, version]
+        self._write_served(stack)
+
+    def _write_served(self, stack: list[str]) -> None:
+        tmp = self.root / f".{SERVED}.{os.getpid()}.tmp"
+        tmp.write_text("".join(f"{name}\n" for name in stack))
+        os.replace(tmp, self.root / SERVED)
+        _fsync_dir(self.root)
 
     def _point(self, path: Path) -> None:
         """Move the pointer without validating (tests use it to aim ``current`` at a bad file)."""
@@ -192,11 +229,17 @@ class ModelStore:
         _fsync_dir(self.root)
 
     def rollback(self, to: str | None = None) -> tuple[str | None, str]:
-        """Point ``current`` at ``to`` (default: the version added before the current one).
+        """Point ``current`` at ``to`` (default: the version served before the current one, :meth:`previous`).
 
-        Returns (the version served before, the version served now).
+        Returns (the version served before, the version served now). With ``to``, a ``current`` that is not a
+        link into this store (made by hand, or damaged) is replaced too (the version before is then None).
         """
-        before = self.current()
+        try:
+            before = self.current()
+        except StoreError:
+            if to is None:
+                raise StoreError(f"{self.current_link} is not a link to a version: name one to serve (--to)") from None
+            before = None
         target = to or self.previous()
         if target is None:
             raise StoreError(f"nothing to roll back to: {before} is the oldest version in {self.root}")
@@ -223,7 +266,11 @@ class ModelStore:
 
     def clean_temporary(self) -> list[Path]:
         """Remove temporary files left by killed writers (only safe while holding the lock)."""
-        stale = [*self.versions_dir.glob(".*.tmp"), *self.root.glob(f".{CURRENT}.*.tmp")]
+        stale = [
+            *self.versions_dir.glob(".*.tmp"),
+            *self.root.glob(f".{CURRENT}.*.tmp"),
+            *self.root.glob(f".{SERVED}.*.tmp"),
+        ]
         stale += [*self.reports_dir.glob(".*.tmp")] if self.reports_dir.is_dir() else []
         for path in stale:
             path.unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from model.interactions import Dataset, Interactions, build_dataset
 from model.item_files import read_items
 from model.metrics import hit_matrix, per_user_metrics, top_k_items
 from model.retrain import (
+    MIN_JUDGED_USERS,
     ExitCode,
     Margins,
     Measured,
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-versions", type=int, default=3, help="current + versions before it to beat (3)")
     p.add_argument("--holdout", type=float, default=0.1, help="fraction of the rows held out (default 0.1)")
     p.add_argument("--holdout-seed", type=int, help="seed of the holdout draw (default: from the data's sha256)")
+    p.add_argument("--max-drop", type=float, default=0.1, help="share of the current's pairs --data may lack (0.1)")
+    p.add_argument("--min-judged", type=int, default=MIN_JUDGED_USERS, help="held-out users needed to judge (10)")
     p.add_argument("--warm-start", action="store_true", help="start from the current model's rows (mf only)")
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"versions to keep (default {DEFAULT_KEEP})")
     p.add_argument("--report", help="also write the JSON run report here")
@@ -83,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tolerance, --ndcg-tolerance and --margin-se must be >= 0, --compare-versions >= 1")
     if not 0 < args.holdout < 1 or args.keep < 2:
         p.error("--holdout must be in (0, 1), --keep >= 2")
+    if not 0 <= args.max_drop <= 1 or args.min_judged < 1:
+        p.error("--max-drop must be in [0, 1], --min-judged >= 1")
     return args
 
 
@@ -97,7 +102,7 @@ def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = F
 
 
 def recent_models(store: ModelStore, count: int, force: bool, report: dict) -> list[checkpoint.Checkpoint]:
-    """The current model and the versions added just before it, ``count`` in all (unreadable older ones skipped).
+    """The current model and the versions served just before it, ``count`` in all (unreadable older ones skipped).
 
     Raises:
         BadInput: ``current`` cannot be read or points outside the store (unless ``force``: then none).
@@ -114,10 +119,8 @@ def recent_models(store: ModelStore, count: int, force: bool, report: dict) -> l
         return []
     if current is None:
         return []
-    names = [v.name for v in store.versions()]
-    earlier = names[: names.index(current_version)] if current_version in names else []
     models = [current]
-    for name in reversed(earlier[len(earlier) - (count - 1) :] if count > 1 else []):
+    for name in store.served_before(current_version)[: count - 1]:
         try:
             models.append(checkpoint.load(store.path_of(name)))
         except checkpoint.CheckpointError as exc:
@@ -195,6 +198,14 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     inter = full.interactions
     keys = inter.pair_keys()
     fresh = ~np.isin(keys, np.concatenate([seen_pairs(m, full) for m in recent] or [np.empty(0, np.int64)]))
+    if current is not None:  # --data is the whole data set: a file that lost much of it is a partial export
+        kept = int(np.isin(seen_pairs(current, full), keys).sum())
+        lost = 1.0 - kept / max(len(current.seen_indices), 1)
+        report["data"].update(current_pairs=len(current.seen_indices), current_pairs_in_data=kept)
+        if lost > args.max_drop and not args.force:
+            raise BadInput(f"{args.data} lacks {lost:.0%} of the (user, item) pairs the current model "
+                           f"{current.model_version} trained on (--max-drop {args.max_drop:.0%}): a partial export? "
+                           "--data must be the whole data set; --force replaces the model anyway")  # fmt: skip
     seed = holdout_seed(raw.fingerprint) if args.holdout_seed is None else args.holdout_seed
     try:
         # A sequence model is judged on what comes next: each user's newest fresh row, by time (--holdout unused).
@@ -211,8 +222,10 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     report["data"].update(train_rows=len(train_raw), holdout_rows=int(held.sum()), users=inter.num_users,
                           items=inter.num_items)  # fmt: skip
 
-    if recent and not held.any() and not args.force:  # nothing to judge by: do not train for nothing
-        reason = decide(Measured("", None, np.empty(0), np.empty(0)), [None], Margins()).reason
+    judged = len(np.unique(inter.user_idx[held]))
+    if recent and judged < args.min_judged and not args.force:  # nothing (or too little) to judge by: do not train
+        nobody = Measured("", None, np.empty(0), np.zeros(judged))
+        reason = decide(nobody, [None], Margins(), min_judged=args.min_judged).reason
         report["decision"] = {"promoted": False, "reason": reason, "forced": False}
         report["versions"]["after"] = report["versions"]["before"]
         print(f"rejected: {reason}")
@@ -241,7 +254,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
         report["current"] = {"version": refs[0].version, "holdout": refs[0].figures()}
         report["references"] = [m.figures() for m in refs]
     margins = Margins(args.tolerance, args.ndcg_tolerance, args.margin_se)
-    decision = decide(cand, refs, margins, args.force)
+    decision = decide(cand, refs, margins, args.force, args.min_judged)
     report["decision"] = {"promoted": decision.promote, "reason": decision.reason, "forced": args.force,
                           "margins": asdict(margins), "comparisons": decision.comparisons}  # fmt: skip
     before = report["versions"]["before"]
@@ -282,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ModelStore(args.store)
     locked = False
     try:
+        if Path(args.store).exists() and not Path(args.store).is_dir():
+            raise BadInput(f"--store {args.store} is not a directory")
         # Read and validate the data before touching the store: a bad file writes nothing anywhere.
         raw = load_ratings(args.data, args.format)
         report["data"].update(fingerprint=file_fingerprint(args.data), rows=len(raw), implicit=raw.implicit)

@@ -1,6 +1,6 @@
 """Point a model store's ``current`` back at an earlier version (the service follows by itself).
 
-    python scripts/rollback.py --store /srv/recsys/store            # to the version added before current
+    python scripts/rollback.py --store /srv/recsys/store            # to the version served before current
     python scripts/rollback.py --store /srv/recsys/store --to mf-20260101T000000Z-1a2b3c4d
     python scripts/rollback.py --store /srv/recsys/store --list     # versions, oldest first; * = current
 
@@ -23,7 +23,7 @@ from model.store import ModelStore, StoreError, StoreLocked, is_store
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True, help="model store directory")
-    p.add_argument("--to", help="version to serve (default: the one added before the current one)")
+    p.add_argument("--to", help="version to serve (default: the one served before the current one)")
     p.add_argument("--list", action="store_true", help="list the versions and exit")
     args = p.parse_args(argv)
     if not is_store(args.store):
@@ -31,10 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     store = ModelStore(args.store)
     if args.list:
-        current = store.current()
+        try:
+            current, broken = store.current(), None
+        except StoreError as exc:
+            current, broken = None, exc
         for v in store.versions():
             added = datetime.fromtimestamp(v.added_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
             print(f"{'*' if v.name == current else ' '} {v.name}  added {added}")
+        if broken is not None:
+            print(f"error: {broken}; serve a version with --to VERSION", file=sys.stderr)
+            return ExitCode.BAD_INPUT
         return ExitCode.PROMOTED
     try:
         with store.lock():

@@ -161,25 +161,24 @@ class ModelHolder:
         return Path(sig[0]) if sig is not None else checkpoint_target(self.path)
 
     def _store_fallback(self, failed: ModelState) -> ModelState:
-        """With no model at all and a store whose ``current`` does not load: the newest version added before
-        ``current`` that does, else ``failed``.
+        """With no model at all and a store whose ``current`` does not load: the first version that does among
+        those served before it (:meth:`~model.store.ModelStore.served_before`), else ``failed``.
 
         A worker started (or respawned) while ``current`` points at a bad file would otherwise answer 503
-        while the others keep serving the model they had, which is, in the store's order, that one.
+        while the others keep serving the model they had: the last one served, which is that one (by the
+        order versions were added, it was not after a rollback).
         """
         if not self.path.is_dir():
             return failed
         store = ModelStore(self.path)
-        names = [v.name for v in store.versions()]
         try:
             current = store.current()
         except StoreError:  # a pointer outside the store: no order to fall back in
             return failed
-        earlier = names[: names.index(current)] if current in names else []
-        for name in reversed(earlier):
+        for name in store.served_before(current):
             state = load_state(store.path_of(name), self.ann, self.topn)
             if state.index is not None:
-                log.warning("current version of %s does not load; serving %s, the one before it", self.path, name)
+                log.warning("current version of %s does not load; serving %s, served before it", self.path, name)
                 return state
         return failed
 

@@ -85,6 +85,34 @@ def test_margin_grows_with_the_standard_error_and_every_served_metric_counts():
     checks = {c["metric"]: c["ok"] for c in decision.comparisons}
     assert checks == {"ndcg": False, "rmse": True} and not decision.promote
     ranking_only = Measured("c", None, best.actual, best.ndcg)
-    assert [c["metric"] for c in decide(ranking_only, [best], Margins()).comparisons] == ["ndcg"]
+    current_ranks_only = Measured("v1", None, best.actual, best.ndcg)
+    assert [c["metric"] for c in decide(ranking_only, [current_ranks_only, best], Margins()).comparisons] == ["ndcg"]
     assert decide(better_rmse_worse_ranking, [best], Margins(), force=True).promote
     assert decide(better_rmse_worse_ranking, [], Margins()).reason == "no current model"
+
+
+def test_a_candidate_without_a_rating_model_cannot_replace_one_that_predicts_ratings():
+    """gmf (BCE) after the default mf: as good a ranker, but /predict would answer its squashed logits."""
+    current = measured("v1", 0.0, 0.40)
+    ranking_only = Measured("c", None, current.actual, current.ndcg + 0.05)
+    decision = decide(ranking_only, [current], Margins())
+    assert not decision.promote and "does not predict ratings" in decision.reason
+    assert decide(ranking_only, [current], Margins(), force=True).promote
+
+
+def test_a_reference_with_non_finite_figures_is_left_out_not_the_best():
+    """A served model with a NaN weight measures NaN: it was taken as the best (max/min keep a NaN key) and
+    every comparison with it failed, so no retrain could replace it without --force."""
+    good = measured("v1", 0.0, 0.40)
+    broken = Measured("v2", np.full_like(good.predicted, np.nan), good.actual, np.full_like(good.ndcg, np.nan))
+    candidate = measured("c", 0.0, 0.40)
+    decision = decide(candidate, [broken, good], Margins())
+    assert decision.promote, decision.reason
+    assert {c["best_version"] for c in decision.comparisons} == {"v1"} and "not finite: v2" in decision.reason
+    alone = decide(candidate, [broken], Margins())
+    assert alone.promote and alone.comparisons == [] and "v2" in alone.reason
+    worse = measured("c", 0.3, 0.30)
+    assert not decide(worse, [broken, good], Margins()).promote  # the finite reference still judges
+    nan_candidate = Measured("c", good.predicted, good.actual, np.full_like(good.ndcg, np.nan))
+    decision = decide(nan_candidate, [good], Margins())
+    assert not decision.promote and "worse by nan" in decision.reason

@@ -231,7 +231,8 @@ def test_a_killed_retrain_leaves_the_store_intact_and_a_concurrent_one_is_refuse
     store = ModelStore(store_dir)
     before, current = tree(store_dir), store.current()
     big = ratings_csv(tmp_path / "big.csv", SyntheticConfig(3000, 400, 3, 30, seed=5))  # 90,000 ratings
-    slow = _run_retrain("--data", str(big), "--store", str(store_dir), "--quiet", "--epochs", "500", "--patience", "99")
+    slow = _run_retrain("--data", str(big), "--store", str(store_dir), "--quiet", "--epochs", "500", "--patience", "99",
+                        "--max-drop", "1")  # another data set altogether: its own ids  # fmt: skip
     try:
         line = slow.stdout.readline()  # printed once the lock is held and the data is split
         assert line.startswith("training candidate"), line + slow.stderr.read()
@@ -307,3 +308,30 @@ def test_malformed_data_exit_code_from_the_command_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and f"{bad}:3: rating is not a number" in proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_partial_export_or_a_tiny_increment_is_not_judged_as_a_snapshot(tmp_path, data, capsys):
+    """Found by review: a 3-row file (and the first 60 rows of the data) replaced the served model, judged on one
+    held-out user. A file that lacks much of what the current model trained on is refused (exit 2), and fewer
+    held-out users than --min-judged judge nothing (exit 10); --force still goes ahead."""
+    store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
+    assert retrain.main(["--data", str(new), "--store", str(store_dir), *FAST]) == 0
+    v1 = ModelStore(store_dir).current()
+    capsys.readouterr()
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), *FAST]) == ExitCode.BAD_INPUT
+    assert "partial export" in capsys.readouterr().err and ModelStore(store_dir).current() == v1
+    lines = new.read_text().splitlines()
+    grown = tmp_path / "grown.csv"  # three users rate one item more
+    grown.write_text("\n".join([*lines, "u0,new-item,4", "u1,new-item,5", "u2,new-item,3"]) + "\n")
+    out = tmp_path / "r.json"
+    code = retrain.main(["--data", str(grown), "--store", str(store_dir), "--report", str(out), *FAST])
+    reason = json.loads(out.read_text())["decision"]["reason"]
+    assert code == ExitCode.REJECTED and "3 held-out user(s), too few" in reason
+    assert ModelStore(store_dir).current() == v1
+    code = retrain.main(["--data", str(grown), "--store", str(store_dir), "--report", str(out), "--min-judged", "3",
+                         *FAST])  # fmt: skip
+    assert code in (0, 10) and "too few" not in json.loads(out.read_text())["decision"]["reason"]  # judged on merit
+    (tmp_path / "afile").write_text("")
+    assert retrain.main(["--data", str(new), "--store", str(tmp_path / "afile"), *FAST]) == ExitCode.BAD_INPUT
+    assert "not a directory" in capsys.readouterr().err

@@ -169,3 +169,39 @@ def test_a_fresh_holder_falls_back_to_the_version_before_a_bad_current(tmp_path,
     plain = tmp_path / "plain.ckpt"
     plain.write_bytes(b"junk")
     assert ModelHolder(plain).state.index is None  # a plain file has nothing to fall back to
+
+
+def test_rollback_follows_what_was_served_not_the_order_versions_were_added(tmp_path, versions):
+    """v2 is rolled back to v1, then v3 is promoted: the next rollback goes to v1 (by the order of adding it went
+    to v2, the version rolled away from), pruning keeps v1, and a worker that cannot load current serves what the
+    others kept (by adding order it served v2 after a rollback)."""
+    store = ModelStore(tmp_path / "store").init()
+    names = [c.model_version for c in versions[:4]]
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+    assert store.rollback() == (names[2], names[1])
+    (store.versions_dir / "bad.ckpt").write_bytes(b"\x80\x02junk")
+    store._point(store.versions_dir / "bad.ckpt")  # aimed at a bad file by hand, after the rollback
+    assert ModelHolder(store.root).version == names[1]  # a respawned worker: what the others kept
+    store.set_current(names[1])
+    store.add(versions[3])
+    store.set_current(names[3])
+    assert store.served() == [names[0], names[1], names[3]] and store.previous() == names[1]
+    assert store.prune(keep=1) == [names[0], names[2], "bad"] and store.rollback() == (names[3], names[1])
+    assert store.rollback(names[3]) == (names[1], names[3]) and store.served()[-2:] == [names[1], names[3]]
+
+
+def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path, versions, capsys):
+    from tests.test_retrain import _script
+
+    rollback = _script("rollback")
+    store = ModelStore(tmp_path / "store").init()
+    store.add(versions[0])
+    store.current_link.write_text("not a link")  # made by hand
+    assert rollback.main(["--store", str(store.root), "--list"]) == 2
+    assert "not a symlink" in capsys.readouterr().err
+    assert rollback.main(["--store", str(store.root)]) == 2  # where to? nothing to go back from
+    assert "--to" in capsys.readouterr().err
+    assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 0
+    assert store.current() == versions[0].model_version
