@@ -93,6 +93,14 @@ class FoldIn:
         p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
         return np.append(p, 1.0).astype(np.float32)
 
+    def likes_nothing(self, ratings: np.ndarray | None) -> bool:
+        """Whether a rated history likes nothing (every rating at the bottom of the scale) where the fold-in
+        weighs items by liking (implicit ALS, the mean of item vectors): its query would be zero and rank every
+        item alike (in index order, as if personal). Other rules read ratings as targets or ignore them."""
+        if ratings is None or not self.linear or self.rank_is_rating:
+            return False
+        return not bool((self._liking(ratings) > 0).any())
+
     def system(self, item_idx: np.ndarray, ratings: np.ndarray | None = None, known: bool = False):
         """The linear fold-in behind a user vector, ``p = W^-1 sum_h a_h y_h``: (the history's item vectors
         ``y`` (n, d), ``W`` (d, d) or None for the identity, ``a`` (n,)). ``known``: a trained user, whose

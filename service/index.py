@@ -362,13 +362,13 @@ class ServingIndex:
         self._check_explain(explain)
         known = [(self.item_index.get(item), r) for item, r in zip(history, ratings or [None] * len(history))]
         known = [(idx, r) for idx, r in known if idx is not None]
-        if not known:
+        hist_r = None if ratings is None or not known else np.array([r for _, r in known], dtype=np.float32)
+        if not known or self.folding.likes_nothing(hist_r):  # nothing to go by: what an unknown user gets
             return self.recommend(
                 "\0no-such-user", k, exclude=[*exclude, *history], candidates=candidates, filters=filters,
                 explain=explain,
             )  # fmt: skip
         hist_idx = np.array([idx for idx, _ in known], dtype=np.int64)
-        hist_r = None if ratings is None else np.array([r for _, r in known], dtype=np.float32)
         keep = self.attributes.compile(filters)
         query = self.fold_in(hist_idx, hist_r)
         banned = np.concatenate([self.item_indices(exclude), hist_idx])

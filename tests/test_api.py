@@ -7,7 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
+from model import checkpoint
 from service import create_app
+from service.index import ServingIndex
 from service.schemas import ErrorResponse, ModelInfo, PredictBatchResponse, PredictResponse, RecommendResponse
 
 
@@ -250,6 +252,27 @@ def test_fold_in_bare_ids_exclude_history_and_unknown_history_is_popular(client,
     assert len(body["items"]) == 5 and not {it["item_id"] for it in body["items"]} & set(small_ckpt.item_ids[:4])
     body = client.post("/recommend", json={"history": ["never-seen"], "k": 3}).get_json()
     assert body["fallback"] == "popular" and len(body["items"]) == 3
+    # This MF ranks by predicted rating: a low rating is a target its fold-in fits (a dislike), not "nothing".
+    low = small_ckpt.rating_scale[0]
+    disliked = [{"item_id": i, "rating": low} for i in history]
+    assert client.post("/recommend", json={"history": disliked, "k": 3}).get_json()["fallback"] is None
+
+
+def test_a_history_that_likes_nothing_gets_the_popular_items(small_dataset):
+    """The default's implicit-ALS fold-in weighs items by (rating - low) / (high - low): with every rating at
+    the bottom of the scale (or below it) its query was zero, and it answered the first items by index as
+    personal picks. Now the popular items, marked as such, as for a history of unknown items."""
+    from model.train import TrainConfig, fit
+
+    result = fit(small_dataset.interactions, TrainConfig(dim=8, epochs=3, rank_epochs=3, seed=0), progress=False)
+    index = ServingIndex(checkpoint.from_training(result, small_dataset))
+    assert index.folding.ials is not None  # the default's head
+    low, high = index.folding.low, index.folding.high
+    history = list(small_dataset.item_map.ids[:3])
+    rec = index.recommend_for_history(history, 3, ratings=[low, low - 10, low])
+    popular = [i for i in index.recommend("never-seen", 6).item_ids if i not in history][:3]
+    assert rec.fallback == "popular" and rec.item_ids == popular
+    assert index.recommend_for_history(history, 3, ratings=[high, low, low]).fallback is None
 
 
 def test_a_history_reads_alike_as_bare_ids_integers_and_objects(client, small_ckpt):
