@@ -48,6 +48,7 @@ class FileScan:
     first_line_no: int
     lone_cr: bool  # a "\r" not followed by "\n": pyarrow ends a line there, the line reader does not
     parquet: bool
+    parquet_head: bool = False  # begins like Parquet (its magic, then binary); without ``parquet``: truncated
 
 
 def scan_file(path: Path) -> FileScan:
@@ -56,7 +57,8 @@ def scan_file(path: Path) -> FileScan:
     try:
         with open(path, "rb") as f:
             chunk = f.read(_CHUNK)
-            parquet = chunk.startswith(PARQUET_MAGIC) and _ends_with_magic(f)
+            parquet_head = chunk.startswith(PARQUET_MAGIC) and chunk[4:5] not in (b",", b"\t", b":", b"\n")
+            parquet = parquet_head and _ends_with_magic(f)
             if chunk.startswith(BOM):
                 chunk = chunk[len(BOM) :]
             head = chunk[: 1 << 16]
@@ -72,7 +74,7 @@ def scan_file(path: Path) -> FileScan:
         raise DataFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
     lone_cr = cr != crlf
     first_line, first_line_no = _first_line(head)
-    return FileScan("sha256:" + digest.hexdigest(), first_line, first_line_no, lone_cr, parquet)
+    return FileScan("sha256:" + digest.hexdigest(), first_line, first_line_no, lone_cr, parquet, parquet_head)
 
 
 def _ends_with_magic(f) -> bool:
@@ -96,7 +98,7 @@ def _first_line(head: bytes) -> tuple[str | None, int]:
 
 
 def read_delimited(
-    path: Path, scan: FileScan, delimiter: str, names: list[str], skip_rows: int, implicit: bool
+    path: Path, scan: FileScan, delimiter: str, names: list[str], skip_rows: int, implicit: bool, quoted: bool = False
 ) -> RawRatings | None:
     """Read a text file whose layout the caller already settled; ``None`` when it cannot vouch for it.
 
@@ -105,6 +107,7 @@ def read_delimited(
             columns in between, named ``_gap...``).
         names: column names in order: ``user``, ``item``, optional ``rating``, ``timestamp``, gaps.
         skip_rows: 1 to skip a header on the first line, else 0.
+        quoted: RFC 4180 quotes (``model.data.FileFormat.quoted``); a quoted field may not span lines.
     """
     types = {n: ID_TYPE if n in ("user", "item") or n.startswith("_gap") else pa.float64() for n in names}
     try:
@@ -112,7 +115,12 @@ def read_delimited(
             path,
             read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows, block_size=16 << 20),
             parse_options=pa_csv.ParseOptions(
-                delimiter=delimiter, quote_char=False, escape_char=False, ignore_empty_lines=True
+                delimiter=delimiter,
+                quote_char='"' if quoted else False,
+                double_quote=True,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=True,
             ),
             convert_options=pa_csv.ConvertOptions(
                 column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False

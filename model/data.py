@@ -14,6 +14,7 @@ and ``timestamp`` (any case; see ``model.columnar.PARQUET_COLUMNS``).
 
 from __future__ import annotations
 
+import csv
 import math
 from array import array
 from dataclasses import dataclass
@@ -29,20 +30,32 @@ __all__ = ["FORMATS", "FORMAT_CHOICES", "MAX_ID_LENGTH", "DataFormatError", "Raw
 
 @dataclass(frozen=True)
 class FileFormat:
-    """How to split a file: delimiter, header policy and allowed column counts."""
+    """How to split a file: delimiter, header policy, allowed column counts and quoting."""
 
     name: str
     delimiter: str
     header: bool | None  # True: required, False: none, None: detect from the first line
     columns: tuple[int, ...]  # allowed numbers of fields per line
+    # RFC 4180 quoting, as R's write.csv and pandas write it: a field that starts with '"' runs to the next
+    # lone '"' ('""' inside is one '"'), delimiters included; a field on one line only.
+    quoted: bool = False
+
+    def split(self, line: str) -> list[str]:
+        """One line's fields; raises ``ValueError`` for a quote that is never closed."""
+        if not (self.quoted and '"' in line):
+            return line.split(self.delimiter)
+        try:
+            return next(csv.reader([line], delimiter=self.delimiter, strict=True))
+        except csv.Error as exc:
+            raise ValueError(f"bad quoting ({exc})") from None
 
 
 FORMATS: dict[str, FileFormat] = {
     "ml-100k": FileFormat("ml-100k", "\t", False, (4,)),
     "ml-dat": FileFormat("ml-dat", "::", False, (4,)),
-    "ml-csv": FileFormat("ml-csv", ",", True, (4,)),
-    "csv": FileFormat("csv", ",", None, (2, 3, 4)),
-    "tsv": FileFormat("tsv", "\t", None, (2, 3, 4)),
+    "ml-csv": FileFormat("ml-csv", ",", True, (4,), quoted=True),
+    "csv": FileFormat("csv", ",", None, (2, 3, 4), quoted=True),
+    "tsv": FileFormat("tsv", "\t", None, (2, 3, 4), quoted=True),
 }
 FORMAT_CHOICES = ("auto", *FORMATS)
 ML_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
@@ -118,6 +131,9 @@ def load_ratings(path: str | Path, fmt: str = "auto", fast: bool = True) -> RawR
     scan = columnar.scan_file(path)
     if scan.parquet and fmt == "auto":
         return columnar.read_parquet(path, scan)
+    if scan.parquet_head and fmt == "auto":  # not a text file with a bad line 2: say what it is
+        raise DataFormatError(path, None, "begins like a Parquet file but does not end like one (truncated, or "
+                                          "still being written?)")  # fmt: skip
     raw = _read_columnar(path, fmt, scan) if fast else None
     return raw if raw is not None else _read_lines(path, fmt, scan.fingerprint)
 
@@ -132,7 +148,10 @@ def _read_columnar(path: Path, fmt: str, scan: columnar.FileScan) -> RawRatings 
         header = _is_header(scan.first_line, spec, path, 1)
     except DataFormatError:
         return None
-    width = len(scan.first_line.split(spec.delimiter))  # a header is as wide as the rows under it
+    try:
+        width = len(spec.split(scan.first_line))  # a header is as wide as the rows under it
+    except ValueError:
+        return None
     if width not in spec.columns:
         return None
     names = ["user", "item", "rating", "timestamp"][:width]
@@ -140,7 +159,7 @@ def _read_columnar(path: Path, fmt: str, scan: columnar.FileScan) -> RawRatings 
     if delimiter == "::":  # pyarrow splits on one character: read ":" and demand empty columns between
         names = [part for k, name in enumerate(names) for part in ((name,) if k == 0 else (f"_gap{k}", name))]
         delimiter = ":"
-    return columnar.read_delimited(path, scan, delimiter, names, int(header), implicit=width == 2)
+    return columnar.read_delimited(path, scan, delimiter, names, int(header), width == 2, spec.quoted)
 
 
 def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
@@ -158,8 +177,8 @@ def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
             spec = spec or detect_format(path, line)
             if _is_header(line, spec, path, line_no):
                 continue
-        fields = line.split(spec.delimiter)
         try:
+            fields = spec.split(line)
             user, item, rating, stamp = _parse_row(fields, spec)
         except ValueError as exc:
             raise DataFormatError(path, line_no, str(exc)) from None
@@ -214,7 +233,10 @@ def _text_lines(path: Path):
 
 def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
     """Whether the first line is a header; for ``ml-csv`` it must be exactly the MovieLens one."""
-    fields = line.split(spec.delimiter)
+    try:
+        fields = spec.split(line)
+    except ValueError as exc:
+        raise DataFormatError(path, line_no, str(exc)) from None
     if spec.header is True:
         if [f.strip() for f in fields] != ML_CSV_HEADER and spec.name == "ml-csv":
             raise DataFormatError(path, line_no, f"expected the header {','.join(ML_CSV_HEADER)}")

@@ -34,6 +34,9 @@ def _cases() -> list[tuple[str, list[str] | bytes, str]]:
         ("plain.tsv", ["user_id\titem_id\trating"] + [f"{u}\t{i}\t{r}" for u, i, r, _ in rows], "tsv"),
         ("bom.csv", "\ufeffuser,item,rating\r\n3,b,4\r\n\r\n1,a,2\r\n2,a,1.5e0\n".encode(), "csv"),
         ("floats.csv", ["user,item,rating,timestamp", "1,2,3,1.5e9", "1,3,2,-7.9", "2,2,1,1234567.999"], "csv"),
+        # R's write.csv / pandas quoting: quoted header and ids, a delimiter and a doubled quote inside one.
+        ("quoted.csv", ['"user","item","rating"', '"u,1","i1",4', '"u2","say ""hi""",3.5', 'u3,"i1","2"'], "csv"),
+        ("quoted.tsv", ['"user_id"\t"item_id"', '"a\tb"\t"i1"', 'c\t"i2"'], "tsv"),
     ]
 
 
@@ -166,3 +169,20 @@ def test_parquet_with_a_wrong_or_missing_column_names_it(tmp_path, columns, mess
     with pytest.raises(DataFormatError) as info:
         load_ratings(path)
     assert message in str(info.value) and str(info.value).startswith(f"{path}: ")
+
+
+def test_quoted_fields_are_ids_without_their_quotes_and_a_quote_left_open_names_its_line(tmp_path):
+    raw = load_ratings(write_lines(tmp_path / "r.csv", ['"user","item","rating"', '"u,1","i1",4', 'u2,"i ""2""",3']))
+    assert raw.user_ids.tolist() == ["u,1", "u2"] and raw.item_ids.tolist() == ["i1", 'i "2"']
+    with pytest.raises(DataFormatError, match=r"open.csv:3: bad quoting"):
+        load_ratings(write_lines(tmp_path / "open.csv", ["u1,i1,4", "u2,i2,3", '"u3,i3,5', "u4,i4,1"]))
+
+
+def test_a_truncated_parquet_file_is_named_as_one(tmp_path):
+    """It was read as text and reported as a bad TSV line 2."""
+    path = _parquet(tmp_path / "r.parquet", {"user_id": ["a", "b"] * 50, "item_id": list(range(100))})
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DataFormatError, match="begins like a Parquet file but does not end like one"):
+        load_ratings(path)
+    text = write_lines(tmp_path / "par1.csv", ["PAR1,i1,4", "u2,i2,3"])  # a user called PAR1 is still text
+    assert load_ratings(text).user_ids.tolist() == ["PAR1", "u2"]
