@@ -225,6 +225,9 @@ def read_parquet(path: Path, scan: FileScan) -> RawRatings:
     for name in ("user", "item"):
         column = _id_column(path, chosen[name], table.column(name))
         table = table.set_column(table.column_names.index(name), name, column)
+    if "timestamp" in chosen and _temporal(table.schema.field("timestamp").type):  # Parquet's own type: seconds
+        table = table.set_column(table.column_names.index("timestamp"), "timestamp",
+                                 _epoch_seconds(table.column("timestamp")))  # fmt: skip
     for name in ("rating", "timestamp"):
         if name in chosen and not _numeric(table.schema.field(name).type):
             kind = table.schema.field(name).type
@@ -257,6 +260,18 @@ def _parquet_columns(path: Path, schema: pa.Schema) -> dict[str, str]:
 
 def _numeric(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _temporal(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) or pa.types.is_date(kind)
+
+
+def _epoch_seconds(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A timestamp or date column as int64 seconds since the epoch (UTC), sub-second parts dropped: what a
+    numeric timestamp column holds (only the order within each user matters)."""
+    kind = column.type
+    seconds = pa.timestamp("s", tz=kind.tz if pa.types.is_timestamp(kind) else None)
+    return pc.cast(column, seconds, safe=False).cast(pa.int64())
 
 
 def _id_column(path: Path, label: str, column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -186,3 +186,19 @@ def test_a_truncated_parquet_file_is_named_as_one(tmp_path):
         load_ratings(path)
     text = write_lines(tmp_path / "par1.csv", ["PAR1,i1,4", "u2,i2,3"])  # a user called PAR1 is still text
     assert load_ratings(text).user_ids.tolist() == ["PAR1", "u2"]
+
+
+def test_a_parquet_timestamp_or_date_column_is_read_as_epoch_seconds(tmp_path):
+    """Native Parquet time types were refused ('must be numeric, got timestamp[ms]')."""
+    import datetime as dt
+
+    when = [dt.datetime(2020, 1, 1, 0, 0, 1, 500000), dt.datetime(2020, 1, 1, 0, 0, 3)]
+    columns = {"user_id": ["a", "a"], "item_id": ["x", "y"], "rating": [4.0, 5.0]}
+    got = load_ratings(_parquet(tmp_path / "ms.parquet", {**columns, "timestamp": pa.array(when, pa.timestamp("ms"))}))
+    assert got.timestamps.tolist() == [1577836801, 1577836803]
+    utc = pa.array(when, pa.timestamp("us", tz="UTC"))
+    assert load_ratings(_parquet(tmp_path / "tz.parquet", {**columns, "timestamp": utc})).timestamps.tolist() == [
+        1577836801, 1577836803]  # fmt: skip
+    days = pa.array([dt.date(2020, 1, 2), dt.date(2020, 1, 1)], pa.date32())
+    assert load_ratings(_parquet(tmp_path / "d.parquet", {**columns, "timestamp": days})).timestamps.tolist() == [
+        1577923200, 1577836800]  # fmt: skip
