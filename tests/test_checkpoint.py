@@ -130,7 +130,19 @@ WRONG_FIELDS = {
     "weights_as_lists": ({"state_dict": lambda sd: {k: v.tolist() for k, v in sd.items()}}, "expected a tensor"),
     "unknown_kind": ({"kind": "svd"}, "kind 'svd' is not one of"),
     "metrics_as_text": ({"metrics": "good"}, "metrics is not a dict of numbers"),
+    # It loaded: its NaN scores were served, and the retrain gate took its NaN figures for the best.
+    "nan_weight": (
+        {"state_dict": lambda sd: {k: v.index_fill(0, torch.tensor([0]), float("nan")) for k, v in sd.items()}},
+        "holds NaN or infinite values",
+    ),  # fmt: skip
 }
+
+
+def test_finite_weights_whose_sum_overflows_are_not_taken_for_infinite():
+    from model.checkpoint_checks import _tensor_error
+
+    assert _tensor_error("w", torch.full((4,), 3e38), (torch.float32,)) is None
+    assert "NaN or infinite" in _tensor_error("w", torch.tensor([1.0, float("inf")]), (torch.float32,))
 
 
 @pytest.mark.parametrize("case", sorted(WRONG_FIELDS))
