@@ -36,6 +36,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,17 +265,34 @@ class ModelStore:
         self.clean_temporary()
         return [v.name for v in doomed]
 
-    def clean_temporary(self) -> list[Path]:
-        """Remove temporary files left by killed writers (only safe while holding the lock)."""
-        stale = [
-            *self.versions_dir.glob(".*.tmp"),
-            *self.root.glob(f".{CURRENT}.*.tmp"),
-            *self.root.glob(f".{SERVED}.*.tmp"),
-        ]
+    def clean_temporary(self, now: float | None = None) -> list[Path]:
+        """Remove temporary files left by killed writers (only safe while holding the lock).
+
+        A version's (``.V.ckpt.XXXXXXXX.tmp``) only the lock holders write. Serving workers write the ANN
+        index and top-N lists cached beside a version (``.V.ckpt.ann-....XXXXXXXX.tmp``) without the lock, in
+        seconds: theirs are removed only when older than :data:`STALE_CACHE_S`, or a live write would fail.
+        """
+        now = time.time() if now is None else now
+        temporary = list(self.versions_dir.glob(".*.tmp")) if self.versions_dir.is_dir() else []
+        stale = [p for p in temporary if _CKPT_TMP.match(p.name) or _age(p, now) > STALE_CACHE_S]
+        stale += [*self.root.glob(f".{CURRENT}.*.tmp"), *self.root.glob(f".{SERVED}.*.tmp")]
         stale += [*self.reports_dir.glob(".*.tmp")] if self.reports_dir.is_dir() else []
         for path in stale:
             path.unlink(missing_ok=True)
         return stale
+
+
+# A checkpoint's temporary file (checkpoint.save, ModelStore.add_file): ".<version>.ckpt.<mkstemp's 8>.tmp" or
+# ".<version>.ckpt.<pid>.tmp"; a cache's has another suffix before its random part.
+_CKPT_TMP = re.compile(r"^\..+\.ckpt\.[A-Za-z0-9_]+\.tmp$")
+STALE_CACHE_S = 3600.0
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 class StoreLock:

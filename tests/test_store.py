@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from model import checkpoint
 from model.data import RawRatings
 from model.evaluate import predict_ratings, rmse
 from model.retrain import split_holdout
-from model.store import ModelStore, StoreError, StoreLocked, is_store
+from model.store import STALE_CACHE_S, ModelStore, StoreError, StoreLocked, is_store
 from model.train import TrainConfig, fit
 from model.warmstart import WarmStartError, warm_start
 from service.state import ModelHolder
@@ -205,3 +206,16 @@ def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path,
     assert "--to" in capsys.readouterr().err
     assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 0
     assert store.current() == versions[0].model_version
+
+
+def test_cleaning_keeps_a_serving_workers_cache_write_in_progress(tmp_path, versions):
+    """Workers write the ANN index and top-N lists beside a version without the store's lock: a retrain's clean-up
+    deleted their temporary file mid-write (the cache was then lost). A checkpoint's own is always stale."""
+    store = ModelStore(tmp_path / "store").init()
+    version = versions[0].model_version
+    ckpt_tmp = store.versions_dir / f".{version}.ckpt.a1b2c3d4.tmp"
+    cache_tmp = store.versions_dir / f".{version}.ckpt.ann-hnsw32.faiss.x9y8z7w6.tmp"
+    for path in (ckpt_tmp, cache_tmp):
+        path.write_bytes(b"half")
+    assert store.clean_temporary() == [ckpt_tmp] and cache_tmp.exists()
+    assert store.clean_temporary(now=time.time() + STALE_CACHE_S + 60) == [cache_tmp]
