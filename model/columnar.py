@@ -57,7 +57,9 @@ def scan_file(path: Path) -> FileScan:
     try:
         with open(path, "rb") as f:
             chunk = f.read(_CHUNK)
-            parquet_head = chunk.startswith(PARQUET_MAGIC) and chunk[4:5] not in (b",", b"\t", b":", b"\n")
+            # Parquet's first page header follows its magic: a binary byte (thrift), never printable text.
+            text_after = len(chunk) > 4 and (32 <= chunk[4] < 127 or chunk[4] in b"\t\r\n")
+            parquet_head = chunk.startswith(PARQUET_MAGIC) and len(chunk) > 4 and not text_after
             parquet = parquet_head and _ends_with_magic(f)
             if chunk.startswith(BOM):
                 chunk = chunk[len(BOM) :]

@@ -141,7 +141,7 @@ class ModelStore:
         """The versions ``current`` was moved to, oldest first, unwound by rollbacks (the last: current's)."""
         try:
             return [line for line in (self.root / SERVED).read_text().split() if _VERSION.match(line)]
-        except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError):  # none yet, or unreadable: the order versions were added
             return []
 
     def served_before(self, version: str | None = None) -> list[str]:
@@ -153,7 +153,7 @@ class ModelStore:
         stack = self.served()
         if stack and stack[-1] == version:
             stack = stack[:-1]
-        added = names[: names.index(version)] if version in names else names
+        added = names[: names.index(version)] if version in names else []
         out: list[str] = []
         for name in [*reversed(stack), *reversed(added)]:
             if name in names and name != version and name not in out:
@@ -210,10 +210,19 @@ class ModelStore:
         if not path.is_file():
             raise StoreError(f"no version {version} in {self.versions_dir}")
         checkpoint.load(path)  # raises CheckpointError for a bad file
+        before = self._current_or_none()
         self._point(path)
         stack = self.served()
+        if not stack and before is not None and before != version:  # a store from before the list: seed it
+            stack = [*reversed(self.served_before(before)), before]
         stack = stack[: len(stack) - stack[::-1].index(version)] if version in stack else [*stack, version]
         self._write_served(stack)
+
+    def _current_or_none(self) -> str | None:
+        try:
+            return self.current()
+        except StoreError:
+            return None
 
     def _write_served(self, stack: list[str]) -> None:
         tmp = self.root / f".{SERVED}.{os.getpid()}.tmp"

@@ -33,12 +33,13 @@ _UNION_MEMBER = re.compile(r"^[a-z][a-z-]*\[.*\]$", re.DOTALL)
 
 def validation_details(exc: ValidationError, prefix: str = "") -> list[dict]:
     """Pydantic errors as ``[{field: "pairs.3.user_id", reason: "..."}]``."""
-    details = []
+    details, seen = [], set()
     for err in exc.errors(include_url=False):
         loc = ".".join(str(part) for part in err["loc"] if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
         field = ".".join(p for p in (prefix, loc) if p) or "body"
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        if {"field": field, "reason": reason} not in details:  # a union's members may fail alike
+        if (field, reason) not in seen:  # a union's members may fail alike
+            seen.add((field, reason))
             details.append({"field": field, "reason": reason})
     return details
 

@@ -234,7 +234,7 @@ def test_bad_checkpoints_are_refused_and_the_old_model_keeps_serving(via, start_
         wait_for(lambda: set(worker_versions(server.base)) == {str(p) for p in _workers(server.proc.pid)})
         answers = [get_json(server.base, "/readyz") for _ in range(20)]
         assert all(s == 200 and body["model_version"] == good for s, body in answers)
-        assert "serving " + good + ", the one before it" in server.log()
+        assert "serving " + good + ", served before it" in server.log()
     log = server.log()
     assert "not a loadable checkpoint" in log  # truncated, random bytes, JSON
     assert "Weights only load failed" in log or "weights_only" in log.lower()  # the pickle, refused unexecuted

@@ -219,3 +219,19 @@ def test_cleaning_keeps_a_serving_workers_cache_write_in_progress(tmp_path, vers
         path.write_bytes(b"half")
     assert store.clean_temporary() == [ckpt_tmp] and cache_tmp.exists()
     assert store.clean_temporary(now=time.time() + STALE_CACHE_S + 60) == [cache_tmp]
+
+
+def test_a_store_from_before_the_served_list_rolls_back_in_the_order_versions_were_added(tmp_path, versions):
+    """No STORE/served yet (a store written by an older release), current v2 of v0-v2; v3 promoted after the
+    upgrade. Rollbacks go v3 -> v2 -> v1 (the first move seeds the list from the adding order; it went
+    v3 -> v2 -> v3 in review), and with no current at all a worker serves nothing rather than a guess."""
+    store = ModelStore(tmp_path / "store").init()
+    names = [c.model_version for c in versions[:4]]
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+    holder = ModelHolder(store.root)
+    assert holder.state.index is None  # versions but no current: not one of them at random
+    store._point(store.path_of(names[2]))  # as the older release left it, no served list
+    store.add(versions[3])
+    store.set_current(names[3])
+    assert store.rollback() == (names[3], names[2]) and store.rollback() == (names[2], names[1])
