@@ -230,8 +230,15 @@ class ModelStore:
         os.replace(tmp, self.root / SERVED)
         _fsync_dir(self.root)
 
+    def check_replaceable(self) -> None:
+        """Raises StoreError when ``current`` is a directory: a rename cannot replace it, and it is not ours to
+        delete (whatever else it is, a file or a link anywhere, :meth:`set_current` replaces it)."""
+        if self.current_link.is_dir() and not self.current_link.is_symlink():
+            raise StoreError(f"{self.current_link} is a directory, not a link to a version: move it away first")
+
     def _point(self, path: Path) -> None:
         """Move the pointer without validating (tests use it to aim ``current`` at a bad file)."""
+        self.check_replaceable()
         tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
         os.symlink(os.path.relpath(path, self.root), tmp)

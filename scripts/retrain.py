@@ -112,6 +112,10 @@ def recent_models(store: ModelStore, count: int, force: bool, report: dict) -> l
         current = None if current_version is None else checkpoint.load(store.path_of(current_version))
     except (StoreError, checkpoint.CheckpointError) as exc:
         report["current"] = {"error": str(exc)}
+        try:
+            store.check_replaceable()  # before training, not after it
+        except StoreError as again:
+            raise BadInput(str(again)) from None
         if not force:
             raise BadInput(f"the store's current model is unreadable ({exc}); roll back to a good version "
                            "(scripts/rollback.py --to VERSION) or pass --force to replace it") from None  # fmt: skip

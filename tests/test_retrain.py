@@ -151,7 +151,7 @@ def test_a_vae_retrain_is_gated_by_its_ranking(tmp_path, data):
     assert checkpoint.load(ModelStore(store_dir).current_path()).kind == "vae"
 
 
-@pytest.mark.parametrize("damage", ["garbage", "outside"])
+@pytest.mark.parametrize("damage", ["garbage", "outside", "directory"])
 def test_an_unreadable_current_needs_force(tmp_path, data, damage, capsys):
     store_dir = tmp_path / "store"
     old, new = snapshots(tmp_path, data)
@@ -160,10 +160,17 @@ def test_an_unreadable_current_needs_force(tmp_path, data, damage, capsys):
     if damage == "garbage":
         bad = store.versions_dir / "bad.ckpt"
         bad.write_bytes(b"not a checkpoint")
-    else:
+    elif damage == "outside":
         bad = tmp_path / "elsewhere" / store.current_path().name
         bad.parent.mkdir()
         bad.write_bytes(store.current_path().read_bytes())
+    if damage == "directory":  # cannot be replaced by a rename: refused before training, even with --force
+        store.current_link.unlink()
+        store.current_link.mkdir()
+        before = {v.name for v in store.versions()}
+        assert retrain.main(["--data", str(new), "--store", str(store_dir), *FAST, "--force"]) == ExitCode.BAD_INPUT
+        assert "is a directory" in capsys.readouterr().err and {v.name for v in store.versions()} == before
+        return
     store._point(bad)
     capsys.readouterr()
     before = {v.name for v in store.versions()}

@@ -206,6 +206,10 @@ def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path,
     assert "--to" in capsys.readouterr().err
     assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 0
     assert store.current() == versions[0].model_version
+    store.current_link.unlink()
+    store.current_link.mkdir()  # a directory where the link belongs: refused by name, nothing deleted
+    assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 2
+    assert "is a directory" in capsys.readouterr().err and store.current_link.is_dir()
 
 
 def test_cleaning_keeps_a_serving_workers_cache_write_in_progress(tmp_path, versions):
