@@ -267,7 +267,8 @@ class ModelStore:
         """Delete all but the ``keep`` newest versions, never the current one or its predecessor.
 
         Deletion is ``unlink`` only: workers still mapping a deleted file keep it until they reload.
-        Also removes ANN caches of deleted versions and stale temporary files (call it under the lock).
+        Also removes ANN caches of deleted versions, their names from ``served`` and stale temporary files (call
+        it under the lock).
         Returns the deleted versions.
         """
         current = self.current()
@@ -278,6 +279,10 @@ class ModelStore:
             v.path.unlink(missing_ok=True)
             for cache in self.versions_dir.glob(f"{v.path.name}.*"):  # e.g. ANN indexes cached beside it
                 cache.unlink(missing_ok=True)
+        gone = {v.name for v in doomed}
+        stack = self.served()
+        if gone & set(stack):  # the list of what was served names only what is left (it grew by one a promotion)
+            self._write_served([name for name in stack if name not in gone])
         self.clean_temporary()
         return [v.name for v in doomed]
 

@@ -31,11 +31,18 @@ def error_response(status: int, code: str, message: str, details: list[dict] | N
 _UNION_MEMBER = re.compile(r"^[a-z][a-z-]*\[.*\]$", re.DOTALL)
 
 
+def _is_union_member(part) -> bool:
+    return isinstance(part, str) and _UNION_MEMBER.match(part) is not None
+
+
 def validation_details(exc: ValidationError, prefix: str = "") -> list[dict]:
     """Pydantic errors as ``[{field: "pairs.3.user_id", reason: "..."}]``."""
     details, seen = [], set()
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"] if not (isinstance(part, str) and _UNION_MEMBER.match(part)))
+        loc = err["loc"]
+        # The last part of an unknown field's location is the client's own key, whatever it looks like.
+        own = len(loc) - 1 if err["type"] == "extra_forbidden" else len(loc)
+        loc = ".".join(str(p) for i, p in enumerate(loc) if i >= own or not _is_union_member(p))
         field = ".".join(p for p in (prefix, loc) if p) or "body"
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         if (field, reason) not in seen:  # a union's members may fail alike

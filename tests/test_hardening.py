@@ -69,6 +69,8 @@ NON_ASCII = "ユーザー-Ünïcødé-👤"
         # A union's member ("function-after[...]", "list[...]") is pydantic's, not a field the client sent.
         ("POST", "/recommend", {"history": ["i1"], "filter": {"year": 1.5}}, 422, "filter.year"),
         ("POST", "/recommend", {"history": ["i1"], "filter": {"genres": [None]}}, 422, "filter.genres.0"),
+        ("POST", "/recommend", {"history": ["i1"], "genres[0]": "x"}, 422, "genres[0]"),  # a client's key that
+        ("POST", "/recommend", {"history": [{"item_id": "i1", "x[0]": 1}]}, 422, "history.0.x[0]"),  # looks like one
     ],
 )
 def test_bad_input_is_json_4xx_naming_the_field(server, method, path, body, status, field):

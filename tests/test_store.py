@@ -189,7 +189,8 @@ def test_rollback_follows_what_was_served_not_the_order_versions_were_added(tmp_
     store.add(versions[3])
     store.set_current(names[3])
     assert store.served() == [names[0], names[1], names[3]] and store.previous() == names[1]
-    assert store.prune(keep=1) == [names[0], names[2], "bad"] and store.rollback() == (names[3], names[1])
+    assert store.prune(keep=1) == [names[0], names[2], "bad"] and store.served() == [names[1], names[3]]
+    assert store.rollback() == (names[3], names[1])
     assert store.rollback(names[3]) == (names[1], names[3]) and store.served()[-2:] == [names[1], names[3]]
 
 
