@@ -240,6 +240,7 @@ def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
     if spec.header is True:
         if [f.strip() for f in fields] != ML_CSV_HEADER and spec.name == "ml-csv":
             raise DataFormatError(path, line_no, f"expected the header {','.join(ML_CSV_HEADER)}")
+        _check_header_order(fields, path, line_no)
         return True
     if spec.header is False:
         return False
@@ -250,7 +251,26 @@ def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
         words = ", ".join(sorted(HEADER_USER_WORDS))
         raise DataFormatError(path, line_no, f"rating is not a number: {fields[2].strip()!r} (not a header either: "
                                              f"a header's first column is named one of {words})")  # fmt: skip
-    return named and (len(fields) < 3 or not _is_number(fields[2]))
+    header = named and (len(fields) < 3 or not _is_number(fields[2]))
+    if header:
+        _check_header_order(fields, path, line_no)
+    return header
 
 
-HEADER_USER_WORDS = frozenset({"user", "user_id", "userid", "uid"})
+HEADER_USER_WORDS = frozenset(columnar.PARQUET_COLUMNS["user"])
+_COLUMN_OF_NAME = {name: column for column, names in columnar.PARQUET_COLUMNS.items() for name in names}
+
+
+def _check_header_order(fields: list[str], path: Path, line_no: int) -> None:
+    """Text columns are read by position (user, item, rating, timestamp): a header that names a known column
+    elsewhere (``user,item,timestamp``, or rating and timestamp swapped) is refused, not read as another one.
+    Names the readers do not know (``score``, ``when``) are taken as the column at their position."""
+    order = list(columnar.PARQUET_COLUMNS)
+    for k, field in enumerate(fields):
+        column = _COLUMN_OF_NAME.get(field.strip().lower())
+        if column is not None and (k >= len(order) or column != order[k]):
+            expected = order[k] if k < len(order) else "nothing"
+            raise DataFormatError(path, line_no, f"column {k + 1} is named {field.strip()!r} but would be read as "
+                                                 f"{expected}: text columns go in the order {', '.join(order)} "
+                                                 "(interactions with times need a rating column, 1 on each row; "
+                                                 "Parquet's columns go by name)")  # fmt: skip

@@ -107,3 +107,20 @@ def test_a_non_numeric_rating_on_the_first_line_is_an_error_not_a_header(tmp_pat
     for header in ("user,item,rating", "userId,movieId,score,when", "UID,iid,r"):
         raw = load_ratings(write_lines(tmp_path / "h.csv", [header, "u2,i2,4" + (",5" if "when" in header else "")]))
         assert raw.user_ids.tolist() == ["u2"]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        ["user,item,timestamp", "u1,i1,881250949", "u2,i2,881250950"],
+        ["user_id,item_id,timestamp,rating", "u1,i1,881250949,4", "u2,i2,881250950,3"],
+        ["uid,rating,item", "u1,4,i1", "u2,3,i2"],
+    ],
+)
+def test_a_header_naming_a_column_out_of_its_place_is_refused(tmp_path, rows):
+    """Text columns are read by position: rating and timestamp swapped trained on ratings of 10^9 (RMSE 1.8e8),
+    and a clicks file (user,item,timestamp) trained its times as ratings. Unknown names keep their place."""
+    path = write_lines(tmp_path / "h.csv", rows)
+    for fmt in ("csv", "auto"):
+        with pytest.raises(DataFormatError, match=r"h\.csv:1: column [23] is named '(timestamp|rating)' but would be"):
+            load_ratings(path, fmt)
