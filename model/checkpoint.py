@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
@@ -200,6 +201,8 @@ def load(path: str | Path) -> Checkpoint:
             values, another format or version, or arrays that disagree with the id maps.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, neither a checkpoint file nor a model store (no versions/)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; without its end record torch's own error is cryptic
@@ -209,6 +212,10 @@ def load(path: str | Path) -> Checkpoint:
         # mmap: tensors stay backed by the file's pages, shared by every process mapping it (copy-on-write
         # if anyone writes, which serving never does), instead of one private copy per uWSGI worker.
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:  # torch's advice (load with weights_only=False) would run the code
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        what = lines[0] if lines and "weights_only" not in lines[0] else "an object other than tensors and values"
+        raise CheckpointError(f"{path}: refused: it holds Python objects whose loading runs code ({what})") from None
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle safely means "refuse"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first})") from None

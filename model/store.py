@@ -259,6 +259,11 @@ class ModelStore:
             before = None
         target = to or self.previous()
         if target is None:
+            if before is None:
+                raise StoreError(f"{self.root} serves no version yet: name one to serve (--to)")
+            if not self.path_of(before).is_file():
+                raise StoreError(f"current points at {before}, which {self.versions_dir} no longer holds: name a "
+                                 "version to serve (--to)")  # fmt: skip
             raise StoreError(f"nothing to roll back to: {before} is the oldest version in {self.root}")
         self.set_current(target)
         return before, target

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         try:
             current, broken = store.current(), None
+            if current is not None and not store.path_of(current).is_file():
+                broken = f"current points at {current}, which the store no longer holds"
         except StoreError as exc:
             current, broken = None, exc
         for v in store.versions():

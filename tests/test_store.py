@@ -208,6 +208,13 @@ def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path,
     assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 0
     assert store.current() == versions[0].model_version
     store.current_link.unlink()
+    assert rollback.main(["--store", str(store.root)]) == 2  # was "nothing to roll back to: None is the oldest"
+    assert "serves no version yet: name one to serve (--to)" in capsys.readouterr().err
+    store._point(store.versions_dir / "mf-20200101T000000Z-00000000.ckpt")  # a version deleted by hand, in a
+    (store.root / "served").unlink()  # store from before the served list: no way to tell what came before it
+    assert rollback.main(["--store", str(store.root)]) == 2 and "no longer holds" in capsys.readouterr().err
+    assert rollback.main(["--store", str(store.root), "--list"]) == 2 and "no longer holds" in capsys.readouterr().err
+    store.current_link.unlink()
     store.current_link.mkdir()  # a directory where the link belongs: refused by name, nothing deleted
     assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 2
     assert "is a directory" in capsys.readouterr().err and store.current_link.is_dir()
