@@ -6,6 +6,7 @@ It is the built-in default data set (``scripts/train.py`` without ``--data``) an
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -249,7 +250,7 @@ def _timestamps(shape: MovieLensShape, counts: np.ndarray, rng: np.random.Genera
 
 def write_ratings(data: ScaledRatings, path: str | Path) -> Path:
     """Write ``userId,movieId,rating,timestamp`` (1-based ids) as MovieLens ``ratings.csv`` or, for a
-    ``.parquet`` name, Parquet with the same columns. Written to a temporary name, then renamed."""
+    ``.parquet`` name (any case), Parquet with the same columns. Written to a temporary name, then renamed."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
@@ -263,14 +264,17 @@ def write_ratings(data: ScaledRatings, path: str | Path) -> Path:
             "timestamp": pa.array(data.timestamps),
         }
     )
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        pq.write_table(table, tmp)
-    else:
-        with open(tmp, "wb") as f:
-            f.write(b"userId,movieId,rating,timestamp\n")  # pyarrow would quote the names
-            pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix.lower() == ".parquet":
+            pq.write_table(table, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(b"userId,movieId,rating,timestamp\n")  # pyarrow would quote the names
+                pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
     return path
 
 

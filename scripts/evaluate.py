@@ -46,17 +46,20 @@ from model.evaluate import mae, rmse
 from model.idmap import IdMap
 from model.interactions import Interactions, build_dataset, encode_new_users
 from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
-from model.sequence_data import newest_rows
+from model.sequence import SEQUENCE_KINDS
+from model.sequence_data import newest_rows, timelines
 from model.splits import fold_in_split
 from service.index import ServingIndex
+from service.schemas import MAX_K
+from service.state import checkpoint_target
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by scripts/train.py")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by scripts/train.py, or a model store")
     p.add_argument("--test", required=True, help="held-out rating file (MovieLens or CSV/TSV)")
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="test file format (default: detect)")
-    p.add_argument("--k", type=int, default=10, help="length of the top-k lists (default: 10)")
+    p.add_argument("--k", type=int, default=10, help=f"length of the top-k lists, 1..{MAX_K} (default: 10)")
     p.add_argument("--min-rating", type=float, help="only held-out rows rated at least this are relevant")
     p.add_argument(
         "--last-out",
@@ -68,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fold-in", type=float, help="fold in this fraction of each unknown user's items, score the rest")
     p.add_argument("--seed", type=int, default=0, help="seed of the --fold-in split (default: 0)")
     args = p.parse_args(argv)
-    if args.k < 1:
-        p.error("--k must be >= 1")
+    if not 1 <= args.k <= MAX_K:  # the lists are users x k: as /recommend and recommend_batch.py, at most MAX_K
+        p.error(f"--k must be between 1 and {MAX_K}")
     if args.fold_in is not None and not 0.0 < args.fold_in < 1.0:
         p.error("--fold-in must be a fraction between 0 and 1 (exclusive), e.g. 0.8")
     return args
@@ -112,12 +115,13 @@ def fold_in_metrics(ckpt: checkpoint.Checkpoint, index: ServingIndex, raw: RawRa
     """Strong generalisation over the test users the model has never seen (see the module docstring)."""
     user_map, item_map = IdMap(ckpt.user_ids), IdMap(ckpt.item_ids)
     history, heldout = fold_in_split(encode_new_users(raw, user_map, item_map), fraction, seed)
-    indptr, indices = history.seen_csr()
+    # Each history oldest first, as POST /recommend takes it (a sequence model reads the order; seen_csr sorts).
+    indptr, indices = timelines(history, warn=ckpt.kind in SEQUENCE_KINDS)
 
     def score(user_idx: np.ndarray) -> np.ndarray:
         return np.stack([index.score_history(indices[indptr[u] : indptr[u + 1]]) for u in user_idx])
 
-    metrics = evaluate_fold_in(score, (indptr, indices), heldout.seen_csr(), index.num_items)
+    metrics = evaluate_fold_in(score, history.seen_csr(), heldout.seen_csr(), index.num_items)
     known_users = int((user_map.encode(raw.user_vocab[np.unique(raw.user_codes)]) >= 0).sum())
     return {**metrics, "fraction": fraction, "seed": seed, "known_users_skipped": known_users}
 
@@ -184,7 +188,7 @@ def render_text(report: dict, checkpoint_path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        ckpt = checkpoint.load(args.checkpoint)
+        ckpt = checkpoint.load(checkpoint_target(Path(args.checkpoint)))  # a model store: its current version
         raw = load_ratings(args.test, args.format)
     except (checkpoint.CheckpointError, DataFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,11 +1,14 @@
 """Build (or verify) the cached ANN index and top-N lists of a checkpoint before the service starts.
 
     python scripts/prebuild_ann.py artifacts/model.ckpt
+    python scripts/prebuild_ann.py STORE                  # a model store: its current version
 
 Workers then only read the files (``service.ann_cache``), instead of the first one to need them building
 them with ``RECSYS_ANN_BUILD_THREADS`` threads. Reads the same ``RECSYS_ANN_*`` and ``RECSYS_TOPN_*``
-settings as the service, so the files it writes are the ones the workers look for. Prints the path of
-each file; exit 2 when faiss is not installed.
+settings as the service, so the files it writes are the ones the workers look for: beside the file a
+worker loads, which for a model store (``model.store``) is its current version, ``versions/<v>.ckpt``, and
+for a symlink its target (``service.state`` resolves both). Prints the path of each file; exit 2 when faiss
+is not installed or the checkpoint cannot be loaded.
 """
 
 from __future__ import annotations
@@ -13,13 +16,35 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from model import checkpoint as ckpt_io
+from model.checkpoint import CheckpointError
 from model.serving_arrays import ranks_by_dot_product, serving_arrays
+from model.store import ModelStore, StoreError, is_store
 from service.ann import AnnConfig, import_faiss
 from service.ann_cache import cache_path, lists_path, load_or_build
 from service.config import load_settings
 from service.topn import TopNConfig, load_or_build_lists
+
+
+def served_file(path: str | Path) -> Path:
+    """The file a worker given ``path`` loads, and keeps its cache files beside: a store's current version,
+    a symlink's target (``service.state`` loads the resolved path of either).
+
+    Raises:
+        StoreError: a store with no current version, or whose ``current`` points outside it.
+    """
+    path = Path(path)
+    if is_store(path):
+        target = ModelStore(path).current_path()
+        if target is None:
+            raise StoreError(f"{path}: the store has no current version")
+        path = target
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     if import_faiss() is None:
         print("error: faiss is not installed (pip install -e '.[ann]')", file=sys.stderr)
         return 2
-    path = args.checkpoint
-    ckpt = ckpt_io.load(path)
+    try:
+        path = served_file(args.checkpoint)
+        ckpt = ckpt_io.load(path)
+    except (CheckpointError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
     settings = load_settings()
     config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)

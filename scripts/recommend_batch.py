@@ -42,11 +42,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError
-from service.attributes import BadFilterValue, UnknownAttribute
-from service.config import ConfigError
-from service.recommender import BATCH_COLUMNS, Recommender
-from service.schemas import MAX_K, parse_filters
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cli, for importers such as the tests
+
+from _cli import output_problem  # noqa: E402
+
+from model.checkpoint import CheckpointError  # noqa: E402
+from service.attributes import BadFilterValue, UnknownAttribute  # noqa: E402
+from service.config import ConfigError  # noqa: E402
+from service.recommender import BATCH_COLUMNS, Recommender  # noqa: E402
+from service.schemas import MAX_K, parse_filters  # noqa: E402
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64())])
 FORMATS = {".parquet": "parquet", ".csv": "csv"}
@@ -79,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--out {args.out}: the extension must be one of {', '.join(FORMATS)}")
     if not Path(args.out).resolve().parent.is_dir():
         p.error(f"--out {args.out}: no such directory")
+    problem = output_problem(args.out, args.users, args.checkpoint)
+    if problem:
+        p.error(f"--out: {problem}")
     return args
 
 
@@ -89,7 +96,7 @@ def read_users(path: str, known: dict[str, int], skip_unknown: bool) -> tuple[li
         BatchError: unreadable file, or (without ``skip_unknown``) ``FILE:LINE: unknown user``.
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a BOM, as the rating reader drops it
     except (OSError, UnicodeDecodeError) as exc:
         raise BatchError(f"{path}: cannot read user ids ({exc})") from None
     users: dict[str, None] = {}  # ordered, each user once
@@ -152,7 +159,9 @@ def main(argv: list[str] | None = None, options: dict | None = None) -> int:
     try:
         rec = load(args)
         if "filters" in options:  # refused up front, as the view refuses it (422), before anything is written
-            rec.index.attributes.compile(options["filters"])
+            if rec.index.attributes.compile(options["filters"]).count() == 0:
+                print(f"warning: no item matches --filter {' --filter '.join(args.filter)}: every list will be "
+                      "empty (values are compared exactly, case included)", file=sys.stderr)  # fmt: skip
         loaded = time.perf_counter() - started
         users, skipped = (rec.user_ids, 0) if args.users is None else read_users(
             args.users, rec.index.user_index, args.skip_unknown

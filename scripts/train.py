@@ -15,14 +15,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from model import checkpoint, distributed
-from model.config import TrainConfig, config_flags, overrides, validate
-from model.curves import save_curves
-from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
-from model.interactions import build_dataset
-from model.item_files import read_items
-from model.synthetic import planted_ratings
-from model.train import TrainingDiverged, fit, resolve, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cli, for importers such as the tests
+
+from _cli import output_problem  # noqa: E402
+
+from model import checkpoint, distributed  # noqa: E402
+from model.config import TrainConfig, config_flags, overrides, validate  # noqa: E402
+from model.curves import save_curves  # noqa: E402
+from model.data import FORMAT_CHOICES, DataFormatError, load_ratings  # noqa: E402
+from model.interactions import build_dataset  # noqa: E402
+from model.item_files import read_items  # noqa: E402
+from model.synthetic import planted_ratings  # noqa: E402
+from model.train import TrainingDiverged, fit, resolve, resolve_device  # noqa: E402
 
 DEFAULT_OUT = "artifacts/model.ckpt"
 
@@ -41,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.config = validate(replace(TrainConfig(), **overrides(args)), overrides(args))
     except ValueError as exc:
         p.error(str(exc))
+    problem = output_problem(args.out, args.data, args.config.items)
+    if problem:
+        p.error(f"--out: {problem}")
     return args
 
 
@@ -102,7 +109,9 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
         result = fit(inter, config, progress=not args.quiet and cluster.is_main, implicit=dataset.implicit,
                      cluster=cluster)  # fmt: skip
     except TrainingDiverged as exc:
-        print(f"error: training diverged: {exc}", file=sys.stderr)
+        low, high = (None, None) if dataset.implicit else (inter.ratings.min(), inter.ratings.max())
+        span = "" if low is None else f" (the ratings range from {low:g} to {high:g})"
+        print(f"error: training diverged: {exc}{span}", file=sys.stderr)
         return 3
     if not cluster.is_main:
         return 0  # rank 0 alone writes; the weights are the same on every rank

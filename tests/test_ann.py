@@ -337,6 +337,59 @@ def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read
     assert index.ann is not None and index.topn is not None and index.topn.items.shape == (NUM_USERS, 100)
 
 
+def test_prebuild_for_a_model_store_writes_beside_the_version_that_workers_load(planted_path, tmp_path, monkeypatch,
+                                                                               capsys):  # fmt: skip
+    """Given the store or its ``current`` link, the files land beside ``versions/<v>.ckpt``: the resolved
+    file a worker loads and looks beside (``service.state``), not beside the link (``current.ann-*``)."""
+    pytest.importorskip("faiss")
+    from model.store import ModelStore
+    from service import ann as ann_mod
+    from service import ann_cache, topn
+    from service.state import ModelHolder
+
+    monkeypatch.setenv("RECSYS_ANN_BUILD_THREADS", "1")
+    store = ModelStore(tmp_path / "store").init()
+    store.add_file(planted_path)
+    store.set_current("mf-planted-0")
+    version_file = store.path_of("mf-planted-0")
+    assert prebuild_cli().main([str(store.root)]) == 0
+    printed = [Path(p) for p in capsys.readouterr().out.split()]
+    assert len(printed) == 2 and all(p.is_file() and p.parent == version_file.parent for p in printed)
+    assert printed[0] == ann_cache.cache_path(version_file, "mf-planted-0", ann_config())  # the service's name
+    assert not list(store.root.glob("*.ann-*"))
+
+    def no_build(*a, **kw):
+        raise AssertionError("built although pre-built")
+
+    monkeypatch.setattr(ann_mod.AnnIndex, "build", staticmethod(no_build))
+    monkeypatch.setattr(topn, "build_lists", no_build)
+    assert prebuild_cli().main([str(store.current_link)]) == 0  # the link: the same files, found
+    assert [Path(p) for p in capsys.readouterr().out.split()] == printed
+    assert not list(store.root.glob("*.ann-*"))
+    index = ModelHolder(store.root, ann=ann_config()).state.index  # a worker serving the store
+    assert index.ann is not None and index.topn is not None and index.topn.items.shape == (NUM_USERS, 100)
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not a checkpoint", "directory", "store without current"])
+def test_prebuild_refuses_what_it_cannot_load(planted_path, tmp_path, capsys, case):
+    pytest.importorskip("faiss")
+    from model.store import ModelStore
+
+    target = tmp_path / "model.ckpt"
+    if case == "truncated":
+        target.write_bytes(planted_path.read_bytes()[:5000])
+    elif case == "not a checkpoint":
+        target.write_text("userId,movieId,rating,timestamp\n")
+    elif case == "directory":
+        target.mkdir()
+    elif case == "store without current":
+        target = ModelStore(tmp_path / "store").init().root
+    assert prebuild_cli().main([str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(target) in err
+    assert not list(tmp_path.rglob("*.ann-*"))
+
+
 # --- without faiss ------------------------------------------------------------------------------
 
 

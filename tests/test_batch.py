@@ -70,6 +70,17 @@ def test_listed_users_in_file_order_once_and_unknown_users_refused(small_ckpt_pa
     assert "skipped 1 unknown users" in capsys.readouterr().err
     assert sorted({r["user_id"] for r in pq.read_table(out).to_pylist()}) == sorted(users[:2])
 
+    bom = tmp_path / "bom.txt"  # as Windows tools write it: the first id was '\ufeffu..', unknown or skipped
+    bom.write_bytes(b"\xef\xbb\xbf" + f"{users[7]}\r\n{users[1]}\r\n".encode())
+    assert recommend_batch.main([*args, "--users", str(bom)]) == 0
+    assert [r["user_id"] for r in pq.read_table(out).to_pylist()][::3] == [users[7], users[1]]
+
+    # --out naming an input (it was overwritten: exit 0, the id list replaced by recommendations)
+    with pytest.raises(SystemExit) as stop:
+        recommend_batch.main([*args[:2], "--out", str(listed.with_suffix(".csv")), "--users",
+                              str(listed.rename(listed.with_suffix(".csv")))])  # fmt: skip
+    assert stop.value.code == 2 and "is also an input" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(
     "extra, message",

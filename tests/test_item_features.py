@@ -150,3 +150,7 @@ def test_batch_file_with_filters_equals_the_filtered_recommend(items_ckpt, local
         missing = tmp_path / "never.parquet"
         assert batch.main([*base, "--out", str(missing), "--filter", bad]) == 2
         assert message in capsys.readouterr().err and not missing.exists()
+    # A value no item holds (a typo, a case slip) writes the empty lists it asks for, and says so.
+    assert batch.main([*base, "--out", str(out), "--filter", "genres:odd"]) == 0
+    assert "warning: no item matches --filter genres:odd" in capsys.readouterr().err
+    assert pq.read_table(out).num_rows == 0

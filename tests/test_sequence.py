@@ -13,13 +13,15 @@ import torch
 from model import checkpoint
 from model.checkpoint_checks import consistency_error
 from model.config import RANKING_DEFAULTS
-from model.data import RawRatings
-from model.interactions import Interactions, build_dataset
-from model.metrics import evaluate_ranking
+from model.data import RawRatings, load_ratings
+from model.idmap import IdMap
+from model.interactions import Interactions, build_dataset, encode_new_users
+from model.metrics import evaluate_fold_in, evaluate_ranking
 from model.retrain import ExitCode
 from model.sequence import SEQUENCE_KINDS, build_sequence_network
 from model.sequence_data import FileOrderWarning, last_out, left_pad, newest_rows, next_item_pairs, timelines, windows
 from model.sequence_numpy import encode, encode_history, prepare
+from model.splits import fold_in_split
 from model.train import TrainConfig, fit, resolve
 from service.index import ServingIndex
 
@@ -218,6 +220,28 @@ def test_evaluate_cli_scores_the_newest_row_of_the_whole_file(cycle_split, tmp_p
     assert report["rows"] == 120 and report["ranking"]["users"] == 120
     expected = hit_at_1(ServingIndex(ckpt), dataset.interactions, test)
     assert report["ranking"]["hit_rate"] >= expected >= 0.9  # HR@10 at least HR@1, on the same items
+
+    # --fold-in feeds each new user's history oldest first, as POST /recommend takes it (it fed the items sorted
+    # by index: a run that wraps around the cycle, i17 i18 i19 i00 i01, then ended at i19).
+    new = cycle_data(seed=1)
+    fresh = tmp_path / "new.csv"
+    fresh.write_text("".join(f"n{u},{i},1,{t}\n" for u, i, t in zip(new.user_ids, new.item_ids, new.timestamps)))
+    assert (
+        _script("evaluate").main(["--checkpoint", str(path), "--test", str(fresh), "--fold-in", "0.8", "--json"]) == 0
+    )
+    got = json.loads(capsys.readouterr().out)["fold_in"]
+    new = load_ratings(fresh)
+    history, heldout = fold_in_split(encode_new_users(new, IdMap(ckpt.user_ids), IdMap(ckpt.item_ids)), 0.8, 0)
+    index = ServingIndex(ckpt)
+    figures = []
+    for indptr, items in (timelines(history), history.seen_csr()):  # oldest first, then sorted by index
+
+        def score(users, indptr=indptr, items=items):
+            return np.stack([index.score_history(items[indptr[u] : indptr[u + 1]]) for u in users])
+
+        figures.append(evaluate_fold_in(score, history.seen_csr(), heldout.seen_csr(), index.num_items))
+    assert got["ndcg@100"] == pytest.approx(figures[0]["ndcg@100"]) and got["users"] == 120
+    assert abs(figures[0]["ndcg@100"] - figures[1]["ndcg@100"]) > 0.05  # the order changes what is measured
 
 
 def test_benchmark_sequence_runs_on_a_tiny_file(tmp_path, capsys, monkeypatch):

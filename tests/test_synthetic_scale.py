@@ -79,3 +79,56 @@ def test_make_synthetic_cli(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), "--out", str(out),
                           "--users", "100", "--ratings", "50"], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "do not fit" in bad.stderr
+
+
+def make_synthetic(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic.py"), *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_make_synthetic_writes_the_format_the_suffix_names_and_counts_what_it_wrote(tmp_path):
+    """Any case of ``.parquet`` is Parquet (not CSV under that name), a missing directory is created (as
+    train.py's ``--out``), and the summary counts the items in the file, not the catalogue asked for."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "new" / "dir" / "r.PARQUET"
+    proc = make_synthetic("--out", str(out), "--users", "50", "--items", "200", "--ratings", "2000", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(out)  # raises for a CSV file
+    assert table.column_names == ["userId", "movieId", "rating", "timestamp"] and table.num_rows == 2000
+    items = len(set(table.column("movieId").to_pylist()))
+    assert items < 200 and f" 50 users, {items} items " in proc.stdout, proc.stdout
+    assert [p.name for p in out.parent.iterdir()] == ["r.PARQUET"]
+    csv = tmp_path / "r.CSV"
+    assert make_synthetic("--out", str(csv), "--users", "50", "--items", "200", "--ratings", "2000").returncode == 0
+    assert csv.read_text().startswith("userId,movieId,rating,timestamp\n")
+
+
+@pytest.mark.parametrize(
+    "case, flags, message",
+    [
+        ("directory", ["--users", "50", "--items", "200", "--ratings", "2000"], "is a directory"),
+        ("r.csv.gz", ["--users", "50", "--items", "200", "--ratings", "2000"], "ending in .csv or .parquet"),
+        ("r.txt", ["--users", "50", "--items", "200", "--ratings", "2000"], "ending in .csv or .parquet"),
+        ("r.csv", ["--users", "10", "--items", "10", "--ratings", "200"], "--items 10: at least 20 items"),
+        ("r.csv", ["--users", "10", "--items", "0", "--ratings", "200"], "--items 0: at least 20 items"),
+    ],
+)
+def test_make_synthetic_refuses_what_it_cannot_write(tmp_path, case, flags, message):
+    out = tmp_path / "r.csv"
+    if case == "directory":
+        out.mkdir()
+    else:
+        out = tmp_path / case
+    proc = make_synthetic("--out", str(out), *flags)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == (["r.csv"] if case == "directory" else [])
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, tiny):
+    """The rename fails (the name is a directory by then): the written temporary file is removed, not left."""
+    (tmp_path / "r.csv").mkdir()
+    with pytest.raises(OSError):
+        write_ratings(tiny, tmp_path / "r.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"] and not list((tmp_path / "r.csv").iterdir())

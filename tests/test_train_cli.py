@@ -90,6 +90,20 @@ def test_nonsensical_flag_combinations_exit_2(tmp_path, capsys, args, message):
     assert not (tmp_path / "m.ckpt").exists()
 
 
+@pytest.mark.parametrize("out", ["DATA", "DIR", "DATA/m.ckpt", ""])
+def test_an_out_that_cannot_be_written_exits_2_before_training(tmp_path, capsys, out):
+    """--out the same file as --data replaced the ratings by the checkpoint (exit 0); a directory, a path under a
+    file or an empty name failed after the whole training run with a traceback."""
+    data = _tiny_csv(tmp_path)
+    before = data.read_bytes()
+    (tmp_path / "DIR").mkdir()
+    out = out.replace("DATA", str(data)).replace("DIR", str(tmp_path / "DIR"))
+    with pytest.raises(SystemExit) as exit_:
+        _train_module().main(["--quiet", "--data", str(data), "--out", out])
+    assert exit_.value.code == 2 and "--out: " in capsys.readouterr().err
+    assert data.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["DIR", data.name]
+
+
 def _train_module():
     spec = importlib.util.spec_from_file_location("train_cli", REPO / "scripts" / "train.py")
     module = importlib.util.module_from_spec(spec)
@@ -144,6 +158,10 @@ def test_diverging_training_exits_3(tmp_path):
         "--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--model", "gmf", "--lr", "1e30", "--optimizer", "sgd"
     )
     assert proc.returncode == 3 and "training diverged" in proc.stderr and "lower --lr" in proc.stderr
+    with data.open("a") as f:
+        f.write("u0,i1,1e30\n")  # a corrupt value: the hint names the ratings' range, not only --lr
+    proc = run_train("--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--epochs", "2")
+    assert proc.returncode == 3 and "(the ratings range from " in proc.stderr and "to 1e+30)" in proc.stderr
 
 
 def test_trains_on_a_parquet_file_and_writes_a_checkpoint(tmp_path):
