@@ -255,9 +255,7 @@ def _parquet_columns(path: Path, schema: pa.Schema) -> dict[str, str]:
                 f"no {ours} column: expected one of {', '.join(accepted)} (any case); "
                 f"the file has {', '.join(schema.names) or 'no columns'}",
             )
-    if "timestamp" in chosen and "rating" not in chosen:
-        raise DataFormatError(path, None, f"column {chosen['timestamp']!r} (timestamp) without a rating column")
-    return chosen
+    return chosen  # without a rating: implicit interactions, with their times when there is a timestamp
 
 
 def _numeric(kind: pa.DataType) -> bool:

@@ -1,8 +1,8 @@
 """Reading rating files: MovieLens (100k ``u.data``, 1M/10M ``ratings.dat``, ``ratings.csv``), generic
 CSV/TSV with or without a header, and Parquet.
 
-Every row is ``user, item[, rating[, timestamp]]``. A row without a rating is an implicit interaction
-(rating 1.0). Any malformed line raises :class:`DataFormatError` naming the file, the line number and
+Every row is ``user, item[, rating[, timestamp]]``, or ``user, item, timestamp`` under a header that names
+them so (:data:`CLICKS`). A row without a rating is an implicit interaction (rating 1.0). Any malformed line raises :class:`DataFormatError` naming the file, the line number and
 what is wrong; nothing is returned half-read.
 
 Two readers give the same result: the columnar one (``model.columnar``, pyarrow, no Python object per
@@ -82,8 +82,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _parse_row(fields: list[str], fmt: FileFormat) -> tuple[str, str, float, int]:
-    """Validate one split line; raises ``ValueError`` with the reason (the caller adds the place)."""
+def _parse_row(
+    fields: list[str], fmt: FileFormat, columns: tuple[str, ...] | None = None
+) -> tuple[str, str, float, int]:
+    """Validate one split line, its columns as ``columns`` names them (default: by position, ``ORDER``);
+    raises ``ValueError`` with the reason (the caller adds the place)."""
+    if columns == CLICKS and len(fields) == 3:
+        fields = [fields[0], fields[1], "1", fields[2]]
     if len(fields) not in fmt.columns:
         want = " or ".join(str(c) for c in fmt.columns)
         raise ValueError(f"expected {want} fields separated by {fmt.delimiter!r}, got {len(fields)}")
@@ -145,7 +150,7 @@ def _read_columnar(path: Path, fmt: str, scan: columnar.FileScan) -> RawRatings 
         return None  # a blank or undecodable head, or "\r" line ends: rare, the line reader copes
     try:
         spec = FORMATS[fmt] if fmt != "auto" else detect_format(path, scan.first_line)
-        header = _is_header(scan.first_line, spec, path, 1)
+        header = _header_columns(scan.first_line, spec, path, 1)
     except DataFormatError:
         return None
     try:
@@ -154,12 +159,13 @@ def _read_columnar(path: Path, fmt: str, scan: columnar.FileScan) -> RawRatings 
         return None
     if width not in spec.columns:
         return None
-    names = ["user", "item", "rating", "timestamp"][:width]
+    names = list(header or ORDER[:width])
     delimiter = spec.delimiter
     if delimiter == "::":  # pyarrow splits on one character: read ":" and demand empty columns between
         names = [part for k, name in enumerate(names) for part in ((name,) if k == 0 else (f"_gap{k}", name))]
         delimiter = ":"
-    return columnar.read_delimited(path, scan, delimiter, names, int(header), width == 2, spec.quoted)
+    implicit = "rating" not in names
+    return columnar.read_delimited(path, scan, delimiter, names, int(header is not None), implicit, spec.quoted)
 
 
 def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
@@ -169,17 +175,20 @@ def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
     spec: FileFormat | None = None if fmt == "auto" else FORMATS[fmt]
     has_columns = 0
     seen_first = False
+    columns: tuple[str, ...] | None = None  # as a header names them; None: by position (ORDER)
     for line_no, line in _text_lines(path):
         if not line.strip():
             continue
         if not seen_first:
             seen_first = True
             spec = spec or detect_format(path, line)
-            if _is_header(line, spec, path, line_no):
+            columns = _header_columns(line, spec, path, line_no)
+            if columns is not None:
+                has_columns = len(columns)  # every row as wide as the header
                 continue
         try:
             fields = spec.split(line)
-            user, item, rating, stamp = _parse_row(fields, spec)
+            user, item, rating, stamp = _parse_row(fields, spec, columns)
         except ValueError as exc:
             raise DataFormatError(path, line_no, str(exc)) from None
         width = len(fields)
@@ -198,7 +207,7 @@ def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
     return RawRatings.from_codes(
         *users.sorted(), *items.sorted(),
         np.asarray(ratings, dtype=np.float32), np.frombuffer(stamps, dtype=np.int64),
-        fingerprint, str(path), implicit=has_columns == 2,
+        fingerprint, str(path), implicit=has_columns == 2 or columns == CLICKS,
     )  # fmt: skip
 
 
@@ -231,8 +240,9 @@ def _text_lines(path: Path):
         raise DataFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
 
 
-def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
-    """Whether the first line is a header; for ``ml-csv`` it must be exactly the MovieLens one."""
+def _header_columns(line: str, spec: FileFormat, path: Path, line_no: int) -> tuple[str, ...] | None:
+    """The columns the first line names when it is a header (:func:`_header_layout`), None when it is data;
+    for ``ml-csv`` it must be exactly the MovieLens one."""
     try:
         fields = spec.split(line)
     except ValueError as exc:
@@ -240,10 +250,9 @@ def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
     if spec.header is True:
         if [f.strip() for f in fields] != ML_CSV_HEADER and spec.name == "ml-csv":
             raise DataFormatError(path, line_no, f"expected the header {','.join(ML_CSV_HEADER)}")
-        _check_header_order(fields, path, line_no)
-        return True
+        return _header_layout(fields, path, line_no)
     if spec.header is False:
-        return False
+        return None
     # Detect, explicitly: a header names its user column with one of HEADER_USER_WORDS. A first line whose
     # rating is not a number but whose first field is no such name is a bad data line, not a header.
     named = fields[0].strip().lower() in HEADER_USER_WORDS
@@ -252,25 +261,27 @@ def _is_header(line: str, spec: FileFormat, path: Path, line_no: int) -> bool:
         raise DataFormatError(path, line_no, f"rating is not a number: {fields[2].strip()!r} (not a header either: "
                                              f"a header's first column is named one of {words})")  # fmt: skip
     header = named and (len(fields) < 3 or not _is_number(fields[2]))
-    if header:
-        _check_header_order(fields, path, line_no)
-    return header
+    return _header_layout(fields, path, line_no) if header else None
 
 
 HEADER_USER_WORDS = frozenset(columnar.PARQUET_COLUMNS["user"])
 _COLUMN_OF_NAME = {name: column for column, names in columnar.PARQUET_COLUMNS.items() for name in names}
+ORDER = tuple(columnar.PARQUET_COLUMNS)  # user, item, rating, timestamp: how text columns are read
+CLICKS = ("user", "item", "timestamp")  # interactions with times and no rating, named so by a header
 
 
-def _check_header_order(fields: list[str], path: Path, line_no: int) -> None:
-    """Text columns are read by position (user, item, rating, timestamp): a header that names a known column
-    elsewhere (``user,item,timestamp``, or rating and timestamp swapped) is refused, not read as another one.
-    Names the readers do not know (``score``, ``when``) are taken as the column at their position."""
-    order = list(columnar.PARQUET_COLUMNS)
-    for k, field in enumerate(fields):
-        column = _COLUMN_OF_NAME.get(field.strip().lower())
-        if column is not None and (k >= len(order) or column != order[k]):
-            expected = order[k] if k < len(order) else "nothing"
-            raise DataFormatError(path, line_no, f"column {k + 1} is named {field.strip()!r} but would be read as "
-                                                 f"{expected}: text columns go in the order {', '.join(order)} "
-                                                 "(interactions with times need a rating column, 1 on each row; "
-                                                 "Parquet's columns go by name)")  # fmt: skip
+def _header_layout(fields: list[str], path: Path, line_no: int) -> tuple[str, ...]:
+    """The columns a header names: text columns are read by position (:data:`ORDER`), and a header that names
+    a known column elsewhere (rating and timestamp swapped) is refused, not read as another one; names the
+    readers do not know (``score``, ``when``) are taken as the column at their place. The one other layout
+    is :data:`CLICKS`, ``user,item,timestamp``: implicit interactions with their times."""
+    known = [_COLUMN_OF_NAME.get(field.strip().lower()) for field in fields]
+    if tuple(known) == CLICKS:
+        return CLICKS
+    for k, column in enumerate(known):
+        if column is not None and (k >= len(ORDER) or column != ORDER[k]):
+            expected = ORDER[k] if k < len(ORDER) else "nothing"
+            raise DataFormatError(path, line_no, f"column {k + 1} is named {fields[k].strip()!r} but would be read "
+                                                 f"as {expected}: text columns go in the order {', '.join(ORDER)}, "
+                                                 "or user, item, timestamp (Parquet's go by name)")  # fmt: skip
+    return ORDER[: len(fields)]

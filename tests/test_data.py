@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from model.data import DataFormatError, load_ratings
@@ -112,15 +114,34 @@ def test_a_non_numeric_rating_on_the_first_line_is_an_error_not_a_header(tmp_pat
 @pytest.mark.parametrize(
     "rows",
     [
-        ["user,item,timestamp", "u1,i1,881250949", "u2,i2,881250950"],
         ["user_id,item_id,timestamp,rating", "u1,i1,881250949,4", "u2,i2,881250950,3"],
         ["uid,rating,item", "u1,4,i1", "u2,3,i2"],
     ],
 )
 def test_a_header_naming_a_column_out_of_its_place_is_refused(tmp_path, rows):
-    """Text columns are read by position: rating and timestamp swapped trained on ratings of 10^9 (RMSE 1.8e8),
-    and a clicks file (user,item,timestamp) trained its times as ratings. Unknown names keep their place."""
+    """Text columns are read by position: rating and timestamp swapped trained on ratings of 10^9 (RMSE 1.8e8).
+    Unknown names keep their place."""
     path = write_lines(tmp_path / "h.csv", rows)
     for fmt in ("csv", "auto"):
         with pytest.raises(DataFormatError, match=r"h\.csv:1: column [23] is named '(timestamp|rating)' but would be"):
             load_ratings(path, fmt)
+
+
+@pytest.mark.parametrize("header", ["user,item,timestamp", "user_id,movieId,Timestamp", "uid\titem\ttimestamp"])
+def test_a_clicks_file_with_times_is_implicit_interactions_in_time(tmp_path, header):
+    """user,item,timestamp (a click or play log, what sequence models train on) trained its times as ratings;
+    now implicit rows with their times, alike in both readers and in Parquet."""
+    sep = "\t" if "\t" in header else ","
+    lines = [header, *(sep.join(row) for row in (("u1", "i1", "300"), ("u1", "i2", "100"), ("u2", "i1", "200")))]
+    path = write_lines(tmp_path / ("c.tsv" if sep == "\t" else "c.csv"), lines)
+    for raw in (load_ratings(path), load_ratings(path, fast=False)):
+        assert raw.implicit and raw.ratings.tolist() == [1.0, 1.0, 1.0]
+        assert list(zip(raw.user_ids, raw.item_ids, raw.timestamps.tolist())) == [
+            ("u1", "i1", 300), ("u1", "i2", 100), ("u2", "i1", 200)]  # fmt: skip
+    wide = write_lines(tmp_path / "w.csv", ["user,item,timestamp", "u1,i1,300", "u1,i2,4,100"])
+    for fast in (True, False):
+        with pytest.raises(DataFormatError, match=r"w\.csv:3: expected 3 fields"):
+            load_ratings(wide, fast=fast)
+    pq.write_table(pa.table({"user": ["u1", "u2"], "item": ["i1", "i1"], "timestamp": [300, 200]}), tmp_path / "c.pq")
+    raw = load_ratings(tmp_path / "c.pq")  # was "timestamp without a rating column"
+    assert raw.implicit and raw.timestamps.tolist() == [300, 200]
