@@ -202,7 +202,7 @@ def load(path: str | Path) -> Checkpoint:
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path}: a directory, neither a checkpoint file nor a model store (no versions/)")
+        raise CheckpointError(f"{path}: a directory, not a checkpoint file (of a model store, load STORE/current)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; without its end record torch's own error is cryptic
@@ -212,10 +212,12 @@ def load(path: str | Path) -> Checkpoint:
         # mmap: tensors stay backed by the file's pages, shared by every process mapping it (copy-on-write
         # if anyone writes, which serving never does), instead of one private copy per uWSGI worker.
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:  # torch's advice (load with weights_only=False) would run the code
-        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        what = lines[0] if lines and "weights_only" not in lines[0] else "an object other than tensors and values"
-        raise CheckpointError(f"{path}: refused: it holds Python objects whose loading runs code ({what})") from None
+    except pickle.UnpicklingError as exc:  # torch's own advice (weights_only=False) is left out: it would run code
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip() and "weights_only" not in line]
+        what = lines[0] if lines else "no reason given"
+        if "GLOBAL" in what or "global" in what:  # a class or function the file asks to import and call
+            raise CheckpointError(f"{path}: refused: it holds objects whose loading runs code ({what})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint (a corrupt pickle: {what})") from None
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle safely means "refuse"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {first})") from None

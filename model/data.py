@@ -2,8 +2,9 @@
 CSV/TSV with or without a header, and Parquet.
 
 Every row is ``user, item[, rating[, timestamp]]``, or ``user, item, timestamp`` under a header that names
-them so (:data:`CLICKS`). A row without a rating is an implicit interaction (rating 1.0). Any malformed line raises :class:`DataFormatError` naming the file, the line number and
-what is wrong; nothing is returned half-read.
+them so (:data:`CLICKS`). A row without a rating is an implicit interaction (rating 1.0). Any malformed
+line raises :class:`DataFormatError` naming the file, the line number and what is wrong; nothing is
+returned half-read.
 
 Two readers give the same result: the columnar one (``model.columnar``, pyarrow, no Python object per
 row) runs first; when it cannot vouch for the file, the line-by-line one here reads it and names the bad

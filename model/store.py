@@ -251,6 +251,7 @@ class ModelStore:
         Returns (the version served before, the version served now). With ``to``, a ``current`` that is not a
         link into this store (made by hand, or damaged) is replaced too (the version before is then None).
         """
+        self.check_replaceable()  # a directory: no version named with --to would help
         try:
             before = self.current()
         except StoreError:

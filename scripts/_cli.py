@@ -17,14 +17,28 @@ def output_problem(out: str, *inputs: str | None) -> str | None:
     if not out:
         return "an empty file name"
     path = Path(out)
-    if path.is_dir():
-        return f"{out} is a directory"
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is not a directory"
-            break
-    for source in inputs:
-        if source and path.exists() and Path(source).exists() and os.path.samefile(path, source):
-            return f"{out} is also an input ({source}): writing it would replace it"
+    try:
+        if path.is_dir():
+            return f"{out} is a directory"
+        for parent in path.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{parent} is not a directory"
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    return f"cannot write in {parent}"
+                limit = os.pathconf(parent, "PC_NAME_MAX")
+                break
+        else:
+            limit = 255
+        if len(os.fsencode(path.name)) + TEMP_NAME_EXTRA > limit:  # the temporary name beside it must fit too
+            return f"a file name longer than {limit - TEMP_NAME_EXTRA} bytes"
+        for source in inputs:
+            if source and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+                return f"{out} is also an input ({source}): writing it would replace it"
+    except OSError as exc:
+        return f"cannot check {out}: {exc.strerror or exc}"
     return None
+
+
+# What the writers add to a name for their temporary file beside it (".NAME.XXXXXXXX.tmp", ".NAME.tmp-PID").
+TEMP_NAME_EXTRA = 24

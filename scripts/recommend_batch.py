@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None, options: dict | None = None) -> int:
     try:
         rec = load(args)
         if "filters" in options:  # refused up front, as the view refuses it (422), before anything is written
-            if rec.index.attributes.compile(options["filters"]).count() == 0:
+            keep = rec.index.attributes.compile(options["filters"])  # None: no condition at all
+            if keep is not None and keep.count() == 0:
                 print(f"warning: no item matches --filter {' --filter '.join(args.filter)}: every list will be "
                       "empty (values are compared exactly, case included)", file=sys.stderr)  # fmt: skip
         loaded = time.perf_counter() - started

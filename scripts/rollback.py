@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         for v in store.versions():
             added = datetime.fromtimestamp(v.added_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
             print(f"{'*' if v.name == current else ' '} {v.name}  added {added}")
+        try:
+            store.check_replaceable()
+        except StoreError as exc:  # a directory where the link belongs: --to would not help
+            print(f"error: {exc}", file=sys.stderr)
+            return ExitCode.BAD_INPUT
         if broken is not None:
             print(f"error: {broken}; serve a version with --to VERSION", file=sys.stderr)
             return ExitCode.BAD_INPUT

@@ -23,7 +23,7 @@ from typing import Any
 
 from model import checkpoint
 from model.serving_arrays import ranks_by_dot_product, serving_arrays
-from model.store import CURRENT, ModelStore, StoreError, is_store
+from model.store import CURRENT, ModelStore, StoreError
 from service.ann import AnnConfig
 from service.ann_cache import maybe_ann
 from service.index import ServingIndex
@@ -49,7 +49,7 @@ class ModelState:
 def checkpoint_target(path: Path) -> Path:
     """The file to serve: ``path`` itself, or a model store's ``current`` pointer when ``path`` is a store
     directory (:mod:`model.store`)."""
-    return path / CURRENT if is_store(path) else path
+    return path / CURRENT if path.is_dir() else path
 
 
 def _signature(path: Path) -> tuple | None:

@@ -75,6 +75,8 @@ def test_listed_users_in_file_order_once_and_unknown_users_refused(small_ckpt_pa
     assert recommend_batch.main([*args, "--users", str(bom)]) == 0
     assert [r["user_id"] for r in pq.read_table(out).to_pylist()][::3] == [users[7], users[1]]
 
+    assert recommend_batch.main([*args, "--users", str(bom)], options={"filters": {}}) == 0  # no condition at all
+
     # --out naming an input (it was overwritten: exit 0, the id list replaced by recommendations)
     with pytest.raises(SystemExit) as stop:
         recommend_batch.main([*args[:2], "--out", str(listed.with_suffix(".csv")), "--users",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -41,9 +42,21 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"format": "recsys-checkpoint", "payload": _RunsCode(marker)}, evil)
-    with pytest.raises(CheckpointError, match="refused: it holds Python objects whose loading runs code") as refused:
+    with pytest.raises(CheckpointError, match="refused: it holds objects whose loading runs code") as refused:
         checkpoint.load(evil)
     assert not marker.exists() and "weights_only" not in str(refused.value)  # not torch's advice to run it
+    with pytest.raises(CheckpointError, match="a directory, not a checkpoint file"):  # was 'no such checkpoint file'
+        checkpoint.load(tmp_path)
+    # A damaged pickle is not a security alarm: its own reason is given.
+    with zipfile.ZipFile(evil) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    pkl = next(name for name in members if name.endswith("data.pkl"))
+    members[pkl] = members[pkl][:5] + b"\x5a" + members[pkl][6:]
+    with zipfile.ZipFile(tmp_path / "corrupt.ckpt", "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(CheckpointError, match=r"not a loadable checkpoint \(a corrupt pickle: Unsupported operand"):
+        checkpoint.load(tmp_path / "corrupt.ckpt")
     raw_pickle = tmp_path / "raw.pkl"
     raw_pickle.write_bytes(pickle.dumps(_RunsCode(marker)))
     with pytest.raises(CheckpointError):

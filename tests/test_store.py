@@ -216,8 +216,11 @@ def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path,
     assert rollback.main(["--store", str(store.root), "--list"]) == 2 and "no longer holds" in capsys.readouterr().err
     store.current_link.unlink()
     store.current_link.mkdir()  # a directory where the link belongs: refused by name, nothing deleted
-    assert rollback.main(["--store", str(store.root), "--to", versions[0].model_version]) == 2
-    assert "is a directory" in capsys.readouterr().err and store.current_link.is_dir()
+    for flags in (["--to", versions[0].model_version], [], ["--list"]):  # none advises --to, which cannot help
+        assert rollback.main(["--store", str(store.root), *flags]) == 2
+        err = capsys.readouterr().err
+        assert "is a directory" in err and "move it away first" in err and "--to" not in err, flags
+    assert store.current_link.is_dir()
 
 
 def test_cleaning_keeps_a_serving_workers_cache_write_in_progress(tmp_path, versions):
