@@ -12,8 +12,9 @@ from pathlib import Path
 
 
 def output_problem(out: str, *inputs: str | None) -> str | None:
-    """Why the file ``out`` cannot be written, or None: an empty name, a directory, a path under a file, or
-    the same file as one of ``inputs`` (which writing would replace: a checkpoint written over its ratings)."""
+    """Why the file ``out`` cannot be written, or None: an empty name, a directory, a path under a file, a
+    directory this process cannot write in, a name with no room for the temporary file's (``TEMP_NAME_EXTRA``),
+    or the same file as one of ``inputs`` (which writing would replace: a checkpoint written over its ratings)."""
     if not out:
         return "an empty file name"
     path = Path(out)
