@@ -42,12 +42,26 @@ def contributions(items: np.ndarray, history: np.ndarray, coef: np.ndarray, gram
     return (solved @ np.asarray(history, np.float64).T) * np.asarray(coef, np.float64)
 
 
+def per_item(contrib: np.ndarray, history_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct items of ``history_idx`` (n,), sorted; ``contrib`` (k, n) summed over each one's positions):
+    an item the history repeats is one contributor, not one per position."""
+    items, inverse = np.unique(history_idx, return_inverse=True)
+    if len(items) == len(history_idx):
+        order = np.argsort(history_idx, kind="stable")
+        return items, contrib[:, order]
+    merged = np.zeros((len(items), len(contrib)), dtype=contrib.dtype)
+    np.add.at(merged, inverse.reshape(-1), contrib.T)
+    return items, merged.T
+
+
 def top_contributors(contrib: np.ndarray, top: int = EXPLAIN_TOP) -> list[list[tuple[int, float]]]:
-    """Per row of ``contrib`` (k, n): the ``top`` largest contributions as (history position, share), share =
-    contribution / the row's sum (so shares over the whole history sum to 1; 0 when the sum is 0)."""
+    """Per row of ``contrib`` (k, n): the ``top`` largest contributions as (column, share), share =
+    contribution / the row's sum of absolute contributions: its sign says which way it moved the score (the
+    row's plain sum may be negative or near 0 where it is a sum of similarities, which flipped or blew up the
+    shares), and the absolute shares over the whole history sum to 1 (all 0 when every contribution is 0)."""
     out = []
     for row in contrib:
-        total = float(row.sum())
+        total = float(np.abs(row).sum())
         order = np.argsort(-row, kind="stable")[:top]
         out.append([(int(h), float(row[h]) / total if total else 0.0) for h in order])
     return out

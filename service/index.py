@@ -27,7 +27,7 @@ from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_a
 from model.topk import top_k
 from service import pruned
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
-from service.explain import ExplainUnsupported, contributions, top_contributors
+from service.explain import ExplainUnsupported, contributions, per_item, top_contributors
 from service.fold_in import FoldIn
 from service.torch_scorer import TorchScorer
 
@@ -266,10 +266,11 @@ class ServingIndex:
         if not len(hist_idx) or not len(idx):
             return [[] for _ in idx]
         vectors, gram, coef = system
-        tops = top_contributors(contributions(self.item_vectors[idx, :-1], vectors, coef, gram))
-        named = np.unique([h for row in tops for h, _ in row])  # history positions named in any explanation
-        attrs = dict(zip(named.tolist(), self.attributes.describe(hist_idx[named])))
-        ids = self.item_ids[hist_idx]
+        items, contrib = per_item(contributions(self.item_vectors[idx, :-1], vectors, coef, gram), hist_idx)
+        tops = top_contributors(contrib)
+        named = np.unique([h for row in tops for h, _ in row])  # distinct history items named in any explanation
+        attrs = dict(zip(named.tolist(), self.attributes.describe(items[named])))
+        ids = self.item_ids[items]
         return [[{"item_id": ids[h], "share": share, "attributes": attrs[h]} for h, share in row] for row in tops]
 
     def recommend(

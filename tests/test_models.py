@@ -254,6 +254,11 @@ def test_filters_and_explanations_for_every_kind(trained):
         with pytest.raises(ExplainUnsupported, match="neumf"):
             plain.recommend(ckpt.user_ids[0], 3, explain=True)
         return
+    # An item the history repeats is one contributor; shares are signed parts of the absolute total, best first.
+    for explained in plain.recommend_for_history(["i20", "i21", "i20", "i22", "i21"], 4, explain=True).explanations:
+        names, shares = [c["item_id"] for c in explained], [c["share"] for c in explained]
+        assert sorted(names) == ["i20", "i21", "i22"] and shares == sorted(shares, reverse=True), (name, explained)
+        assert sum(abs(x) for x in shares) == pytest.approx(1.0), (name, explained)  # all three listed: every part
     # A fold-in's score splits exactly over the history (dot kinds with a linear fold-in, not the autoencoders'
     # tanh encoder nor the sequence networks): the contributions sum to y_i . p.
     hist = np.array([plain.item_index[i] for i in history])

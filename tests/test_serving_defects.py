@@ -123,3 +123,17 @@ def test_ials_fold_in_solves_with_its_own_l2_over_uwsgi(default_mf, start_uwsgi,
     server = start_uwsgi(path, RECSYS_PROCESSES="1")
     status, _, answer = call(server.base, "/recommend", {"history": history, "k": 4})
     assert status == 200 and [it["item_id"] for it in answer["items"]] == want
+
+
+def test_explanation_shares_keep_the_sign_of_their_contribution_and_repeats_merge():
+    """Shares were contribution / the row's plain sum: where that sum was negative (a sum of similarities) the
+    item that pushed the score up most was listed with a negative share, and near 0 shares of -7; a repeated
+    history item took two of the five places."""
+    from service.explain import per_item, top_contributors
+
+    assert top_contributors(np.array([[3.0, -5.0, 1.0]])) == [[(0, 3 / 9), (2, 1 / 9), (1, -5 / 9)]]
+    assert top_contributors(np.zeros((1, 2))) == [[(0, 0.0), (1, 0.0)]]
+    items, merged = per_item(np.array([[1.0, 2.0, 4.0], [0.5, 0.0, -1.0]]), np.array([7, 3, 7]))
+    assert items.tolist() == [3, 7] and merged.tolist() == [[2.0, 5.0], [0.0, -0.5]]
+    items, merged = per_item(np.array([[1.0, 2.0]]), np.array([9, 4]))  # no repeat: columns in item order
+    assert items.tolist() == [4, 9] and merged.tolist() == [[2.0, 1.0]]
