@@ -21,30 +21,27 @@ from pathlib import Path
 from model import checkpoint as ckpt_io
 from model.checkpoint import CheckpointError
 from model.serving_arrays import ranks_by_dot_product, serving_arrays
-from model.store import ModelStore, StoreError, is_store
 from service.ann import AnnConfig, import_faiss
 from service.ann_cache import cache_path, lists_path, load_or_build
 from service.config import load_settings
+from service.state import checkpoint_target
 from service.topn import TopNConfig, load_or_build_lists
 
 
 def served_file(path: str | Path) -> Path:
-    """The file a worker given ``path`` loads, and keeps its cache files beside: a store's current version,
-    a symlink's target (``service.state`` loads the resolved path of either).
+    """The file a worker given ``path`` loads, and keeps its cache files beside: resolved exactly as
+    ``service.state`` resolves it (a directory's ``current``, a symlink's target).
 
     Raises:
-        StoreError: a store with no current version, or whose ``current`` points outside it.
+        CheckpointError: nothing there (a store with no current version yet), or a symlink loop.
     """
-    path = Path(path)
-    if is_store(path):
-        target = ModelStore(path).current_path()
-        if target is None:
-            raise StoreError(f"{path}: the store has no current version")
-        path = target
+    target = checkpoint_target(Path(path))
     try:
-        return path.resolve()
+        return target.resolve(strict=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{target}: no such checkpoint file (a store: no current version yet)") from None
     except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(f"{target}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = served_file(args.checkpoint)
         ckpt = ckpt_io.load(path)
-    except (CheckpointError, StoreError) as exc:
+    except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
