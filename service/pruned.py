@@ -11,8 +11,8 @@ and per query
 1. scores every item on the ``r`` leading rotated dimensions (and its bias): ``partial_i``;
 2. bounds the rest by Cauchy-Schwarz: ``score_i <= partial_i + |q_rest| |V_i,rest| + tol`` (``tol`` covers
    float32 rounding);
-3. scores a few items with the best bounds exactly: the k-th best of those is a floor ``tau`` under the true
-   k-th best score;
+3. scores a few items with good bounds exactly (the best of each of a few dozen blocks of items): the k-th best
+   of those is a floor ``tau`` under the true k-th best score;
 4. scores exactly every item whose bound reaches ``tau`` and returns their top-k.
 
 No item left out in step 4 can beat ``tau``, so the answer is the full scan's: the same items in the same order
@@ -25,6 +25,7 @@ model would not pass).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -52,12 +53,14 @@ class PrunedScan:
     """The rotated leading dimensions of ``item_vectors`` (I, d+1) ``[V_i, b_i]`` and the norms of the rest.
 
     ``rotation`` (d, d): orthonormal columns; ``lead`` (I, L+1): each item's first L rotated coordinates and its
-    bias, contiguous; ``rest`` (I,): the norm of its other rotated coordinates; ``max_norm``: the largest
+    bias, kept transposed as ``lead_t`` (L+1, I) (a product with L+1 long rows runs 3-4x faster in BLAS than one
+    with I rows of L+1); ``rest`` (I,): the norm of its other rotated coordinates; ``max_norm``: the largest
     ``|item_vectors[i]|`` (the tolerance's scale). Made by :func:`build`."""
 
     def __init__(self, item_vectors: np.ndarray, rotation: np.ndarray, lead: np.ndarray, rest: np.ndarray,
                  max_norm: float):  # fmt: skip
-        self.items, self.rotation, self.lead, self.rest, self.max_norm = item_vectors, rotation, lead, rest, max_norm
+        self.items, self.rotation, self.rest, self.max_norm = item_vectors, rotation, rest, max_norm
+        self.lead_t = np.ascontiguousarray(lead.T, np.float32)
         self.lead_dims = lead.shape[1] - 1
 
     def search(self, query: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -72,23 +75,34 @@ class PrunedScan:
         self, query: np.ndarray, k: int, banned: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, int] | None:
         """:meth:`search`'s answer and how many items it scored exactly in step 4."""
-        num_items, dim = len(self.items), self.items.shape[1] - 1
-        first = max(4 * k, 32)  # items scored exactly to find the floor tau
+        num_items, dim, lead = len(self.items), self.items.shape[1] - 1, self.lead_dims
+        first = max(4 * k, 32)  # blocks whose best bound is scored exactly to find the floor tau
         if k < 1 or first * 4 > num_items or len(banned) * 2 > num_items:
             return None
         rotated = query[:dim] @ self.rotation
-        rest_norm, query_norm = float(np.linalg.norm(rotated[self.lead_dims :])), float(np.linalg.norm(query))
+        rest_norm = math.sqrt(float(rotated[lead:] @ rotated[lead:]))
+        query_norm = math.sqrt(float(query @ query))
         tol = TOLERANCE * query_norm * self.max_norm
-        if not (np.isfinite(rest_norm) and np.isfinite(tol)) or rest_norm > MAX_REST_SHARE * query_norm:
+        if not (math.isfinite(rest_norm) and math.isfinite(tol)) or rest_norm > MAX_REST_SHARE * query_norm:
             return None
-        upper = self.lead @ np.append(rotated[: self.lead_dims], query[dim:])  # (I,) partial scores
+        # The bounds fill ``first`` equal blocks (the last padded with -inf): each block's best bound is one
+        # argmax over a (first, size) view, a fifth of what an argpartition for the ``first`` best costs.
+        size = -(-num_items // first)
+        padded = np.empty(first * size, np.float32)
+        upper = padded[:num_items]
+        partial = np.empty(lead + 1, np.float32)
+        partial[:lead], partial[lead] = rotated[:lead], query[dim]
+        np.matmul(partial, self.lead_t, out=upper)  # (I,) partial scores
         upper += self.rest * np.float32(rest_norm) + np.float32(tol)  # now bounds: score_i <= upper_i
+        padded[num_items:] = -np.inf
         if len(banned):
             upper[banned] = -np.inf
-        best = np.argpartition(upper, num_items - first)[num_items - first :]
+        best = padded.reshape(first, size).argmax(axis=1) + np.arange(0, first * size, size)
+        best = best[padded[best] != -np.inf]  # blocks with an item left
+        if len(best) < k:
+            return None
         exact = _scores(self.items[best], query)
-        exact[upper[best] == -np.inf] = -np.inf
-        tau = np.partition(exact, first - k)[first - k]  # the k-th best exact score among them
+        tau = np.partition(exact, len(best) - k)[len(best) - k]  # the k-th best exact score among them
         if not np.isfinite(tau):
             return None
         candidates = np.flatnonzero(upper >= tau)  # ascending: top_k's ties go to the lowest index
@@ -141,7 +155,7 @@ def build(item_vectors: np.ndarray, queries: Sequence[tuple[np.ndarray, np.ndarr
     full_read = num_items * (dim + 1)
     best: tuple[float, PrunedScan, float] | None = None
     for j, lead in enumerate(leads):
-        block = np.ascontiguousarray(np.hstack([widest[:, :lead], widest[:, -1:]]))
+        block = np.hstack([widest[:, :lead], widest[:, -1:]])  # (I, lead+1), transposed by PrunedScan
         scan = PrunedScan(item_vectors, rotation, block, rests[j], max_norm)
         found = [scan.search_counted(np.asarray(q, np.float32), k, b) for q, b in queries]
         # Floats read per query: the bound's pass over every item, then the rows scored exactly (gathered rows

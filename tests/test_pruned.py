@@ -75,6 +75,28 @@ def test_the_pruned_scan_answers_what_the_full_scan_does(catalogue, k):
     assert answered >= (0.8 if k <= 10 else 0.2) * len(users)
 
 
+def test_a_catalogue_of_uneven_blocks_with_a_block_all_banned(catalogue):
+    """The bounds are read in equal blocks (the best of each is scored exactly for the floor): a catalogue that
+    does not divide into them leaves a padded last block, and a history can ban every item of a block. Neither
+    may change the answer."""
+    items, users = catalogue
+    items = items[:11_987]  # 40 blocks of 300 at k = 10: the last holds 287 items and 13 padding slots
+    scan = pruned.build(items, _queries(users))
+    assert scan is not None
+    answered = 0
+    for i, query in enumerate(users[:60]):
+        banned = np.arange(300 * (i % 39), 300 * (i % 39) + 300) if i % 2 else np.arange(11_700, 11_987)
+        for k in (3, 10):
+            found = scan.search(query, k, banned)
+            if found is None:
+                continue
+            want_items, want_scores = _full(items, query, k, banned)
+            np.testing.assert_array_equal(found[0], want_items)
+            np.testing.assert_allclose(found[1], want_scores, rtol=1e-5, atol=1e-5)
+            answered += 1
+    assert answered >= 100  # of 120: the pruned path did answer
+
+
 def test_the_tolerance_keeps_an_item_whose_bound_is_tight(catalogue, monkeypatch):
     """An item whose coordinates beyond the leading ones point exactly along the query's: Cauchy-Schwarz is then an
     equality, and only the tolerance keeps float32 rounding from putting its bound under its own score (without
