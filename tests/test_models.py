@@ -152,6 +152,12 @@ def test_model_contract(trained):
     if ranks:  # a rating model's factors need not cluster the blocks (checked: 0.25, chance level)
         assert np.mean(near) >= 0.75, (name, np.mean(near))
 
+    # NeuMF's loading runs a throwaway fold-in (torch's one-off set-up, paid before the worker is ready): it must
+    # leave the served network's weights as trained.
+    if index.torch_scorer is not None:
+        served = index.torch_scorer.net.state_dict()
+        assert all(torch.equal(served[key], torch.as_tensor(value)) for key, value in ckpt.state_dict.items())
+
     # Round trip: save -> load gives identical answers.
     again = ServingIndex(checkpoint.load(checkpoint.save(ckpt, path.with_name("copy.ckpt"))))
     np.testing.assert_array_equal(again.score_users(np.arange(5)), index.score_users(np.arange(5)))
