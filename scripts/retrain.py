@@ -278,11 +278,35 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     report["refit"] = {"version": promoted.model_version, "rows": len(raw), "training": final.metrics}
     started = time.perf_counter()
     store.add(promoted)
-    store.set_current(promoted.model_version)
-    report["versions"].update(after=promoted.model_version, pruned=store.prune(args.keep))
+    try:
+        store.set_current(promoted.model_version)
+    except OSError as exc:  # after the pointer moved (writing the served list) the promotion stands: say so
+        if _current_version(store) != promoted.model_version:
+            raise
+        _warn(report, f"promoted, but the list of served versions could not be written ({exc}): rollback may "
+                      "not know what was served before")  # fmt: skip
+    report["versions"]["after"] = promoted.model_version
+    try:
+        report["versions"]["pruned"] = store.prune(args.keep)
+    except (OSError, StoreError) as exc:  # old versions stay; the next run prunes them
+        report["versions"]["pruned"] = []
+        _warn(report, f"promoted, but pruning old versions failed: {exc}")
     timings["promote_s"] = round(time.perf_counter() - started, 3)
     print(f"promoted {promoted.model_version} (was {before}): {decision.reason}")
     return ExitCode.PROMOTED
+
+
+def _current_version(store: ModelStore) -> str | None:
+    try:
+        return store.current()
+    except StoreError:
+        return None
+
+
+def _warn(report: dict, message: str) -> None:
+    """A problem after the promotion, which stands: on stderr and in the report's ``warnings``."""
+    print(f"warning: {message}", file=sys.stderr)
+    report.setdefault("warnings", []).append(message)
 
 
 def main(argv: list[str] | None = None) -> int:

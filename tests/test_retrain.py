@@ -102,6 +102,29 @@ def test_promote_reject_force_and_reports(tmp_path, data):
     assert code == ExitCode.REJECTED and "nothing to judge by" in json.loads(out.read_text())["decision"]["reason"]
 
 
+@pytest.mark.parametrize("step", ["_write_served", "prune"])
+def test_a_failure_after_the_pointer_moved_is_reported_as_a_promotion(tmp_path, data, monkeypatch, capsys, step):
+    """Exit 1 means nothing was promoted. A disk that fills (or a directory made read-only) while the list of served
+    versions is written, or while old versions are pruned, fails after ``current`` already points at the new model:
+    the run says promoted, with a warning, instead of failed."""
+    store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), *FAST]) == 0
+    v1 = ModelStore(store_dir).current()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelStore, step, full_disk)
+    out = tmp_path / "report.json"
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--report", str(out), "--force", *FAST])
+    report, store = json.loads(out.read_text()), ModelStore(store_dir)
+    assert code == ExitCode.PROMOTED and report["outcome"] == "promoted"
+    assert store.current() == report["versions"]["after"] != v1
+    assert len(report["warnings"]) == 1 and "No space left on device" in report["warnings"][0]
+    assert "warning: promoted, but" in capsys.readouterr().err
+
+
 def test_after_a_promotion_no_user_is_recommended_an_item_they_rated(tmp_path, data):
     """Before: the promoted model was the one trained without the holdout, so its seen items lacked it."""
     store_dir = tmp_path / "store"
