@@ -23,7 +23,7 @@ from model.checkpoint import CheckpointError
 from model.serving_arrays import ranks_by_dot_product, serving_arrays
 from service.ann import AnnConfig, import_faiss
 from service.ann_cache import cache_path, lists_path, load_or_build
-from service.config import load_settings
+from service.config import ConfigError, load_settings
 from service.state import checkpoint_target
 from service.topn import TopNConfig, load_or_build_lists
 
@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if import_faiss() is None:
         print("error: faiss is not installed (pip install -e '.[ann]')", file=sys.stderr)
         return 2
+    try:  # the settings first: a bad RECSYS_ANN_* is found before a large checkpoint loads
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         path = served_file(args.checkpoint)
         ckpt = ckpt_io.load(path)
@@ -59,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
-    settings = load_settings()
     config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)
     ann = load_or_build(path, ckpt.model_version, serving["item_vectors"], config)
     print(cache_path(path, ckpt.model_version, config))

@@ -28,12 +28,13 @@ class Setting:
     kind: str  # "str", "int", "float" or "bool"
     minimum: float | None = None
     help: str = ""
+    maximum: float | None = None  # e.g. what faiss takes (a C int), a day between reload checks
 
 
 SETTINGS: dict[str, Setting] = {
     "CHECKPOINT": Setting(DEFAULT_CHECKPOINT, "str", help="the checkpoint file (or model store) to serve"),
     "MAX_BODY_BYTES": Setting(8 * 1024 * 1024, "int", 1, "larger request bodies get 413"),
-    "RELOAD_INTERVAL": Setting(1.0, "float", 0, "seconds between checkpoint checks; 0 = never reload"),
+    "RELOAD_INTERVAL": Setting(1.0, "float", 0, "seconds between checkpoint checks; 0 = never reload", 86_400),
     "ACCESS_LOG": Setting(True, "bool", help="one JSON line per request on stderr"),
     # Precomputed top-N unseen items per known user (service/topn.py), built in each worker at load when
     # users x items is at most this many scores (the build is one users x items matrix product); 0 = no
@@ -45,10 +46,10 @@ SETTINGS: dict[str, Setting] = {
     "TOPN_WITH_ANN": Setting(True, "bool", help="with an ANN index, lists searched from it; off: per request"),
     # Approximate top-k (service/ann.py, needs faiss-cpu) for catalogues of at least this many items; 0 = off.
     "ANN_MIN_ITEMS": Setting(100_000, "int", 0),
-    "ANN_M": Setting(32, "int", 2, "HNSW graph degree (part of the cache key)"),
-    "ANN_EF_SEARCH": Setting(128, "int", 1, "HNSW candidates per query; higher = better recall, slower"),
-    "ANN_EF_CONSTRUCTION": Setting(40, "int", 1, "HNSW build effort (part of the cache key)"),
-    "ANN_BUILD_THREADS": Setting(0, "int", 0, "threads while building the index; 0 = all cores"),
+    "ANN_M": Setting(32, "int", 2, "HNSW graph degree (part of the cache key)", 512),
+    "ANN_EF_SEARCH": Setting(128, "int", 1, "HNSW candidates per query; higher = better recall, slower", 100_000),
+    "ANN_EF_CONSTRUCTION": Setting(40, "int", 1, "HNSW build effort (part of the cache key)", 100_000),
+    "ANN_BUILD_THREADS": Setting(0, "int", 0, "threads while building the index; 0 = all cores", 1024),
     # Exact top-k from a bound on a few leading dimensions (service/pruned.py), kept only when it pays for the
     # model's vectors (measured at load); below the ANN threshold.
     "PRUNE_MIN_ITEMS": Setting(4096, "int", 0, "exact pruned top-k from this many items; 0 = always a full scan"),
@@ -80,6 +81,7 @@ def parse_setting(name: str, value: Any) -> Any:
     """
     spec = SETTINGS[name]
     accepted = ACCEPTED[spec.kind] + (f" >= {spec.minimum:g}" if spec.minimum is not None else "")
+    accepted += f" and <= {spec.maximum:g}" if spec.maximum is not None else ""
     try:
         if isinstance(value, str):
             parsed = PARSERS[spec.kind](value.strip() if spec.kind != "str" else value)
@@ -95,7 +97,7 @@ def parse_setting(name: str, value: Any) -> Any:
             raise ValueError
     except (ValueError, OverflowError):
         raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted}") from None
-    if spec.minimum is not None and parsed < spec.minimum:
+    if (spec.minimum is not None and parsed < spec.minimum) or (spec.maximum is not None and parsed > spec.maximum):
         raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted}")
     return parsed
 
@@ -109,6 +111,8 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
     settings = dict(DEFAULTS)
     for name in SETTINGS:
         value = environ.get(f"RECSYS_{name}")
+        if name == "CHECKPOINT" and value is not None and not value.strip():  # RECSYS_CHECKPOINT=$UNSET_VAR
+            raise ConfigError(f"RECSYS_CHECKPOINT={value!r}: expected a path (unset: {DEFAULT_CHECKPOINT})")
         if value not in (None, ""):
             settings[name] = parse_setting(name, value)
     for name, value in (overrides or {}).items():

@@ -390,6 +390,16 @@ def test_prebuild_refuses_what_it_cannot_load(planted_path, tmp_path, capsys, ca
     assert not list(tmp_path.rglob("*.ann-*"))
 
 
+def test_prebuild_refuses_a_bad_ann_setting_in_one_line(planted_path, monkeypatch, capsys):
+    """A raw ConfigError traceback before, after the checkpoint had loaded; a C-int overflow passed the check."""
+    pytest.importorskip("faiss")
+    for value in ("abc", "99999999999"):
+        monkeypatch.setenv("RECSYS_ANN_EF_SEARCH", value)
+        assert prebuild_cli().main([str(planted_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: RECSYS_ANN_EF_SEARCH=") and "\n" not in err
+
+
 # --- without faiss ------------------------------------------------------------------------------
 
 

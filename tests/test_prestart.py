@@ -1,0 +1,98 @@
+"""service/prestart.py, which uwsgi.ini runs before binding: settings uWSGI reads are refused with one line, and
+the metrics directory loses only prometheus_client's files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from service import prestart
+from service.config import ConfigError
+from tests.conftest import REPO
+
+BASE = {"RECSYS_HOST": "127.0.0.1", "RECSYS_PORT": "8123", "RECSYS_CHECKPOINT": "artifacts/model.ckpt"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("RECSYS_HOST", "", "expected an address"),  # uWSGI bound 0.0.0.0
+        ("RECSYS_HOST", " 127.0.0.1", "expected an address"),
+        ("RECSYS_HOST", "::1", "in brackets"),  # uWSGI bound 255.255.255.255
+        ("RECSYS_HOST", "[not-v6]", "not an IPv6 address"),
+        ("RECSYS_HOST", "bogus.invalid", "not an IPv4 address or a name that resolves"),
+        ("RECSYS_PORT", "abc", "whole number 1..65535"),  # uWSGI took a random port
+        ("RECSYS_PORT", "99999", "whole number 1..65535"),
+        ("RECSYS_PORT", "", "whole number 1..65535"),
+        ("RECSYS_PROCESSES", "0", "whole number >= 1"),  # a master with no workers: requests hung
+        ("RECSYS_PROCESSES", "2.5", "whole number >= 1"),
+        ("RECSYS_RELOAD_ON_RSS", "-1", "whole number >= 1"),  # ignored without a word
+        ("RECSYS_CHECKPOINT", "", "expected a path"),  # silently the default checkpoint
+        ("RECSYS_ANN_EF_SEARCH", "99999999999", "<= 100000"),  # ready, then every /recommend a 500
+        ("RECSYS_MAX_BODY_BYTES", "100000000", "limit-post"),  # a larger body got no response at all
+        ("RECSYS_RELOAD_INTERVAL", "1e10", "<= 86400"),  # the reload thread died of an OverflowError
+    ],
+)
+def test_a_setting_uwsgi_or_the_app_cannot_use_is_refused(name, value, says):
+    with pytest.raises(ConfigError, match=f"^{name}=.*{says}"):
+        prestart.check({**BASE, name: value})
+
+
+def test_good_settings_pass():
+    prestart.check({**BASE, "RECSYS_HOST": "[::1]", "RECSYS_PROCESSES": "3", "RECSYS_RELOAD_ON_RSS": "2048"})
+    prestart.check({**BASE, "RECSYS_HOST": "localhost"})
+
+
+def test_the_metrics_directory_loses_only_metric_files(tmp_path):
+    """``rm -f DIR/*.db`` in a shell deleted any .db file there, followed a planted symlink and ran $(...)."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for name in ("counter_12.db", "histogram_12.db", "gauge_liveall_12.db", "users.db", "notes.txt"):
+        (metrics / name).write_text("x")
+    prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    assert sorted(p.name for p in metrics.iterdir()) == ["notes.txt", "users.db"]
+
+    fresh = tmp_path / "new" / "metrics"
+    prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(fresh)})
+    assert fresh.is_dir() and (fresh.stat().st_mode & 0o777) == 0o700
+
+    link = tmp_path / "planted"
+    link.symlink_to(metrics)
+    with pytest.raises(ConfigError, match="symlink"):
+        prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(link)})
+    odd = tmp_path / "odd$(touch INJECTED)"
+    prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(odd)})
+    assert odd.is_dir() and not (tmp_path / "INJECTED").exists()  # a name, never a command
+    with pytest.raises(ConfigError, match="expected a directory"):
+        prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": ""})
+
+
+def test_uwsgi_refuses_an_empty_host_before_binding_and_keeps_other_files(start_uwsgi, small_ckpt_path, tmp_path):
+    """The real uWSGI and uwsgi.ini: an empty RECSYS_HOST listened on every interface; now nothing is bound."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "users.db").write_text("not ours")
+    bad = start_uwsgi(small_ckpt_path, wait=False, RECSYS_HOST="", PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    bad.proc.wait(timeout=60)
+    assert bad.proc.returncode != 0
+    assert "recsys: refusing to start: RECSYS_HOST='': expected an address" in bad.log()
+    assert "bound to" not in bad.log()
+    good = start_uwsgi(small_ckpt_path, RECSYS_PROCESSES="1", PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    assert good.proc.poll() is None and (metrics / "users.db").read_text() == "not ours"
+
+
+def test_the_check_imports_no_torch():
+    """uWSGI runs it before every start: the package's app (torch, 3 s) is deferred to first use."""
+    code = "import sys, service.prestart; print('torch' in sys.modules, 'flask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_a_misspelt_setting_is_named_with_the_likely_one(tmp_path, monkeypatch, capsys):
+    for name, value in {**BASE, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "RECSYS_CHEKPOINT": "x.ckpt"}.items():
+        monkeypatch.setenv(name, value)
+    assert prestart.main() == 0
+    err = capsys.readouterr().err
+    assert "recsys: warning: RECSYS_CHEKPOINT is not a setting, ignored (did you mean RECSYS_CHECKPOINT?)" in err
