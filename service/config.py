@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_CHECKPOINT = "artifacts/model.ckpt"
+MIN_RELOAD_INTERVAL = 0.1  # seconds between checkpoint checks, unless 0 (never)
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -99,6 +100,10 @@ def parse_setting(name: str, value: Any) -> Any:
         raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted}") from None
     if (spec.minimum is not None and parsed < spec.minimum) or (spec.maximum is not None and parsed > spec.maximum):
         raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted}")
+    if name == "RELOAD_INTERVAL" and 0 < parsed < MIN_RELOAD_INTERVAL:  # a microsecond kept an idle worker at 60% CPU
+        raise ConfigError(
+            f"RECSYS_{name}={value!r}: expected 0 (off) or {MIN_RELOAD_INTERVAL:g} to {spec.maximum:g} seconds"
+        )
     return parsed
 
 

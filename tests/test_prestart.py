@@ -33,6 +33,7 @@ BASE = {"RECSYS_HOST": "127.0.0.1", "RECSYS_PORT": "8123", "RECSYS_CHECKPOINT": 
         ("RECSYS_ANN_EF_SEARCH", "99999999999", "<= 100000"),  # ready, then every /recommend a 500
         ("RECSYS_MAX_BODY_BYTES", "100000000", "limit-post"),  # a larger body got no response at all
         ("RECSYS_RELOAD_INTERVAL", "1e10", "<= 86400"),  # the reload thread died of an OverflowError
+        ("RECSYS_RELOAD_INTERVAL", "0.000001", "0 \\(off\\) or 0.1 to 86400 seconds"),  # an idle worker at 60% CPU
     ],
 )
 def test_a_setting_uwsgi_or_the_app_cannot_use_is_refused(name, value, says):
