@@ -85,6 +85,8 @@ def parse_setting(name: str, value: Any) -> Any:
     accepted += f" and <= {spec.maximum:g}" if spec.maximum is not None else ""
     try:
         if isinstance(value, str):
+            if spec.kind in ("int", "float") and ("_" in value or not value.isascii()):  # int() takes 1_000, "٣"
+                raise ValueError
             parsed = PARSERS[spec.kind](value.strip() if spec.kind != "str" else value)
         elif spec.kind == "bool" and isinstance(value, (bool, int)) and value in (0, 1):
             parsed = bool(value)

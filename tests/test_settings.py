@@ -25,6 +25,9 @@ def test_booleans_accept_the_usual_spellings(text, value):
         ("TOPN_N", "1.5", "an integer >= 0"),
         ("ANN_M", "1", "an integer >= 2"),
         ("MAX_BODY_BYTES", "0", "an integer >= 1"),
+        ("TOPN_N", "1_000", "an integer >= 0"),  # Python's int() reads these: a typo or a foreign digit passed
+        ("TOPN_N", "\u0663", "an integer >= 0"),
+        ("RELOAD_INTERVAL", "0.\u0665", "a number >= 0"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_accepts(name, text, accepted):
