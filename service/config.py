@@ -34,7 +34,9 @@ class Setting:
 
 SETTINGS: dict[str, Setting] = {
     "CHECKPOINT": Setting(DEFAULT_CHECKPOINT, "str", help="the checkpoint file (or model store) to serve"),
-    "MAX_BODY_BYTES": Setting(8 * 1024 * 1024, "int", 1, "larger request bodies get 413"),
+    "MAX_BODY_BYTES": Setting(
+        8 * 1024 * 1024, "int", 1, "larger request bodies get 413; uwsgi.ini's limit-post drops a body past it", 1 << 26
+    ),
     "RELOAD_INTERVAL": Setting(1.0, "float", 0, "seconds between checkpoint checks; 0 = never reload", 86_400),
     "ACCESS_LOG": Setting(True, "bool", help="one JSON line per request on stderr"),
     # Precomputed top-N unseen items per known user (service/topn.py), built in each worker at load when
@@ -82,7 +84,7 @@ def parse_setting(name: str, value: Any) -> Any:
     """
     spec = SETTINGS[name]
     accepted = ACCEPTED[spec.kind] + (f" >= {spec.minimum:g}" if spec.minimum is not None else "")
-    accepted += f" and <= {spec.maximum:g}" if spec.maximum is not None else ""
+    accepted += f" and <= {spec.maximum:.15g}" if spec.maximum is not None else ""
     try:
         if isinstance(value, str):
             if spec.kind in ("int", "float") and ("_" in value or not value.isascii()):  # int() takes 1_000, "٣"
@@ -100,11 +102,13 @@ def parse_setting(name: str, value: Any) -> Any:
             raise ValueError
     except (ValueError, OverflowError):
         raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted}") from None
-    if (spec.minimum is not None and parsed < spec.minimum) or (spec.maximum is not None and parsed > spec.maximum):
+    if spec.minimum is not None and parsed < spec.minimum:
         raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted}")
+    if spec.maximum is not None and parsed > spec.maximum:  # the help says what the bound is for
+        raise ConfigError(f"RECSYS_{name}={value!r}: expected {accepted} ({spec.help})")
     if name == "RELOAD_INTERVAL" and 0 < parsed < MIN_RELOAD_INTERVAL:  # a microsecond kept an idle worker at 60% CPU
         raise ConfigError(
-            f"RECSYS_{name}={value!r}: expected 0 (off) or {MIN_RELOAD_INTERVAL:g} to {spec.maximum:g} seconds"
+            f"RECSYS_{name}={value!r}: expected 0 (off) or {MIN_RELOAD_INTERVAL:g} to {spec.maximum:.15g} seconds"
         )
     return parsed
 

@@ -30,7 +30,6 @@ from service.config import SETTINGS, ConfigError, load_settings
 # prometheus_client's multiprocess files: counter_<pid>.db, histogram_..., summary_..., gauge_<mode>_<pid>.db
 METRIC_FILE = re.compile(r"^(counter|histogram|summary|gauge_[a-z]+)_\d+\.db$")
 UWSGI_SETTINGS = ("RECSYS_HOST", "RECSYS_PORT", "RECSYS_PROCESSES", "RECSYS_RELOAD_ON_RSS")  # read by uwsgi.ini
-MAX_BODY_BACKSTOP = 67_108_864  # uwsgi.ini's limit-post: a larger body is dropped without any response
 
 
 def _whole_number(environ: Mapping[str, str], name: str, low: int, high: int | None = None) -> None:
@@ -92,12 +91,7 @@ def check(environ: Mapping[str, str]) -> None:
     _whole_number(environ, "RECSYS_PORT", 1, 65535)
     _whole_number(environ, "RECSYS_PROCESSES", 1)
     _whole_number(environ, "RECSYS_RELOAD_ON_RSS", 1)
-    settings = load_settings(environ)
-    if settings["MAX_BODY_BYTES"] > MAX_BODY_BACKSTOP:
-        raise ConfigError(
-            f"RECSYS_MAX_BODY_BYTES={environ.get('RECSYS_MAX_BODY_BYTES')!r}: expected at most {MAX_BODY_BACKSTOP} "
-            "(uwsgi.ini's limit-post drops a larger body without a response)"
-        )
+    load_settings(environ)
     if "PROMETHEUS_MULTIPROC_DIR" in environ:  # always, under uwsgi.ini
         prepare_metrics_dir(environ["PROMETHEUS_MULTIPROC_DIR"])
 

@@ -154,9 +154,10 @@ def test_uwsgi_exposes_only_http_on_loopback_by_default_and_limits_bodies():
     # Never uWSGI's own protocol, nor its stats server, on a socket.
     assert not {"socket", "uwsgi-socket", "shared-socket", "stats", "stats-server", "http"} & set(names)
     limit_post = int(dict(options)["limit-post"])
-    from service.config import DEFAULTS
+    from service.config import DEFAULTS, SETTINGS
 
     assert limit_post > DEFAULTS["MAX_BODY_BYTES"] > 0  # Flask answers 413 first; uWSGI is the backstop
+    assert SETTINGS["MAX_BODY_BYTES"].maximum == limit_post  # a larger setting could never answer its 413
 
 
 def test_docker_image_runs_as_a_non_root_user():
