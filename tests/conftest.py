@@ -67,7 +67,7 @@ def free_port() -> int:
 class UwsgiServer:
     """The real uWSGI with the real uwsgi.ini, in its own process group, on a free loopback port."""
 
-    def __init__(self, checkpoint_path: Path, log_path: Path, **env: str):
+    def __init__(self, checkpoint_path: Path, log_path: Path, affinity: set[int] | None = None, **env: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -87,6 +87,7 @@ class UwsgiServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if affinity is None else lambda: os.sched_setaffinity(0, affinity),
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -127,8 +128,8 @@ class UwsgiServer:
 def start_uwsgi(tmp_path):
     servers: list[UwsgiServer] = []
 
-    def _start(checkpoint_path: Path, wait: bool = True, **env: str) -> UwsgiServer:
-        server = UwsgiServer(checkpoint_path, tmp_path / f"uwsgi-{len(servers)}.log", **env)
+    def _start(checkpoint_path: Path, wait: bool = True, affinity: set[int] | None = None, **env: str) -> UwsgiServer:
+        server = UwsgiServer(checkpoint_path, tmp_path / f"uwsgi-{len(servers)}.log", affinity, **env)
         servers.append(server)
         if wait:
             server.wait_ready()

@@ -3,8 +3,10 @@ the metrics directory loses only prometheus_client's files."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -97,3 +99,55 @@ def test_a_misspelt_setting_is_named_with_the_likely_one(tmp_path, monkeypatch, 
     assert prestart.main() == 0
     err = capsys.readouterr().err
     assert "recsys: warning: RECSYS_CHEKPOINT is not a setting, ignored (did you mean RECSYS_CHECKPOINT?)" in err
+
+
+def _cgroup(tmp_path, self_lines: list[str], files: dict[str, str]):
+    """A fake cgroup mount (``files``: path under it -> content) and a /proc/self/cgroup of ``self_lines``."""
+    root = tmp_path / "cgroup"
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
+    root.mkdir(exist_ok=True)
+    self_cgroup = tmp_path / "self-cgroup"
+    self_cgroup.write_text("\n".join(self_lines) + "\n")
+    return root, self_cgroup
+
+
+@pytest.mark.parametrize(
+    ("self_lines", "files", "quota"),
+    [
+        (["0::/"], {"cpu.max": "max 100000"}, None),  # v2, no limit
+        (["0::/"], {"cpu.max": "150000 100000"}, 1.5),  # a container's --cpus=1.5 (cgroup namespace)
+        (["0::/app/web"], {"app/cpu.max": "200000 100000", "app/web/cpu.max": "max 100000"}, 2.0),  # a parent's
+        (["0::/docker/abc"], {"cpu.max": "300000 100000"}, 3.0),  # own path not under the mount: the mount's
+        (["3:cpu,cpuacct:/", "0::/"], {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        (["3:cpu,cpuacct:/x"], {"cpu/x/cpu.cfs_quota_us": "50000", "cpu/x/cpu.cfs_period_us": "100000"}, 0.5),  # v1
+        (["0::/"], {"cpu.max": "garbage"}, None),  # unreadable: no quota, not a crash
+        ([], {}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_from_v1_and_v2(tmp_path, self_lines, files, quota):
+    root, self_cgroup = _cgroup(tmp_path, self_lines, files)
+    assert prestart.cgroup_cpu_quota(root, self_cgroup) == quota
+
+
+def test_the_default_worker_count_is_the_usable_cpus(tmp_path):
+    """Affinity first, then the quota rounded up (1.5 CPUs: 2 workers); never 0."""
+    mask = len(os.sched_getaffinity(0))
+    assert prestart.available_cpus(tmp_path / "none", tmp_path / "none") == mask
+    root, self_cgroup = _cgroup(tmp_path, ["0::/"], {"cpu.max": "150000 100000"})
+    assert prestart.available_cpus(root, self_cgroup) == min(mask, 2)
+    (root / "cpu.max").write_text("10000 100000")
+    assert prestart.available_cpus(root, self_cgroup) == 1
+
+
+def test_uwsgi_starts_one_worker_per_cpu_it_may_use(start_uwsgi, small_ckpt_path):
+    """uWSGI's own %k counted the machine's cores whatever the affinity (or a container's quota): under a
+    one-CPU mask it started a worker per core of the machine."""
+    cpu = min(os.sched_getaffinity(0))
+    server = start_uwsgi(small_ckpt_path, affinity={cpu})
+    assert server.log().count("spawned uWSGI worker") == 1
+    with urllib.request.urlopen(server.base + "/readyz", timeout=30) as resp:
+        assert resp.status == 200
+    everywhere = start_uwsgi(small_ckpt_path)
+    assert everywhere.log().count("spawned uWSGI worker") == prestart.available_cpus()
