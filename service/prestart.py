@@ -9,6 +9,9 @@ random port, ``RECSYS_PROCESSES=0`` a master with no workers whose requests hang
 The metrics directory (``PROMETHEUS_MULTIPROC_DIR``, set by uwsgi.ini) is emptied of prometheus_client's files
 from an earlier run, and of nothing else: a directory that is a symlink or belongs to another user is refused
 (a shell ``rm -f DIR/*.db`` deleted any ``.db`` there, followed a planted link, and ran what the value held).
+Each worker holds a shared lock on ``DIR/.recsys-instance.lock`` for its life (:func:`hold_metrics_dir`, from
+``service.wsgi``); the check takes it exclusively while it cleans, and refuses a directory a running instance
+holds: a second instance given the same directory deleted the first one's live metric files.
 
 uWSGI's own core count (``%k``) is the machine's: a container limited to 2 CPUs on a 64-core host started 64
 workers, each importing torch and mapping the model. ``python -m service.prestart --workers`` prints the CPUs
@@ -21,6 +24,7 @@ Run as ``python -m service.prestart``; it imports nothing heavy (the package def
 from __future__ import annotations
 
 import difflib
+import fcntl
 import ipaddress
 import math
 import os
@@ -35,6 +39,7 @@ from service.config import SETTINGS, ConfigError, load_settings
 
 # prometheus_client's multiprocess files: counter_<pid>.db, histogram_..., summary_..., gauge_<mode>_<pid>.db
 METRIC_FILE = re.compile(r"^(counter|histogram|summary|gauge_[a-z]+)_\d+\.db$")
+INSTANCE_LOCK = ".recsys-instance.lock"  # in the metrics directory: shared by a running instance's workers
 UWSGI_SETTINGS = ("RECSYS_HOST", "RECSYS_PORT", "RECSYS_PROCESSES", "RECSYS_RELOAD_ON_RSS")  # read by uwsgi.ini
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
@@ -148,9 +153,45 @@ def prepare_metrics_dir(value: str | None) -> None:
         raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value!r}: belongs to another user (uid {info.st_uid})")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value!r}: not writable")
-    for entry in path.iterdir():
-        if METRIC_FILE.match(entry.name) and entry.is_file() and not entry.is_symlink():
-            entry.unlink(missing_ok=True)
+    lock = _open_lock(path)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"PROMETHEUS_MULTIPROC_DIR={value!r}: in use by another running instance (its workers hold "
+                f"{INSTANCE_LOCK}); give each instance its own directory"
+            ) from None
+        for entry in path.iterdir():
+            if METRIC_FILE.match(entry.name) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+    finally:
+        os.close(lock)
+
+
+def _open_lock(directory: Path) -> int:
+    try:
+        return os.open(directory / INSTANCE_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r}: cannot lock {INSTANCE_LOCK} ({exc})") from None
+
+
+_held: list[int] = []  # the worker's lock on its metrics directory, open for the process's life
+
+
+def hold_metrics_dir(value: str | None) -> None:
+    """A worker's shared lock on its metrics directory, held until it exits, so that another instance's pre-start
+    check refuses the directory instead of deleting this one's live files. Waits out a check that is cleaning
+    (milliseconds). A directory that cannot be locked costs only that protection: a warning, not a failed start."""
+    if not value or _held:
+        return
+    try:
+        lock = _open_lock(Path(value))
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    except (ConfigError, OSError) as exc:
+        print(f"recsys: warning: metrics directory not locked: {exc}", file=sys.stderr)
+        return
+    _held.append(lock)
 
 
 def check(environ: Mapping[str, str]) -> None:

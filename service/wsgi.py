@@ -4,9 +4,15 @@ import atexit
 import os
 import sys
 
-import torch
+from service import prestart
 
-from service import create_app, metrics
+# First, before torch's 3 s import: from here on another instance's pre-start check refuses this one's metrics
+# directory instead of emptying it.
+prestart.hold_metrics_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+import torch  # noqa: E402
+
+from service import create_app, metrics  # noqa: E402
 
 # One torch thread per worker (NeuMF scores with torch on the request path): N workers use N cores.
 torch.set_num_threads(1)

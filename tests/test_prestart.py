@@ -55,7 +55,7 @@ def test_the_metrics_directory_loses_only_metric_files(tmp_path):
     for name in ("counter_12.db", "histogram_12.db", "gauge_liveall_12.db", "users.db", "notes.txt"):
         (metrics / name).write_text("x")
     prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
-    assert sorted(p.name for p in metrics.iterdir()) == ["notes.txt", "users.db"]
+    assert sorted(p.name for p in metrics.iterdir()) == [prestart.INSTANCE_LOCK, "notes.txt", "users.db"]
 
     fresh = tmp_path / "new" / "metrics"
     prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(fresh)})
@@ -151,3 +151,39 @@ def test_uwsgi_starts_one_worker_per_cpu_it_may_use(start_uwsgi, small_ckpt_path
         assert resp.status == 200
     everywhere = start_uwsgi(small_ckpt_path)
     assert everywhere.log().count("spawned uWSGI worker") == prestart.available_cpus()
+
+
+def test_a_directory_a_running_instance_holds_is_refused_and_kept(tmp_path):
+    """A second instance given the first one's metrics directory deleted its live metric files."""
+    metrics = tmp_path / "metrics"
+    prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    (metrics / "counter_7.db").write_text("live")
+    hold = "import sys, service.prestart as p; p.hold_metrics_dir(sys.argv[1]); print(1, flush=True); sys.stdin.read()"
+    worker = subprocess.Popen(  # a worker of a running instance: holds the lock until it exits
+        [sys.executable, "-c", hold, str(metrics)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout.readline().strip() == "1"
+        with pytest.raises(ConfigError, match="in use by another running instance"):
+            prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+        assert (metrics / "counter_7.db").read_text() == "live"
+    finally:
+        worker.communicate("", timeout=30)
+    prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # its workers gone: the next start cleans
+    assert not (metrics / "counter_7.db").exists()
+
+
+def test_uwsgi_refuses_the_metrics_directory_of_a_running_instance(start_uwsgi, small_ckpt_path, tmp_path):
+    metrics = tmp_path / "metrics"
+    first = start_uwsgi(small_ckpt_path, RECSYS_PROCESSES="1", PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    with urllib.request.urlopen(first.base + "/recommend?user_id=1&k=2", timeout=30) as resp:
+        assert resp.status == 200
+    files = sorted(p.name for p in metrics.iterdir() if p.name.endswith(".db"))
+    assert files
+    second = start_uwsgi(small_ckpt_path, wait=False, RECSYS_PROCESSES="1", PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    second.proc.wait(timeout=60)
+    assert second.proc.returncode != 0
+    assert "refusing to start: PROMETHEUS_MULTIPROC_DIR=" in second.log() and "another running instance" in second.log()
+    assert sorted(p.name for p in metrics.iterdir() if p.name.endswith(".db")) == files
+    with urllib.request.urlopen(first.base + "/metrics", timeout=30) as resp:
+        assert b'recsys_requests_total{endpoint="/recommend"' in resp.read()
