@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ import torch
 
 from model.checkpoint_checks import consistency_error, field_errors, numpy_attributes
 from model.config import TrainConfig
+from model.files import atomic_write
 from model.interactions import Dataset
 from model.items import ItemAttributes, from_payload, to_payload
 from model.networks import build_network
@@ -175,22 +175,7 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         ]
     if ckpt.recent_items is not None:
         payload["recent_items"] = torch.from_numpy(np.ascontiguousarray(ckpt.recent_items, dtype=np.int64))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), sync_dir=True)
 
 
 def load(path: str | Path) -> Checkpoint:
@@ -205,6 +190,12 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: a directory, not a checkpoint file (of a model store, load STORE/current)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    try:  # zipfile.is_zipfile reads an unreadable file as "not a zip", which would blame the file
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        reason = f"{exc.strerror}; this process runs as uid {os.getuid()}"
+        raise CheckpointError(f"{path}: cannot be read ({reason})") from None
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; without its end record torch's own error is cryptic
         reason = "not a torch.save zip archive: truncated or another format"
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})")

@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -43,6 +41,7 @@ import numpy as np
 
 from model.data import RawRatings
 from model.evaluate import rmse
+from model.files import atomic_write
 
 
 class ExitCode(IntEnum):
@@ -258,15 +257,5 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
     """Write a JSON report atomically (temporary file + rename), creating the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(report, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

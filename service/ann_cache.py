@@ -29,7 +29,6 @@ import glob
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from model.files import atomic_write
 from service.ann import AnnConfig, AnnIndex, import_faiss
 
 log = logging.getLogger(__name__)
@@ -104,20 +104,6 @@ def _locked(path: Path) -> Iterator[bool]:
 def _write(index: Any, path: Path) -> None:
     """Atomically write ``index`` to ``path``."""
     atomic_write(path, lambda tmp: import_faiss().write_index(index, tmp))
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write`` a temporary file in the same directory, fsync it and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_or_build_file(
@@ -197,7 +183,7 @@ def load_or_build(checkpoint: str | Path, model_version: str, vectors: np.ndarra
 
 def maybe_ann(checkpoint: str | Path, model_version: str, vectors: np.ndarray, config: AnnConfig) -> AnnIndex | None:
     """An :class:`AnnIndex` when the catalogue is large enough and faiss is installed; else None (exact)."""
-    if config.min_items <= 0 or len(vectors) < config.min_items:
+    if not config.applies(len(vectors)):
         return None
     if import_faiss() is None:
         log.warning("%d items >= RECSYS_ANN_MIN_ITEMS but faiss is not installed: exact top-k", len(vectors))

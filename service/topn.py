@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from model.files import atomic_write
 from model.topk import order_by_score, top_k_rows
 from service.ann import AnnConfig, AnnIndex, exact_top, import_faiss
-from service.ann_cache import atomic_write, cache_path, lists_path, load_or_build_file, remove_stale_lists
+from service.ann_cache import cache_path, lists_path, load_or_build_file, remove_stale_lists
 from service.attributes import ItemFilter
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ import torch
 from model import checkpoint
 from model.checkpoint import CheckpointError
 from model.evaluate import predict_ratings
+from tests.conftest import REPO
 
 
 def test_round_trip_gives_identical_answers(small_ckpt_path, small_dataset, tmp_path):
@@ -90,8 +97,8 @@ def test_crash_while_saving_keeps_the_old_file(small_ckpt, tmp_path, monkeypatch
     target = checkpoint.save(small_ckpt, tmp_path / "model.ckpt")
     before = target.read_bytes()
 
-    def crash(obj, fh):
-        fh.write(b"partial bytes")
+    def crash(obj, f):
+        Path(f).write_bytes(b"partial bytes")
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
@@ -99,6 +106,39 @@ def test_crash_while_saving_keeps_the_old_file(small_ckpt, tmp_path, monkeypatch
         checkpoint.save(small_ckpt, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_take_the_umask_not_owner_only(small_ckpt, tmp_path, mask, mode):
+    """mkstemp's 0600 stuck to every checkpoint and report: one trained by a cron job's user (or on the host, for a
+    container running as uid 10001) could not be read by the service."""
+    from model.retrain import write_report
+
+    old = os.umask(mask)
+    try:
+        saved = checkpoint.save(small_ckpt, tmp_path / "model.ckpt")
+        report = write_report({"outcome": "promoted"}, tmp_path / "reports" / "r.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(saved.stat().st_mode) == mode and stat.S_IMODE(report.stat().st_mode) == mode
+    assert checkpoint.load(saved).model_version == small_ckpt.model_version
+
+
+def test_an_unreadable_file_is_refused_as_unreadable_not_as_corrupt(small_ckpt):
+    """A checkpoint another user wrote owner-only was refused as "not a torch.save zip archive: truncated"."""
+    folder = Path(tempfile.mkdtemp(prefix="recsys-unreadable-"))  # traversable by another user (tmp_path is not)
+    try:
+        folder.chmod(0o755)
+        path = checkpoint.save(small_ckpt, folder / "model.ckpt")
+        path.chmod(0o600 if os.getuid() == 0 else 0o000)
+        # Root reads anything: the child imports as root (the interpreter may sit under /root), then loads as nobody.
+        code = "import os, sys; from model import checkpoint as c; os.getuid() or os.setuid(65534); c.load(sys.argv[1])"
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
+                             timeout=120)  # fmt: skip
+        assert out.returncode != 0
+        assert "cannot be read (Permission denied; this process runs as uid" in out.stderr, out.stderr[-500:]
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_files_from_before_the_model_family_still_load(small_ckpt_path, tmp_path):
