@@ -88,7 +88,8 @@ class TrainConfig:
     """
 
     model: str = _opt("mf", "model kind", choices="model")
-    loss: str = _opt("auto", "auto: mf -> mse on ratings (softmax on implicit data); gmf, neumf -> bce", choices="loss")
+    loss: str = _opt("auto", "auto: mf -> mse on ratings, ials on implicit data (softmax under torchrun); gmf, "
+                     "neumf -> bce; vae, dae and the sequence kinds -> softmax", choices="loss")  # fmt: skip
     rank_loss: str = _opt("auto", "ranking head of an mse model, used by /recommend (auto: ials; softmax under "
                           "torchrun); none: rank by predicted rating", choices="rank_loss")  # fmt: skip
     engine: str = _opt(
@@ -114,7 +115,7 @@ class TrainConfig:
     batch_size: int | None = _opt(None, "rows per step, 1 (SGD) .. full (0: gradient descent); softmax over the "
                                   "catalogue: users per step", minimum=0, parse=parse_batch_size)  # fmt: skip
     seed: int = _opt(0, "random seed (same seed, same weights)")
-    val_fraction: float | None = _opt(None, f"rows held out for early stopping ({VAL_FRACTION}; vae, dae: 0)",
+    val_fraction: float | None = _opt(None, "rows held out for early stopping",
                                       minimum=0, below=1)  # fmt: skip
     patience: int | None = _opt(None, "epochs without validation improvement before stopping", minimum=1)
     refit: bool = _opt(True, "after early stopping, retrain on every row for the best number of epochs")
@@ -124,7 +125,7 @@ class TrainConfig:
     rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
     fold_in_reg: float | None = _opt(None, "ials (--loss ials, the ials head): L2 of a new user's solve when POST "
-                                     "/recommend folds a history in (5); unset: training's", minimum=0)  # fmt: skip
+                                     "/recommend folds a history in", minimum=0)  # fmt: skip
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
     cg_steps: int = _opt(0, "ials: conjugate-gradient steps per row and sweep; 0: exact solve (Cholesky)", minimum=0)
     hidden: int | None = _opt(None, "vae, dae: the encoder's hidden width", minimum=1)
@@ -136,8 +137,8 @@ class TrainConfig:
                                 "(and the checkpoint keeps per user)", minimum=1)  # fmt: skip
     blocks: int = _opt(2, "sasrec: self-attention blocks", minimum=1)
     heads: int = _opt(1, "sasrec: attention heads (dim a multiple of it)", minimum=1)
-    dropout: float | None = _opt(None, "vae, dae: input dropout on the user's item vector (0.5); sequence models: "
-                                 "dropout (0.2)", minimum=0, below=1)  # fmt: skip
+    dropout: float | None = _opt(None, "vae, dae: input dropout on the user's item vector; sequence models: "
+                                 "dropout", minimum=0, below=1)  # fmt: skip
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
                         minimum=0)  # fmt: skip
     items: str | None = _opt(None, "item metadata file (CSV/TSV/Parquet with a header, first column the item id; "
@@ -167,6 +168,36 @@ def choices(name: str | None) -> tuple[str, ...] | None:
     return table[name]
 
 
+# Where the tables above come in, by what model.train.resolve picks for a run: (who, table).
+_DEFAULT_SOURCES = (
+    ("mf on ratings", {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION, **RATING_DEFAULTS}),
+    ("mf on ratings with --engine als", {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION,
+                                         **ALS_RATING_DEFAULTS}),
+    *((kind.replace("mf", "mf --loss softmax") if kind == "mf" else "mf on implicit data (ials)" if kind == "ials"
+       else kind, {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION, **table})
+      for kind, table in RANKING_DEFAULTS.items()),
+    ("the ials ranking head", RANK_HEAD_DEFAULTS["ials"]),
+    ("the softmax ranking head", RANK_HEAD_DEFAULTS["softmax"]),
+)  # fmt: skip
+_OTHER_DEFAULTS = {  # fields whose None is decided elsewhere than the tables
+    "negatives": "4 for bce and bpr; softmax: the whole catalogue up to 20,000 items, else sampled",
+    "items": "none",
+}
+
+
+def kind_defaults_text(name: str) -> str:
+    """What ``None`` means for field ``name``, for ``--help``: its value per kind, from the tables above (the one
+    home of those defaults), e.g. ``64 for mf --loss softmax, gmf, ...; 32 for neumf``."""
+    by_value: dict[Any, list[str]] = {}
+    for who, table in _DEFAULT_SOURCES:
+        if name in table:
+            by_value.setdefault(table[name], []).append(who)
+    if not by_value:
+        return _OTHER_DEFAULTS.get(name, "set by the kind")
+    return "; ".join(f"{value:g} for {', '.join(who)}" if isinstance(value, float) else f"{value} for {', '.join(who)}"
+                     for value, who in by_value.items())  # fmt: skip
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a field: ``rank_loss`` -> ``--rank-loss``."""
     return "--" + name.replace("_", "-")
@@ -178,18 +209,19 @@ def field_type(name: str) -> type:
     return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
 
 
-def config_flags() -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+def config_flags(over_current: bool = False) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
     """``(option strings, add_argument keyword arguments)`` for every field, one flag per field.
 
     Every flag defaults to ``None`` (not given), so a script knows which fields were asked for and layers
     them over its base config (:func:`overrides`): train.py over ``TrainConfig()``, retrain.py over the
-    current model's. A boolean field gets ``--name`` and ``--no-name``.
+    current model's. A boolean field gets ``--name`` and ``--no-name``. Each help ends with the default, or with
+    ``over_current`` (retrain.py) "default: the current model's".
     """
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         meta = f.metadata
         default = getattr(defaults, f.name)
-        shown = "per kind, see README" if default is None else default
+        shown = "the current model's" if over_current else kind_defaults_text(f.name) if default is None else default
         help_text = f"{meta.get('help', f.name)} (default: {shown})"
         kind = field_type(f.name)
         if kind is bool:

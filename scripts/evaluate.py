@@ -57,7 +57,7 @@ from service.state import checkpoint_target
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by scripts/train.py, or a model store")
-    p.add_argument("--test", required=True, help="held-out rating file (MovieLens or CSV/TSV)")
+    p.add_argument("--test", required=True, help="held-out rating file (MovieLens, CSV/TSV or Parquet)")
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="test file format (default: detect)")
     p.add_argument("--k", type=int, default=10, help=f"length of the top-k lists, 1..{MAX_K} (default: 10)")
     p.add_argument("--min-rating", type=float, help="only held-out rows rated at least this are relevant")

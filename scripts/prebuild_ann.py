@@ -8,7 +8,9 @@ them with ``RECSYS_ANN_BUILD_THREADS`` threads. Reads the same ``RECSYS_ANN_*`` 
 settings as the service, so the files it writes are the ones the workers look for: beside the file a
 worker loads, which for a model store (``model.store``) is its current version, ``versions/<v>.ckpt``, and
 for a symlink its target (``service.state`` resolves both). Prints the path of each file; exit 2 when faiss
-is not installed or the checkpoint cannot be loaded.
+is not installed or the checkpoint cannot be loaded. A model the service would not search by ANN (fewer items
+than ``RECSYS_ANN_MIN_ITEMS``, that setting 0, or a NeuMF, which does not rank by inner product) gets nothing:
+exit 0 with the reason.
 """
 
 from __future__ import annotations
@@ -65,9 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     serving = ckpt.serving or serving_arrays(ckpt.state_dict, ckpt.kind, ckpt.config, ckpt.recent_items)
     config, topn = AnnConfig.from_settings(settings), TopNConfig.from_settings(settings)
+    dot = ranks_by_dot_product(ckpt.kind, ckpt.config)
+    if not (dot and config.applies(ckpt.num_items)):  # what service.state decides: the workers would not read it
+        why = (
+            f"{ckpt.kind} does not rank by inner product"
+            if not dot
+            else f"{ckpt.num_items:,} items, under RECSYS_ANN_MIN_ITEMS={config.min_items:,}"
+            if config.min_items > 0
+            else "RECSYS_ANN_MIN_ITEMS=0"
+        )
+        print(f"nothing to build: the service ranks {path.name} exactly ({why})", file=sys.stderr)
+        return 0
     ann = load_or_build(path, ckpt.model_version, serving["item_vectors"], config)
     print(cache_path(path, ckpt.model_version, config))
-    if topn.wants_from_ann() and ranks_by_dot_product(ckpt.kind, ckpt.config):
+    if topn.wants_from_ann():
         n = topn.length(ckpt.num_users, scanned=False)  # what a worker asks for (service.state)
         load_or_build_lists(
             path, ckpt.model_version, ann, serving["user_vectors"], ckpt.seen_indptr, ckpt.seen_indices, n, config

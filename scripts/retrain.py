@@ -62,7 +62,7 @@ class BadInput(ValueError):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="the full current rating file (MovieLens or CSV/TSV)")
+    p.add_argument("--data", required=True, help="the full current rating file (MovieLens, CSV/TSV or Parquet)")
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="file format (default: detect)")
     p.add_argument("--store", required=True, help="model store directory (created on the first run)")
     p.add_argument("--force", action="store_true", help="promote even if the candidate is worse or current unreadable")
@@ -78,8 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", type=int, default=DEFAULT_KEEP, help=f"versions to keep (default {DEFAULT_KEEP})")
     p.add_argument("--report", help="also write the JSON run report here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    group = p.add_argument_group("training overrides (default: the current model's TrainConfig; as scripts/train.py)")
-    for names, kwargs in config_flags():  # one flag per field, so new TrainConfig fields are overridable too
+    group = p.add_argument_group("training overrides (as scripts/train.py's; default: the current model's TrainConfig)")
+    for names, kwargs in config_flags(over_current=True):  # one flag per field: new TrainConfig fields too
         group.add_argument(*names, **kwargs)
     args = p.parse_args(argv)
     if min(args.tolerance, args.ndcg_tolerance, args.margin_se) < 0 or args.compare_versions < 1:
@@ -292,7 +292,8 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
         report["versions"]["pruned"] = []
         _warn(report, f"promoted, but pruning old versions failed: {exc}")
     timings["promote_s"] = round(time.perf_counter() - started, 3)
-    print(f"promoted {promoted.model_version} (was {before}): {decision.reason}")
+    was = f"was {before}" if before else "the store's first model"
+    print(f"promoted {promoted.model_version} ({was}): {decision.reason}")
     return ExitCode.PROMOTED
 
 

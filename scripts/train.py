@@ -33,7 +33,7 @@ DEFAULT_OUT = "artifacts/model.ckpt"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="rating file (MovieLens or CSV/TSV); default: built-in synthetic data")
+    p.add_argument("--data", help="rating file (MovieLens, CSV/TSV or Parquet); default: built-in synthetic data")
     p.add_argument("--format", default="auto", choices=FORMAT_CHOICES, help="file format (default: detect)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"checkpoint to write (default: {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

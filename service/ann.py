@@ -54,6 +54,10 @@ class AnnConfig:
     # (when the model's vectors allow it); 0 = always the full scan.
     prune_min_items: int = pruned.MIN_ITEMS
 
+    def applies(self, num_items: int) -> bool:
+        """Whether a catalogue of ``num_items`` gets the index (from ``min_items``; never when that is 0)."""
+        return 0 < self.min_items <= num_items
+
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> AnnConfig:
         return cls(

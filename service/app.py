@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -23,6 +24,18 @@ from service.topn import TopNConfig
 
 access_log = logging.getLogger("recsys.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _json_lines(logger: logging.Logger) -> None:
+    """The access log as bare JSON lines on stderr (what log shippers parse), not inside the other loggers'
+    ``time LEVEL name:`` prefix; each line carries its own UTC ``time``. Once per process."""
+    if not any(getattr(h, "recsys_json", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.recsys_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -91,6 +104,7 @@ def _register_telemetry(app: Flask) -> None:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         if app.config["ACCESS_LOG"]:
             access_log.info(orjson.dumps({
+                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 "request_id": g.get("request_id"), "method": request.method, "path": request.path,
                 "status": response.status_code, "duration_ms": round(elapsed * 1000, 3),
                 "model_version": app.extensions["recsys"].version,
@@ -108,6 +122,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _json_lines(access_log)
     holder = ModelHolder(
         settings["CHECKPOINT"],
         on_change=_track_model([None]),

@@ -45,6 +45,14 @@ def validation_details(exc: ValidationError, prefix: str = "") -> list[dict]:
         loc = ".".join(str(p) for i, p in enumerate(loc) if i >= own or not _is_union_member(p))
         field = ".".join(p for p in (prefix, loc) if p) or "body"
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("too_long", "too_short") and isinstance(err.get("input"), str):  # an id: not "items"
+            bound = "at most" if err["type"] == "too_long" else "at least"
+            limit = err["ctx"].get("max_length" if err["type"] == "too_long" else "min_length")
+            reason = (
+                "must not be empty"
+                if limit == 1 and bound == "at least"
+                else (f"should have {bound} {limit} characters, not {len(err['input'])}")
+            )
         if (field, reason) not in seen:  # a union's members may fail alike
             seen.add((field, reason))
             details.append({"field": field, "reason": reason})

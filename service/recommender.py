@@ -10,7 +10,7 @@ only then).
 
     >>> rec = Recommender.load("artifacts/model.ckpt")
     >>> rec.recommend("u1", k=3)
-    [{'item_id': 'i42', 'score': 1.93}, ...]
+    [{'item_id': 'i42', 'score': 1.93, 'attributes': {}}, ...]
     >>> rec.recommend_history(["i1", "i2"], k=5, frame=True)      # fold-in: a user the model never saw
 
 ``scripts/recommend_batch.py`` writes :meth:`Recommender.recommend_blocks` for every user to a file.
@@ -86,8 +86,14 @@ class Recommender:
         """Every item the model knows, in index order."""
         return self.index.item_ids.tolist()
 
+    def knows_user(self, user_id: str) -> bool:
+        """Whether the model trained on ``user_id``: :meth:`recommend` answers anyone else with the popular items
+        (HTTP's ``"fallback": "popular"``, which the list of items does not carry)."""
+        return str(user_id) in self.index.user_index
+
     def recommend(self, user_id: str, k: int = 10, *, frame: bool = False, **options: Any):
-        """``GET /recommend``: the ``k`` best items for a known user, the popular ones for an unknown one.
+        """``GET /recommend``: the ``k`` best items for a known user, the popular ones for an unknown one
+        (:meth:`knows_user` tells which).
 
         ``options`` are :meth:`ServingIndex.recommend`'s (``exclude_seen``, ``exclude``, ``candidates``,
         ``filters={"genres": ["Comedy"]}``, ``explain=True``). Returns ``[{"item_id", "score", "attributes"}]``

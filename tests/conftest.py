@@ -77,6 +77,8 @@ class UwsgiServer:
             "RECSYS_CHECKPOINT": str(checkpoint_path),
             "RECSYS_PORT": str(self.port),
             "RECSYS_HOST": "127.0.0.1",
+            # uwsgi.ini's default, /tmp/recsys-metrics-<port>, would leave a directory in /tmp per test server
+            "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / f"metrics-{self.port}"),
             **env,
         }
         self._log = open(log_path, "wb")

@@ -323,6 +323,7 @@ def test_prebuild_command_writes_the_index_and_lists_that_workers_then_only_read
     from service import topn
 
     monkeypatch.setenv("RECSYS_ANN_BUILD_THREADS", "1")
+    monkeypatch.setenv("RECSYS_ANN_MIN_ITEMS", str(ann_config().min_items))
     assert prebuild_cli().main([str(ckpt_path)]) == 0
     printed = capsys.readouterr().out.split()
     assert len(printed) == 2 and printed[0].endswith(".faiss") and printed[1].endswith(".top100-ef128.npy")
@@ -348,6 +349,7 @@ def test_prebuild_for_a_model_store_writes_beside_the_version_that_workers_load(
     from service.state import ModelHolder
 
     monkeypatch.setenv("RECSYS_ANN_BUILD_THREADS", "1")
+    monkeypatch.setenv("RECSYS_ANN_MIN_ITEMS", str(ann_config().min_items))
     store = ModelStore(tmp_path / "store").init()
     store.add_file(planted_path)
     store.set_current("mf-planted-0")
@@ -368,6 +370,18 @@ def test_prebuild_for_a_model_store_writes_beside_the_version_that_workers_load(
     assert not list(store.root.glob("*.ann-*"))
     index = ModelHolder(store.root, ann=ann_config()).state.index  # a worker serving the store
     assert index.ann is not None and index.topn is not None and index.topn.items.shape == (NUM_USERS, 100)
+
+
+@pytest.mark.parametrize(("min_items", "says"), [("0", "RECSYS_ANN_MIN_ITEMS=0"), ("", "under RECSYS_ANN_MIN_ITEMS=")])
+def test_prebuild_builds_nothing_the_service_would_not_read(ckpt_path, monkeypatch, capsys, min_items, says):
+    """It built an index for a 198-item model, which the service (HNSW from 100,000 items) never reads."""
+    pytest.importorskip("faiss")
+    if min_items:
+        monkeypatch.setenv("RECSYS_ANN_MIN_ITEMS", min_items)
+    assert prebuild_cli().main([str(ckpt_path)]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "nothing to build" in out.err and says in out.err
+    assert not list(ckpt_path.parent.glob("*.ann-*"))
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "not a checkpoint", "directory", "store without current"])

@@ -49,6 +49,21 @@ def test_every_field_has_a_flag_and_both_scripts_share_them():
     assert retrain.train_config(args, TrainConfig()).dim == 7 and not retrain.train_config(args, TrainConfig()).refit
 
 
+def test_help_gives_each_kinds_default_from_the_tables():
+    """--help said "(default: per kind, see README)", and the README had no such table; retrain.py's flags showed
+    train.py's defaults under a heading saying the current model's are the default."""
+    from model.config import RANKING_DEFAULTS, RATING_DEFAULTS, kind_defaults_text
+
+    helps = {names[0]: kwargs.get("help", "") for names, kwargs in config_flags()}
+    assert not [flag for flag, text in helps.items() if "see README" in text or "set by the kind" in text]
+    assert f"{RATING_DEFAULTS['dim']} for mf on ratings" in helps["--dim"]
+    assert f"{RANKING_DEFAULTS['neumf']['dim']} for " in helps["--dim"] and "neumf" in kind_defaults_text("dim")
+    assert f"{RANKING_DEFAULTS['sasrec']['epochs']} for sasrec" in helps["--epochs"]
+    assert "(default: none)" in helps["--items"]
+    over = {names[0]: kwargs.get("help", "") for names, kwargs in config_flags(over_current=True)}
+    assert over["--dim"].endswith("(default: the current model's)")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -79,6 +79,14 @@ def test_bad_input_is_json_4xx_naming_the_field(server, method, path, body, stat
     assert field in [d["field"] for d in err["error"]["details"]], err
 
 
+def test_an_id_too_long_or_empty_is_named_in_characters(server):
+    """Pydantic's reason for the id constraint read "Value should have at most 256 items after validation"."""
+    _, _, err = send(server, "GET", "/recommend?" + q(user_id=LONG))
+    assert err["error"]["details"] == [{"field": "user_id", "reason": "should have at most 256 characters, not 257"}]
+    _, _, err = send(server, "POST", "/predict", {"user_id": "", "item_id": "i1"})
+    assert err["error"]["details"] == [{"field": "user_id", "reason": "must not be empty"}]
+
+
 def test_non_ascii_ids_are_ordinary_ids(server):
     status, _, body = send(server, "GET", "/recommend?" + q(user_id=NON_ASCII, k=2))
     assert status == 200 and body["user_id"] == NON_ASCII and body["fallback"] == "popular"

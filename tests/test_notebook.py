@@ -23,6 +23,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")  # jupyter_core warns about the old paths otherwise
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the notebook's mkdtemp: not one more folder in /tmp per run
     nb = nbformat.read(REPO / "docs" / "quickstart.ipynb", as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # committed clean
     client = NotebookClient(

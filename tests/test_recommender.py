@@ -19,7 +19,9 @@ def test_answers_equal_the_views(rec, client, small_ckpt):
     users, items = small_ckpt.user_ids, small_ckpt.item_ids
     assert rec.user_ids == users and rec.item_ids == items and rec.model_version == small_ckpt.model_version
     for user in [*users[:10], "nobody"]:
-        assert rec.recommend(user, k=6) == client.get(f"/recommend?user_id={user}&k=6").json["items"]
+        served = client.get(f"/recommend?user_id={user}&k=6").json
+        assert rec.recommend(user, k=6) == served["items"]
+        assert rec.knows_user(user) == (served["fallback"] is None)  # what the list alone does not say
     options = {"exclude": items[:3], "candidates": items[:20], "exclude_seen": False}
     query = f"/recommend?user_id={users[1]}&k=4&exclude={','.join(items[:3])}&items={','.join(items[:20])}"
     assert rec.recommend(users[1], k=4, **options) == client.get(query + "&exclude_seen=false").json["items"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -54,6 +55,21 @@ def test_recommend_predict_and_errors_over_http(server, small_ckpt):
     assert status == 404 and ctype == "application/json"
     status, _, _ = call(server.base, "/healthz", b"{}", method="POST")
     assert status == 405
+
+
+def test_the_access_log_is_one_json_object_per_line(server):
+    """It was a JSON message behind logging's ``time INFO recsys.access:`` prefix: not a line a shipper parses."""
+    req = urllib.request.Request(server.base + "/recommend?user_id=nobody&k=2", headers={"X-Request-ID": "trace-42"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    deadline = time.monotonic() + 10
+    while '"trace-42"' not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    line = next(line for line in server.log().splitlines() if '"trace-42"' in line)
+    entry = json.loads(line)
+    assert entry["request_id"] == "trace-42" and entry["path"] == "/recommend" and entry["status"] == 200
+    assert entry["method"] == "GET" and entry["duration_ms"] > 0 and entry["model_version"]
+    assert entry["time"].endswith("+00:00") and entry["time"][:4].isdigit()
 
 
 def test_oversized_body_gets_413_json_not_a_dropped_connection(server):
