@@ -199,6 +199,7 @@ def load(path: str | Path) -> Checkpoint:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; without its end record torch's own error is cryptic
         reason = "not a torch.save zip archive: truncated or another format"
         raise CheckpointError(f"{path}: not a loadable checkpoint ({reason})")
+    _check_stored(path)
     try:
         # mmap: tensors stay backed by the file's pages, shared by every process mapping it (copy-on-write
         # if anyone writes, which serving never does), instead of one private copy per uWSGI worker.
@@ -221,17 +222,32 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: missing fields {', '.join(missing)}")
     # A file can load safely and still hold a list where a tensor belongs, which would fail later in
     # whoever touches it first: every field is checked here, and any fault refuses the file.
-    errors = field_errors(raw)
-    if errors:
-        raise CheckpointError(f"{path}: malformed checkpoint: {'; '.join(errors[:5])}")
-    try:
+    try:  # whatever a check or the conversion meets (an allocation refused, a case they missed) refuses the file
+        errors = field_errors(raw)
+        if errors:
+            raise CheckpointError(f"{path}: malformed checkpoint: {'; '.join(errors[:5])}")
         ckpt = _from_fields(raw)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a case field_errors missed
-        raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {exc})") from None
-    error = consistency_error(ckpt)
+        error = consistency_error(ckpt)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {first})") from None
     if error:
         raise CheckpointError(f"{path}: {error}")
     return ckpt
+
+
+def _check_stored(path: Path) -> None:
+    """Every member of the archive stored, not compressed, as torch.save writes them: a deflated pickle a few MB
+    long can expand to gigabytes in memory (the tensors torch maps in place would refuse deflation anyway)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            packed = [info.filename for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({exc})") from None
+    if packed:
+        raise CheckpointError(f"{path}: refused: compressed members ({', '.join(packed[:3])}), torch.save stores them")
 
 
 def _from_fields(raw: dict[str, Any]) -> Checkpoint:

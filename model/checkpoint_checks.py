@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.config import TrainConfig, field_type
+from model.config import TrainConfig, field_type, size_error
 from model.items import payload_errors
 from model.networks import MODEL_KINDS, build_network, parse_layers
 from model.sequence import SEQUENCE_KINDS
@@ -42,7 +42,8 @@ def _config_error(config: Any) -> str | None:
               float: _is_number(value), str: isinstance(value, str)}.get(kind, True)  # fmt: skip
         if not ok:
             return f"config.{f.name} is {value!r}, expected {kind.__name__}"
-    return None
+    error = size_error(config)  # before a network of those sizes is built
+    return None if error is None else f"config: {error}"
 
 
 def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: int | None = None) -> str | None:
@@ -52,6 +53,10 @@ def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: 
         return f"{name} has dtype {value.dtype}, expected {' or '.join(str(d) for d in dtypes)}"
     if ndim is not None and value.ndim != ndim:
         return f"{name} has {value.ndim} dimensions, expected {ndim}"
+    # A view that repeats its storage (a stride of 0) can declare 10^12 elements over one: every scan of it, and
+    # any copy, would cost that much. A saved tensor's elements all have their own bytes in the file.
+    if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+        return f"{name} declares {value.numel():,} elements over {value.untyped_storage().nbytes():,} stored bytes"
     # A NaN weight answers NaN scores (and a gate judging against it fails every candidate): refused like a
     # truncated file. A sum carries any NaN or inf (a finite sum proves all finite; one that overflowed is
     # checked element-wise): one read of the weights, a sixth of the time of isfinite().all().
@@ -76,13 +81,15 @@ def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
             yield f"{name} is not a list of strings"
         elif len(set(ids)) != len(ids):
             yield f"{name} holds duplicates"
+    bad = {}
     for name in ("seen_indptr", "seen_indices", "item_popularity"):
-        yield _tensor_error(name, raw[name], (torch.int64,), ndim=1)
-    if isinstance(raw["seen_indptr"], torch.Tensor) and raw["seen_indptr"].ndim == 1:
+        bad[name] = _tensor_error(name, raw[name], (torch.int64,), ndim=1)
+        yield bad[name]
+    if bad["seen_indptr"] is None:  # its values are read only once the tensor itself is sound
         indptr = raw["seen_indptr"].numpy()
         if len(indptr) == 0 or indptr[0] != 0 or (np.diff(indptr) < 0).any():
             yield "seen_indptr does not start at 0 and never decrease (CSR row pointers)"
-    if isinstance(raw["item_popularity"], torch.Tensor) and (raw["item_popularity"] < 0).any():
+    if bad["item_popularity"] is None and (raw["item_popularity"] < 0).any():
         yield "item_popularity has negative counts"
     scale = raw["rating_scale"]
     if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(map(_is_number, scale))
@@ -174,8 +181,9 @@ def _weight_shape_error(ckpt: Checkpoint) -> str | None:
     got = {name: tuple(t.shape) for name, t in ckpt.state_dict.items()}
     if got != expected:
         wrong = sorted(n for n in expected.keys() | got.keys() if expected.get(n) != got.get(n))
-        detail = ", ".join(f"{n}: {got.get(n)} (expected {expected.get(n)})" for n in wrong)
-        return f"weights do not fit a {ckpt.kind} model: {detail}"
+        detail = ", ".join(f"{n}: {got.get(n)} (expected {expected.get(n)})" for n in wrong[:5])
+        more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""  # a reason, not megabytes in every 503
+        return f"weights do not fit a {ckpt.kind} model: {detail}{more}"
     return None
 
 

@@ -53,6 +53,12 @@ RANK_HEAD_DEFAULTS = {
     "softmax": {"rank_reg": 5.0, "rank_epochs": 100},
     "ials": {"rank_reg": 50.0, "rank_epochs": 12, "fold_in_reg": 5.0},
 }
+# Network sizes: far above any useful setting here, and low enough that checking a checkpoint's weights against
+# its config (a network built at these sizes, model.checkpoint_checks) stays within a few hundred MB.
+MAX_WIDTH = 4096  # dim, member_dim, rank_dim, hidden, each neumf layer
+MAX_LEN = 1000  # a sequence model's window
+MAX_BLOCKS = 16  # sasrec's blocks and heads
+MAX_BLOCK_CELLS = 16 * 512 * 512  # sasrec's blocks x dim^2: 16 blocks of 512, 4 of 1024
 VAL_FRACTION = 0.05  # rows held out for early stopping, where the kind's defaults do not say otherwise
 ENGINES = ("auto", "gd", "als")
 DEVICES = ("cpu", "cuda", "auto")
@@ -64,13 +70,16 @@ def _opt(
     *,
     choices: str | None = None,
     minimum: float | None = None,
+    maximum: float | None = None,
     above: float | None = None,
     below: float | None = None,
     parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """A dataclass field with what its flag needs: help, the name of its choices (see :func:`choices`) and bounds
-    (``minimum`` inclusive, ``above``/``below`` exclusive), checked by :func:`validate`."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "above": above, "below": below, "parse": parse}
+    (``minimum``/``maximum`` inclusive, ``above``/``below`` exclusive), checked by :func:`validate` (and the sizes'
+    maximum by a checkpoint's load, ``model.checkpoint_checks``)."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "above": above, "below": below,
+            "parse": parse}  # fmt: skip
     return field(default=default, metadata=meta)
 
 
@@ -98,8 +107,9 @@ class TrainConfig:
         f"alternating least squares), auto: als from {ALS_MIN_ROWS:,} rows",
         choices="engine",
     )
-    dim: int | None = _opt(None, "embedding size (mf+mse: members * member_dim)", minimum=1)
-    member_dim: int = _opt(16, "mf+mse: factors per ensemble member; dim a multiple of it, else one", minimum=1)
+    dim: int | None = _opt(None, "embedding size (mf+mse: members * member_dim)", minimum=1, maximum=MAX_WIDTH)
+    member_dim: int = _opt(16, "mf+mse: factors per ensemble member; dim a multiple of it, else one", minimum=1,
+                           maximum=MAX_WIDTH)  # fmt: skip
     layers: str = _opt("64,32,16", "neumf: MLP tower widths; the first is the concatenated user+item embedding")
     activation: str = _opt("relu", "neumf: tower activation", choices="activation")
     epochs: int | None = _opt(None, "maximum epochs", minimum=1)
@@ -120,7 +130,7 @@ class TrainConfig:
     patience: int | None = _opt(None, "epochs without validation improvement before stopping", minimum=1)
     refit: bool = _opt(True, "after early stopping, retrain on every row for the best number of epochs")
     device: str = _opt("cpu", "cpu, cuda or auto (cuda when available)", choices="device")
-    rank_dim: int = _opt(64, "ranking head of an mf+mse model: embedding size", minimum=1)
+    rank_dim: int = _opt(64, "ranking head of an mf+mse model: embedding size", minimum=1, maximum=MAX_WIDTH)
     rank_reg: float | None = _opt(None, "ranking head: L2", minimum=0)
     rank_lr: float = _opt(0.006, "ranking head: Adam learning rate", above=0)
     rank_epochs: int | None = _opt(None, "ranking head: maximum epochs (ials: sweeps)", minimum=1)
@@ -128,15 +138,15 @@ class TrainConfig:
                                      "/recommend folds a history in", minimum=0)  # fmt: skip
     alpha: float = _opt(5.0, "ials: weight of an observed cell over an unobserved one, minus 1", above=0)
     cg_steps: int = _opt(0, "ials: conjugate-gradient steps per row and sweep; 0: exact solve (Cholesky)", minimum=0)
-    hidden: int | None = _opt(None, "vae, dae: the encoder's hidden width", minimum=1)
+    hidden: int | None = _opt(None, "vae, dae: the encoder's hidden width", minimum=1, maximum=MAX_WIDTH)
     anneal_cap: float = _opt(0.2, "vae with --kl-per-item 0 (Mult-VAE): the KL weight's cap, reached linearly over "
                              "the first half of the epochs", minimum=0)  # fmt: skip
     kl_per_item: float = _opt(0.005, "vae: each user's KL weight per item of their history (RecVAE's beta(x) = "
                               "gamma |x|); 0: Mult-VAE's annealed weight (--anneal-cap)", minimum=0)  # fmt: skip
     max_len: int | None = _opt(None, "sequence models: L, the items of a user's recent past the model reads "
-                                "(and the checkpoint keeps per user)", minimum=1)  # fmt: skip
-    blocks: int = _opt(2, "sasrec: self-attention blocks", minimum=1)
-    heads: int = _opt(1, "sasrec: attention heads (dim a multiple of it)", minimum=1)
+                                "(and the checkpoint keeps per user)", minimum=1, maximum=MAX_LEN)  # fmt: skip
+    blocks: int = _opt(2, "sasrec: self-attention blocks", minimum=1, maximum=MAX_BLOCKS)
+    heads: int = _opt(1, "sasrec: attention heads (dim a multiple of it)", minimum=1, maximum=MAX_BLOCKS)
     dropout: float | None = _opt(None, "vae, dae: input dropout on the user's item vector; sequence models: "
                                  "dropout", minimum=0, below=1)  # fmt: skip
     threads: int = _opt(0, "torch threads; 0: the cores this process may use for ALS, one for gradient descent",
@@ -239,6 +249,21 @@ def overrides(namespace: Any) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value is not None}
 
 
+def size_error(values: Mapping[str, Any]) -> str | None:
+    """What exceeds the network sizes' bounds in ``values`` (a TrainConfig's fields by name, as the flags give
+    them or a checkpoint stores them), or None. The one home of those bounds: train.py and retrain.py refuse such
+    a run, and a checkpoint's load refuses such a file before building anything of that size."""
+    for f in fields(TrainConfig):
+        value, top = values.get(f.name), f.metadata.get("maximum")
+        if top is not None and isinstance(value, (int, float)) and value > top:
+            return f"{flag_name(f.name)} must be <= {top:g}, got {value}"
+    dim, blocks = values.get("dim"), values.get("blocks")
+    if values.get("model") == "sasrec" and isinstance(dim, int) and isinstance(blocks, int):
+        if blocks * dim * dim > MAX_BLOCK_CELLS:  # each block holds about a dozen dim x dim matrices
+            return f"--blocks {blocks} x --dim {dim}: at most {MAX_BLOCK_CELLS:,} blocks x dim^2 for sasrec"
+    return None
+
+
 def validate(config: TrainConfig, given: Mapping[str, Any] | None = None) -> TrainConfig:
     """Check every field's value and the combinations that make no sense; return ``config`` unchanged.
 
@@ -271,4 +296,7 @@ def validate(config: TrainConfig, given: Mapping[str, Any] | None = None) -> Tra
         raise ValueError(f"--rank-loss needs --model mf (an mse model); {config.model} ranks by itself")
     if config.momentum and config.optimizer == "adagrad":
         raise ValueError("--momentum applies to sgd (and adam's beta1), not adagrad")
+    error = size_error(vars(config))
+    if error:
+        raise ValueError(error)
     return config

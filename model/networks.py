@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from model.autoencoder import AUTOENCODERS, AutoEncoder
+from model.config import MAX_WIDTH
 from model.sequence import SEQUENCE_KINDS, build_sequence_network
 
 
@@ -216,6 +217,8 @@ def parse_layers(spec: str) -> tuple[int, ...]:
         raise ValueError(f"layers must be comma-separated integers, got {spec!r}") from None
     if len(layers) < 2 or min(layers) < 2:
         raise ValueError(f"layers needs at least two widths >= 2, got {spec!r}")
+    if max(layers) > MAX_WIDTH:
+        raise ValueError(f"layers must be at most {MAX_WIDTH} wide, got {spec!r}")
     return layers
 
 

@@ -184,11 +184,47 @@ WRONG_FIELDS = {
     "unknown_kind": ({"kind": "svd"}, "kind 'svd' is not one of"),
     "metrics_as_text": ({"metrics": "good"}, "metrics is not a dict of numbers"),
     # It loaded: its NaN scores were served, and the retrain gate took its NaN figures for the best.
+    # Found by a security review: each cost minutes of CPU or gigabytes before (or instead of) a refusal.
+    "popularity_repeating_one_element": (
+        {"item_popularity": lambda t: torch.zeros(1, dtype=torch.int64).expand(10**12)},
+        "declares 1,000,000,000,000 elements over 8 stored bytes",
+    ),
+    "dim_past_the_bound": ({"config.dim": 20000}, "config: --dim must be <= 4096, got 20000"),
+    "sasrec_blocks_past_the_bound": ({"config.blocks": 100000}, "config: --blocks must be <= 16"),
     "nan_weight": (
         {"state_dict": lambda sd: {k: v.index_fill(0, torch.tensor([0]), float("nan")) for k, v in sd.items()}},
         "holds NaN or infinite values",
     ),  # fmt: skip
 }
+
+
+def test_a_compressed_member_is_refused_before_unpickling(small_ckpt_path, tmp_path):
+    """A 2.87 MB file whose deflated pickle held a 1 GB string loaded (3 GB of memory per worker, for good)."""
+    target = tmp_path / "packed.ckpt"
+    with zipfile.ZipFile(small_ckpt_path) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            packing = zipfile.ZIP_DEFLATED if info.filename.endswith("data.pkl") else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info), compress_type=packing)
+    with pytest.raises(CheckpointError, match=r"refused: compressed members \(.*data\.pkl\)"):
+        checkpoint.load(target)
+
+
+def test_flags_past_the_network_bounds_are_refused():
+    from model.config import size_error
+
+    assert validate_config(dim=4096) is None and "--dim must be <= 4096" in validate_config(dim=4097)
+    assert "--layers" not in (size_error({"model": "sasrec", "dim": 512, "blocks": 16}) or "")
+    assert "blocks x dim^2" in size_error({"model": "sasrec", "dim": 1024, "blocks": 16})
+
+
+def validate_config(**fields) -> str | None:
+    from model.config import TrainConfig, validate
+
+    try:
+        validate(TrainConfig(**fields))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def test_finite_weights_whose_sum_overflows_are_not_taken_for_infinite():
