@@ -24,6 +24,7 @@ from service.topn import TopNConfig
 
 access_log = logging.getLogger("recsys.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))  # the metrics' method label
 
 
 def _json_lines(logger: logging.Logger) -> None:
@@ -99,7 +100,8 @@ def _register_telemetry(app: Flask) -> None:
     def _finish(response):
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.REQUESTS.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else "other"  # a client's token: unbounded series
+        metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=str(response.status_code)).inc()
         metrics.LATENCY.labels(endpoint=endpoint).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         if app.config["ACCESS_LOG"]:

@@ -151,6 +151,9 @@ def prepare_metrics_dir(value: str | None) -> None:
         raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value!r}: is a symlink or not a directory; give a real directory")
     if info.st_uid != os.getuid():
         raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value!r}: belongs to another user (uid {info.st_uid})")
+    if info.st_mode & 0o022:  # another user could plant files there (a junk .db broke /metrics) or links
+        mode = oct(stat.S_IMODE(info.st_mode))
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value!r}: writable by other users ({mode}); chmod go-w it")
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={value!r}: not writable")
     lock = _open_lock(path)

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -85,6 +86,17 @@ def test_an_id_too_long_or_empty_is_named_in_characters(server):
     assert err["error"]["details"] == [{"field": "user_id", "reason": "should have at most 256 characters, not 257"}]
     _, _, err = send(server, "POST", "/predict", {"user_id": "", "item_id": "i1"})
     assert err["error"]["details"] == [{"field": "user_id", "reason": "must not be empty"}]
+
+
+def test_made_up_methods_do_not_grow_the_metrics(server):
+    """Each unknown method token was a new ``method`` label: one client grew /metrics by 2,000 series in 1.4 s."""
+    for n in range(20):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(f"M{n:05d}XYZ /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            assert b" 405 " in b"".join(iter(lambda: sock.recv(65536), b"")).split(b"\r\n")[0] + b" "
+    with urllib.request.urlopen(server.base + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    assert "XYZ" not in text and 'method="other"' in text
 
 
 def test_non_ascii_ids_are_ordinary_ids(server):

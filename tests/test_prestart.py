@@ -153,6 +153,17 @@ def test_uwsgi_starts_one_worker_per_cpu_it_may_use(start_uwsgi, small_ckpt_path
     assert everywhere.log().count("spawned uWSGI worker") == prestart.available_cpus()
 
 
+def test_a_metrics_directory_others_can_write_is_refused(tmp_path):
+    """Mode 777 was accepted: another user could drop a junk .db there, and /metrics then failed on every scrape."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"writable by other users \(0o777\); chmod go-w"):
+        prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    shared.chmod(0o755)
+    prestart.check({**BASE, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+
+
 def test_a_directory_a_running_instance_holds_is_refused_and_kept(tmp_path):
     """A second instance given the first one's metrics directory deleted its live metric files."""
     metrics = tmp_path / "metrics"
