@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import checkpoint
+from model.files import atomic_write
 
 VERSIONS, CURRENT, REPORTS, LOCK, SERVED = "versions", "current", "reports", ".lock", "served"
 SUFFIX = ".ckpt"
@@ -103,8 +104,8 @@ class ModelStore:
         """Every stored version, oldest first (by the time it was added)."""
         found = []
         for entry in self.versions_dir.glob(f"*{SUFFIX}") if self.versions_dir.is_dir() else []:
-            if entry.name.startswith("."):  # temporary files of a save in progress (or of a killed one)
-                continue
+            if entry.name.startswith(".") or not _VERSION.match(entry.name[: -len(SUFFIX)]):  # a save's temporary
+                continue  # file (in progress, or of a killed one), or a file dropped there by hand: not a version
             try:
                 found.append(Version(entry.name[: -len(SUFFIX)], entry, entry.stat().st_mtime_ns))
             except FileNotFoundError:  # pruned meanwhile
@@ -189,15 +190,7 @@ class ModelStore:
         path = self.path_of(ckpt.model_version)
         if path.exists():
             raise StoreError(f"version {ckpt.model_version} is already in the store")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.versions_dir)
+        atomic_write(path, lambda tmp: shutil.copyfile(source, tmp), sync_dir=True)
         return ckpt.model_version
 
     def set_current(self, version: str) -> None:
@@ -225,10 +218,8 @@ class ModelStore:
             return None
 
     def _write_served(self, stack: list[str]) -> None:
-        tmp = self.root / f".{SERVED}.{os.getpid()}.tmp"
-        tmp.write_text("".join(f"{name}\n" for name in stack))
-        os.replace(tmp, self.root / SERVED)
-        _fsync_dir(self.root)
+        text = "".join(f"{name}\n" for name in stack)
+        atomic_write(self.root / SERVED, lambda tmp: Path(tmp).write_text(text), sync_dir=True)
 
     def check_replaceable(self) -> None:
         """Raises StoreError when ``current`` is a directory: a rename cannot replace it, and it is not ours to
@@ -336,7 +327,7 @@ class StoreLock:
 
     def __enter__(self) -> StoreLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a planted link: refused, not written
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

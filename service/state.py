@@ -175,11 +175,14 @@ class ModelHolder:
             current = store.current()
         except StoreError:  # a pointer outside the store: no order to fall back in
             return failed
-        for name in store.served_before(current):
-            state = load_state(store.path_of(name), self.ann, self.topn)
-            if state.index is not None:
-                log.warning("current version of %s does not load; serving %s, served before it", self.path, name)
-                return state
+        try:
+            for name in store.served_before(current):
+                state = load_state(store.path_of(name), self.ann, self.topn)
+                if state.index is not None:
+                    log.warning("current version of %s does not load; serving %s, served before it", self.path, name)
+                    return state
+        except (StoreError, OSError) as exc:  # whatever the store holds, a refused fallback, never a crash
+            log.warning("no fallback in %s: %s", self.path, exc)
         return failed
 
     def check(self) -> bool:

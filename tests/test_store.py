@@ -250,3 +250,31 @@ def test_a_store_from_before_the_served_list_rolls_back_in_the_order_versions_we
     store.add(versions[3])
     store.set_current(names[3])
     assert store.rollback() == (names[3], names[2]) and store.rollback() == (names[2], names[1])
+
+
+def test_a_file_dropped_in_versions_by_hand_is_no_version_and_no_crash(tmp_path, versions):
+    """``versions/a b.ckpt`` (a name no version has) made the service's fallback raise StoreError: no worker
+    could start, where a bad ``current`` should fall back to the version before it."""
+    store = ModelStore(tmp_path / "store").init()
+    good = versions[0].model_version
+    store.add(versions[0])
+    store.set_current(good)
+    (store.versions_dir / "a b.ckpt").write_bytes(store.path_of(good).read_bytes())
+    bad = store.versions_dir / "mf-bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    (store.root / "served").unlink()
+    store._point(bad)
+    assert [v.name for v in store.versions()] == [good, "mf-bad"]
+    holder = ModelHolder(store.root)
+    assert holder.state.index is not None and holder.state.index.model_version == good
+
+
+def test_the_store_lock_does_not_follow_a_planted_link(tmp_path):
+    """``.lock -> victim``: taking the lock truncated the victim and wrote a pid into it."""
+    store = ModelStore(tmp_path / "store").init()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (store.root / ".lock").symlink_to(victim)
+    with pytest.raises(OSError), store.lock():
+        pass
+    assert victim.read_text() == "keep me"
