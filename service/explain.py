@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.topk import top_k_rows
+
 EXPLAIN_TOP = 5  # contributing history items reported per recommended item
+EXPLAINED_ITEMS = 100  # recommended items explained per answer (the first ones): bounds a request's cost
 
 
 class ExplainUnsupported(ValueError):
@@ -59,9 +62,9 @@ def top_contributors(contrib: np.ndarray, top: int = EXPLAIN_TOP) -> list[list[t
     contribution / the row's sum of absolute contributions: its sign says which way it moved the score (the
     row's plain sum may be negative or near 0 where it is a sum of similarities, which flipped or blew up the
     shares), and the absolute shares over the whole history sum to 1 (all 0 when every contribution is 0)."""
-    out = []
-    for row in contrib:
-        total = float(np.abs(row).sum())
-        order = np.argsort(-row, kind="stable")[:top]
-        out.append([(int(h), float(row[h]) / total if total else 0.0) for h in order])
-    return out
+    totals = np.abs(contrib).sum(axis=1)
+    best = top_k_rows(contrib, top)  # best first, ties to the lower column
+    return [
+        [(int(h), float(row[h]) / total if total else 0.0) for h in order if h >= 0]
+        for row, total, order in zip(contrib, totals.tolist(), best)
+    ]
