@@ -183,8 +183,8 @@ _DEFAULT_SOURCES = (
     ("mf on ratings", {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION, **RATING_DEFAULTS}),
     ("mf on ratings with --engine als", {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION,
                                          **ALS_RATING_DEFAULTS}),
-    *((kind.replace("mf", "mf --loss softmax") if kind == "mf" else "mf on implicit data (ials)" if kind == "ials"
-       else kind, {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION, **table})
+    *(({"mf": "mf --loss softmax", "ials": "mf on implicit data (ials)"}.get(kind, kind),
+       {"patience": DEFAULT_PATIENCE, "val_fraction": VAL_FRACTION, **table})
       for kind, table in RANKING_DEFAULTS.items()),
     ("the ials ranking head", RANK_HEAD_DEFAULTS["ials"]),
     ("the softmax ranking head", RANK_HEAD_DEFAULTS["softmax"]),
