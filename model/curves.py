@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from model.files import atomic_write
+
 
 def save_curves(history: list[dict[str, float]], path: Path, title: str = "") -> Path:
     """One panel per metric (train loss/RMSE, validation RMSE/nDCG; ``rank_*`` = the ranking head) vs epoch.
@@ -34,6 +36,6 @@ def save_curves(history: list[dict[str, float]], path: Path, title: str = "") ->
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))  # never a half-written file
     plt.close(fig)
     return path

@@ -6,13 +6,13 @@ It is the built-in default data set (``scripts/train.py`` without ``--data``) an
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model.files import atomic_write
 from model.keys import sorted_unique
 from model.raw import RawRatings, sorted_vocab
 
@@ -264,18 +264,16 @@ def write_ratings(data: ScaledRatings, path: str | Path) -> Path:
             "timestamp": pa.array(data.timestamps),
         }
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: str) -> None:
         if path.suffix.lower() == ".parquet":
             pq.write_table(table, tmp)
         else:
             with open(tmp, "wb") as f:
                 f.write(b"userId,movieId,rating,timestamp\n")  # pyarrow would quote the names
                 pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
-    return path
+
+    return atomic_write(path, write)  # a failed write (disk full) leaves nothing behind
 
 
 def as_raw(data: ScaledRatings, source: str = "movielens_like") -> RawRatings:

@@ -32,7 +32,6 @@ Exit codes: 0 written; 1 writing failed (disk full...: ``--out`` untouched); 2 b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cli, for importers 
 from _cli import output_problem  # noqa: E402
 
 from model.checkpoint import CheckpointError  # noqa: E402
+from model.files import atomic_write  # noqa: E402
 from service.attributes import BadFilterValue, UnknownAttribute  # noqa: E402
 from service.config import ConfigError  # noqa: E402
 from service.recommender import BATCH_COLUMNS, Recommender  # noqa: E402
@@ -128,21 +128,20 @@ def load(args: argparse.Namespace) -> Recommender:
 def write(rec: Recommender, users: list[str], args: argparse.Namespace, options: dict) -> int:
     """Stream the users' answers in blocks to a temporary file, then rename it to ``--out``. Returns rows."""
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     fmt = FORMATS[out.suffix.lower()]
-    rows = 0
-    try:
+    rows = [0]
+
+    def stream(tmp: str) -> None:
         writer = pq.ParquetWriter(tmp, SCHEMA) if fmt == "parquet" else pacsv.CSVWriter(tmp, SCHEMA)
         with writer, tqdm(total=len(users), desc="writing", unit=" users", disable=args.quiet, file=sys.stderr) as bar:
             for columns in rec.recommend_blocks(users, args.k, block=args.block, **options):
                 table = pa.table({name: columns[name] for name in BATCH_COLUMNS}, schema=SCHEMA)
                 writer.write_table(table)
-                rows += table.num_rows
+                rows[0] += table.num_rows
                 bar.update(min(args.block, len(users) - bar.n))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return rows
+
+    atomic_write(out, stream)  # a mkstemp name beside --out, not a guessable one a planted link could catch
+    return rows[0]
 
 
 def main(argv: list[str] | None = None, options: dict | None = None) -> int:

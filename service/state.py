@@ -147,7 +147,7 @@ class ModelHolder:
         self.on_change = on_change or (lambda state, ok: None)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._signature = _signature(self.path)
-        self.state = load_state(self._source(self._signature), self.ann, self.topn)
+        self.state = self._load(self._signature)
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
             self.state = self._store_fallback(self.state)
@@ -159,6 +159,16 @@ class ModelHolder:
     def _source(self, sig: tuple | None) -> Path:
         """Load the very file the signature was taken of (a store's pointer may move meanwhile)."""
         return Path(sig[0]) if sig is not None else checkpoint_target(self.path)
+
+    def _load(self, sig: tuple | None) -> ModelState:
+        """The state of the file behind ``sig``; for a model store, only a file in its ``versions/``: a
+        ``current`` aimed elsewhere by hand was served although the store's own tools refuse it."""
+        source = self._source(sig)
+        if self.path.is_dir() and sig is not None:
+            versions = ModelStore(self.path).versions_dir.resolve()
+            if source.parent != versions:
+                return ModelState(error=f"{self.path / CURRENT} points outside the store's versions/ ({source})")
+        return load_state(source, self.ann, self.topn)
 
     def _store_fallback(self, failed: ModelState) -> ModelState:
         """With no model at all and a store whose ``current`` does not load: the first version that does among
@@ -192,7 +202,7 @@ class ModelHolder:
             if sig is None or sig == self._signature:
                 return False
             self._signature = sig
-            new = load_state(self._source(sig), self.ann, self.topn)
+            new = self._load(sig)
             if new.error:
                 # Keep serving what we have; a later change of the file is tried again.
                 log.error("reload refused, still serving %s: %s", self.version, new.error)

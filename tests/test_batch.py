@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -64,9 +65,13 @@ def test_listed_users_in_file_order_once_and_unknown_users_refused(small_ckpt_pa
     with_unknown = write_lines(tmp_path / "unknown.txt", [users[0], "nobody", users[1]])
     assert recommend_batch.main([*args, "--users", str(with_unknown)]) == 2
     assert f"{with_unknown}:2: unknown user 'nobody'" in capsys.readouterr().err
-    assert not out.exists() and not list(tmp_path.glob(".some.parquet.tmp-*"))  # nothing written
+    assert not out.exists() and not list(tmp_path.glob(".some.parquet*"))  # nothing written, no temporary left
 
+    # The temporary was named .OUT.tmp-<pid>: a link planted there was written through (a shared /tmp).
+    victim = write_lines(tmp_path / "victim.txt", ["keep me"])
+    (tmp_path / f".some.parquet.tmp-{os.getpid()}").symlink_to(victim)
     assert recommend_batch.main([*args, "--users", str(with_unknown), "--skip-unknown"]) == 0
+    assert victim.read_text() == "keep me\n"
     assert "skipped 1 unknown users" in capsys.readouterr().err
     assert sorted({r["user_id"] for r in pq.read_table(out).to_pylist()}) == sorted(users[:2])
 

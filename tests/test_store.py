@@ -278,3 +278,17 @@ def test_the_store_lock_does_not_follow_a_planted_link(tmp_path):
     with pytest.raises(OSError), store.lock():
         pass
     assert victim.read_text() == "keep me"
+
+
+def test_a_current_aimed_outside_the_store_is_not_served(tmp_path, versions):
+    """The store's own tools refuse a ``current`` that points outside ``versions/``; the service served it."""
+    store = ModelStore(tmp_path / "store").init()
+    store.add(versions[0])
+    store.set_current(versions[0].model_version)
+    holder = ModelHolder(store.root)
+    assert holder.version == versions[0].model_version
+    outside = checkpoint.save(versions[1], tmp_path / "elsewhere" / "model.ckpt")
+    store._point(outside)
+    assert not holder.check() and holder.version == versions[0].model_version  # the reload refused, kept
+    fresh = ModelHolder(store.root)  # a worker starting now
+    assert fresh.state.index is None and "points outside the store's versions/" in fresh.state.error
