@@ -204,8 +204,8 @@ def kind_defaults_text(name: str) -> str:
             by_value.setdefault(table[name], []).append(who)
     if not by_value:
         return _OTHER_DEFAULTS.get(name, "set by the kind")
-    return "; ".join(f"{value:g} for {', '.join(who)}" if isinstance(value, float) else f"{value} for {', '.join(who)}"
-                     for value, who in by_value.items())  # fmt: skip
+    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731 - 5.0 as 5
+    return "; ".join(f"{shown(value)} for {', '.join(who)}" for value, who in by_value.items())
 
 
 def flag_name(name: str) -> str:
