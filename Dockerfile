@@ -9,13 +9,18 @@ COPY pyproject.toml Makefile README.md uwsgi.ini ./
 COPY model/ model/
 COPY service/ service/
 COPY scripts/ scripts/
-# EXTRAS= : production install, no test tools. uwsgi compiles here (needs gcc), hence two stages.
-RUN make install EXTRAS= TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# EXTRAS= : production install, no test tools. uwsgi compiles here (needs gcc), hence two stages. The
+# bytecode is compiled here too: the runtime user cannot write __pycache__ into the code.
+RUN make install EXTRAS= TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" \
+ && .venv/bin/python -m compileall -q model service scripts
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 recsys
 WORKDIR /app
-COPY --from=build --chown=recsys:recsys /app /app
+# The code and the venv stay root's: the service's user can read and run them, not rewrite them. It owns
+# artifacts/ alone (the default model below, the ANN index and top-N lists the service writes beside it).
+COPY --from=build /app /app
+RUN install -d -o recsys -g recsys /app/artifacts
 USER recsys
 # Inside a container the service must listen beyond loopback; outside Docker it defaults to 127.0.0.1.
 ENV PATH=/app/.venv/bin:$PATH \

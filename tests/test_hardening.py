@@ -185,3 +185,7 @@ def test_docker_image_runs_as_a_non_root_user():
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
     users = re.findall(r"^USER\s+(\S+)", final_stage, flags=re.M)
     assert users and users[-1] not in {"root", "0"}
+    # The code and the venv stay root's: the runtime user owns artifacts/ alone (no --chown on the copy of /app).
+    copies = re.findall(r"^COPY\s.*$", final_stage, flags=re.M)
+    assert copies and not any("--chown" in line for line in copies), copies
+    assert re.search(r"^RUN install -d -o recsys -g recsys /app/artifacts$", final_stage, flags=re.M)
