@@ -5,6 +5,9 @@ one, never a torn one, and a failed write leaves no temporary behind.
 The file gets the permissions any new file gets, ``0o666`` less the umask, as ``open()`` would give it:
 ``mkstemp``'s owner-only ``0o600`` made a checkpoint trained by one user (a cron retrain, a host outside a
 container) unreadable to a service running as another. A umask of ``077`` keeps files owner-only.
+
+:func:`output_problem` is what the command-line tools check of an output path before any work (a run of minutes
+must not end in a traceback, nor overwrite its own input).
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# What atomic_write adds to a name for its temporary file beside it: "." + name + "." + mkstemp's 8 random
+# characters + ".tmp" is 14 bytes; the rest is room for a caller's own suffix (an ANN cache's).
+TEMP_NAME_EXTRA = 24
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None], sync_dir: bool = False) -> Path:
@@ -52,3 +59,33 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def output_problem(out: str, *inputs: str | None) -> str | None:
+    """Why the file ``out`` cannot be written, or None: an empty name, a directory, a path under a file, a
+    directory this process cannot write in, a name with no room for :func:`atomic_write`'s temporary name beside it,
+    or the same file as one of ``inputs`` (which writing would replace: a checkpoint written over its ratings)."""
+    if not out:
+        return "an empty file name"
+    path = Path(out)
+    try:
+        if path.is_dir():
+            return f"{out} is a directory"
+        for parent in path.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{parent} is not a directory"
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    return f"cannot write in {parent}"
+                limit = os.pathconf(parent, "PC_NAME_MAX")
+                break
+        else:
+            limit = 255
+        if len(os.fsencode(path.name)) + TEMP_NAME_EXTRA > limit:  # the temporary name beside it must fit too
+            return f"a file name longer than {limit - TEMP_NAME_EXTRA} bytes"
+        for source in inputs:
+            if source and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+                return f"{out} is also an input ({source}): writing it would replace it"
+    except OSError as exc:
+        return f"cannot check {out}: {exc.strerror or exc}"
+    return None

@@ -10,7 +10,7 @@ The rule, in the order a run applies it:
    ``--force``: the store is never silently treated as empty.
 2. **Holdout.** Pairs that no reference has trained on (nothing in its seen items) are the only fair
    judges. A ``fraction`` of all rows is held out from them, chosen by a seeded hash of each (user,
-   item) pair (:func:`split_holdout`), so repeated rows of a pair fall on one side. The seed follows the
+   item) pair (:func:`holdout_mask`), so repeated rows of a pair fall on one side. The seed follows the
    data snapshot (:func:`holdout_seed`): every new snapshot re-draws it, and a run is reproducible.
 3. **Candidate.** Trained on the other rows, then measured with every reference on the held-out pairs as
    the service answers them: RMSE of ``/predict`` when the model predicts ratings, and always nDCG@10 of
@@ -118,14 +118,7 @@ def split_holdout(
 ) -> tuple[RawRatings, RawRatings]:
     """(training rows, held-out rows) of ``raw`` by :func:`holdout_mask`; row order is kept in both."""
     held = holdout_mask(raw, fraction, seed, eligible)
-    return subset_rows(raw, ~held), subset_rows(raw, held)
-
-
-def subset_rows(raw: RawRatings, mask: np.ndarray) -> RawRatings:
-    return RawRatings(
-        raw.user_ids[mask], raw.item_ids[mask], raw.ratings[mask], raw.timestamps[mask],
-        raw.fingerprint, raw.source, raw.implicit,
-    )  # fmt: skip
+    return raw.subset(~held), raw.subset(held)
 
 
 @dataclass

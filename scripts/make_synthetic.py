@@ -20,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cli, for importers such as the tests
-
-from _cli import output_problem  # noqa: E402
-
-from model.synthetic import MovieLensShape, movielens_like, write_ratings  # noqa: E402
+from model.files import output_problem
+from model.synthetic import MovieLensShape, movielens_like, write_ratings
 
 SUFFIXES = (".csv", ".parquet")  # any case, as write_ratings reads it
 
@@ -52,7 +49,7 @@ def shape_problem(shape: MovieLensShape) -> str | None:
 
 def out_problem(out: Path) -> str | None:
     """Why ``--out`` cannot be written, or None: a name of another format (``.csv.gz``, ``.txt``), a directory,
-    a path under a file (``_cli.output_problem``)."""
+    a path under a file (``model.files.output_problem``)."""
     if out.suffix.lower() not in SUFFIXES:
         return f"--out {out}: expected a name ending in .csv or .parquet (any case)"
     problem = output_problem(str(out))

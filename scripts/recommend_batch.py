@@ -41,16 +41,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cli, for importers such as the tests
-
-from _cli import output_problem  # noqa: E402
-
-from model.checkpoint import CheckpointError  # noqa: E402
-from model.files import atomic_write  # noqa: E402
-from service.attributes import BadFilterValue, UnknownAttribute  # noqa: E402
-from service.config import ConfigError  # noqa: E402
-from service.recommender import BATCH_COLUMNS, Recommender  # noqa: E402
-from service.schemas import MAX_K, parse_filters  # noqa: E402
+from model.checkpoint import CheckpointError
+from model.files import atomic_write, output_problem
+from service.attributes import BadFilterValue, UnknownAttribute
+from service.config import ConfigError
+from service.recommender import BATCH_COLUMNS, Recommender
+from service.schemas import MAX_K, parse_filters
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float64())])
 FORMATS = {".parquet": "parquet", ".csv": "csv"}

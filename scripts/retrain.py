@@ -33,6 +33,7 @@ import numpy as np
 from model import checkpoint
 from model.config import TrainConfig, config_flags, overrides, validate
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
+from model.files import output_problem
 from model.interactions import Dataset, Interactions, build_dataset
 from model.item_files import read_items
 from model.metrics import hit_matrix, per_user_metrics, top_k_items
@@ -45,7 +46,6 @@ from model.retrain import (
     file_fingerprint,
     holdout_mask,
     holdout_seed,
-    subset_rows,
     write_report,
 )  # fmt: skip
 from model.sequence import SEQUENCE_KINDS
@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--holdout must be in (0, 1), --keep >= 2")
     if not 0 <= args.max_drop <= 1 or args.min_judged < 1:
         p.error("--max-drop must be in [0, 1], --min-judged >= 1")
+    problem = args.report is not None and output_problem(args.report, args.data)
+    if problem:  # before the run: the report is written last, over whatever the path names (the data file too)
+        p.error(f"--report: {problem}")
     return args
 
 
@@ -217,7 +220,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
         held = newest_rows(inter, fresh) if sequence else holdout_mask(raw, args.holdout, seed, fresh)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    train_raw = subset_rows(raw, ~held)
+    train_raw = raw.subset(~held)
     dataset = build_dataset(train_raw)
     report["holdout"] = {"fraction": None if sequence else args.holdout, "seed": seed,
                          "by": "each user's newest row" if sequence else "random pairs",

@@ -15,18 +15,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _cli, for importers such as the tests
-
-from _cli import output_problem  # noqa: E402
-
-from model import checkpoint, distributed  # noqa: E402
-from model.config import TrainConfig, config_flags, overrides, validate  # noqa: E402
-from model.curves import save_curves  # noqa: E402
-from model.data import FORMAT_CHOICES, DataFormatError, load_ratings  # noqa: E402
-from model.interactions import build_dataset  # noqa: E402
-from model.item_files import read_items  # noqa: E402
-from model.synthetic import planted_ratings  # noqa: E402
-from model.train import TrainingDiverged, fit, resolve, resolve_device  # noqa: E402
+from model import checkpoint, distributed
+from model.config import TrainConfig, config_flags, overrides, validate
+from model.curves import save_curves
+from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
+from model.files import output_problem
+from model.interactions import build_dataset
+from model.item_files import read_items
+from model.synthetic import planted_ratings
+from model.train import TrainingDiverged, fit, resolve, resolve_device
 
 DEFAULT_OUT = "artifacts/model.ckpt"
 

@@ -329,6 +329,18 @@ def test_malformed_data_names_the_line_and_writes_nothing(kind, tmp_path, capsys
     assert not (tmp_path / "fresh").exists()
 
 
+def test_a_report_path_naming_the_data_or_a_directory_is_refused_before_the_run(tmp_path, data, capsys):
+    """Found by review: ``--report`` named the data file and the JSON report replaced the ratings (any run, a
+    failed one too). Refused at parsing, as train.py refuses ``--out`` over its input; nothing is written."""
+    copy = tmp_path / "ratings.csv"
+    copy.write_bytes(data.read_bytes())
+    for report, reason in ((copy, "is also an input"), (tmp_path, "is a directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            retrain.main(["--data", str(copy), "--store", str(tmp_path / "store"), "--report", str(report), *FAST])
+        assert exit_info.value.code == 2 and f"--report: {report} {reason}" in capsys.readouterr().err
+    assert copy.read_bytes() == data.read_bytes() and not (tmp_path / "store").exists()
+
+
 def test_malformed_data_exit_code_from_the_command_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"u1,i1,5\nu2,i2,4\nu3,i3,great\n")
