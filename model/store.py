@@ -126,13 +126,15 @@ class ModelStore:
             if exc.errno == errno.EINVAL:
                 raise StoreError(f"{self.current_link} is not a symlink") from None
             raise
-        # Only a version of this store counts: a pointer elsewhere (hand-made, or a store copied without
-        # its versions) would name a version the store does not hold, or the wrong file.
-        where = (self.root / target).parent
-        name = Path(target).name
-        if where.resolve() != self.versions_dir.resolve() or not name.endswith(SUFFIX):
+        if not self.holds(self.root / target):
             raise StoreError(f"{self.current_link} points outside {self.versions_dir}: {target}")
-        return name[: -len(SUFFIX)]
+        return Path(target).name[: -len(SUFFIX)]
+
+    def holds(self, file: Path) -> bool:
+        """Whether ``file`` is a version file of this store (in ``versions/``), the only files ``current`` may
+        point at: a pointer elsewhere (hand-made, or a store copied without its versions) would name a version
+        the store does not hold, or the wrong file. The service and the offline tools apply this one rule."""
+        return file.parent.resolve() == self.versions_dir.resolve() and file.name.endswith(SUFFIX)
 
     def current_path(self) -> Path | None:
         version = self.current()
@@ -343,3 +345,27 @@ class StoreLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
+
+
+def served_file(path: str | Path) -> Path:
+    """The checkpoint file a worker given ``path`` (``RECSYS_CHECKPOINT``) loads, resolved (a symlink's target):
+    ``path`` itself, or for a model store directory the version its ``current`` points at. The offline tools
+    (``evaluate.py``, ``prebuild_ann.py``, the Python API and ``recommend_batch.py``) read the model the service
+    would serve through it.
+
+    Raises:
+        checkpoint.CheckpointError: nothing there (a store with no current version yet), a ``current`` aimed
+            outside the store's ``versions/`` (:meth:`ModelStore.holds`), or a symlink loop.
+    """
+    path = Path(path)
+    target = path / CURRENT if path.is_dir() else path
+    try:
+        resolved = target.resolve(strict=True)
+    except FileNotFoundError:
+        missing = f"{target}: no such checkpoint file (a store: no current version yet)"
+        raise checkpoint.CheckpointError(missing) from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise checkpoint.CheckpointError(f"{target}: {exc}") from None
+    if path.is_dir() and not ModelStore(path).holds(resolved):
+        raise checkpoint.CheckpointError(f"{target} points outside the store's versions/ ({resolved})")
+    return resolved

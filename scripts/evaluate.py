@@ -49,9 +49,9 @@ from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evalu
 from model.sequence import SEQUENCE_KINDS
 from model.sequence_data import newest_rows, timelines
 from model.splits import fold_in_split
+from model.store import served_file
 from service.index import ServingIndex
 from service.schemas import MAX_K
-from service.state import checkpoint_target
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -188,7 +188,7 @@ def render_text(report: dict, checkpoint_path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        ckpt = checkpoint.load(checkpoint_target(Path(args.checkpoint)))  # a model store: its current version
+        ckpt = checkpoint.load(served_file(args.checkpoint))  # a model store: its current version
         raw = load_ratings(args.test, args.format)
     except (checkpoint.CheckpointError, DataFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,32 +18,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from model import checkpoint as ckpt_io
 from model.checkpoint import CheckpointError
 from model.serving_arrays import ranks_by_dot_product, serving_arrays
+from model.store import served_file
 from service.ann import AnnConfig, import_faiss
 from service.ann_cache import cache_path, lists_path, load_or_build
 from service.config import ConfigError, load_settings
-from service.state import checkpoint_target
 from service.topn import TopNConfig, load_or_build_lists
-
-
-def served_file(path: str | Path) -> Path:
-    """The file a worker given ``path`` loads, and keeps its cache files beside: resolved exactly as
-    ``service.state`` resolves it (a directory's ``current``, a symlink's target).
-
-    Raises:
-        CheckpointError: nothing there (a store with no current version yet), or a symlink loop.
-    """
-    target = checkpoint_target(Path(path))
-    try:
-        return target.resolve(strict=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{target}: no such checkpoint file (a store: no current version yet)") from None
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise CheckpointError(f"{target}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

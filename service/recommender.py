@@ -25,10 +25,11 @@ from typing import Any
 
 from model.checkpoint import CheckpointError
 from model.distributed import SINGLE, threads_per_process
+from model.store import served_file
 from service.ann import AnnConfig
 from service.config import load_settings
 from service.index import Recommendation, ServingIndex
-from service.state import checkpoint_target, load_state
+from service.state import load_state
 from service.topn import TopNConfig
 
 BATCH_COLUMNS = ("user_id", "rank", "item_id", "score")
@@ -67,7 +68,7 @@ class Recommender:
         topn = replace(
             TopNConfig.from_settings(merged), threads=threads or threads_per_process(SINGLE), at_least=lists_at_least
         )
-        state = load_state(checkpoint_target(Path(path)), AnnConfig.from_settings(merged), topn, progress)
+        state = load_state(served_file(path), AnnConfig.from_settings(merged), topn, progress)
         if state.index is None:
             raise CheckpointError(state.error)
         return cls(state.index, state.info)

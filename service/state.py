@@ -47,8 +47,8 @@ class ModelState:
 
 
 def checkpoint_target(path: Path) -> Path:
-    """The file to serve: ``path`` itself, or a model store's ``current`` pointer when ``path`` is a store
-    directory (:mod:`model.store`)."""
+    """What a worker watches: ``path`` itself, or a model store's ``current`` pointer when ``path`` is a store
+    directory (:mod:`model.store`), unresolved (the offline tools read :func:`model.store.served_file`)."""
     return path / CURRENT if path.is_dir() else path
 
 
@@ -164,10 +164,8 @@ class ModelHolder:
         """The state of the file behind ``sig``; for a model store, only a file in its ``versions/``: a
         ``current`` aimed elsewhere by hand was served although the store's own tools refuse it."""
         source = self._source(sig)
-        if self.path.is_dir() and sig is not None:
-            versions = ModelStore(self.path).versions_dir.resolve()
-            if source.parent != versions:
-                return ModelState(error=f"{self.path / CURRENT} points outside the store's versions/ ({source})")
+        if self.path.is_dir() and sig is not None and not ModelStore(self.path).holds(source):
+            return ModelState(error=f"{self.path / CURRENT} points outside the store's versions/ ({source})")
         return load_state(source, self.ann, self.topn)
 
     def _store_fallback(self, failed: ModelState) -> ModelState:

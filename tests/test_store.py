@@ -13,9 +13,10 @@ from model import checkpoint
 from model.data import RawRatings
 from model.evaluate import predict_ratings, rmse
 from model.retrain import split_holdout
-from model.store import STALE_CACHE_S, ModelStore, StoreError, StoreLocked, is_store
+from model.store import STALE_CACHE_S, ModelStore, StoreError, StoreLocked, is_store, served_file
 from model.train import TrainConfig, fit
 from model.warmstart import WarmStartError, warm_start
+from service.recommender import Recommender
 from service.state import ModelHolder
 
 
@@ -292,3 +293,12 @@ def test_a_current_aimed_outside_the_store_is_not_served(tmp_path, versions):
     assert not holder.check() and holder.version == versions[0].model_version  # the reload refused, kept
     fresh = ModelHolder(store.root)  # a worker starting now
     assert fresh.state.index is None and "points outside the store's versions/" in fresh.state.error
+    # The offline readers (the Python API and recommend_batch.py, evaluate.py, prebuild_ann.py) read the served
+    # model through served_file, and refuse it too: they followed the pointer.
+    with pytest.raises(checkpoint.CheckpointError, match="points outside the store's versions/"):
+        served_file(store.root)
+    with pytest.raises(checkpoint.CheckpointError, match="points outside the store's versions/"):
+        Recommender.load(store.root)
+    store._point(store.path_of(versions[0].model_version))
+    assert served_file(store.root) == store.path_of(versions[0].model_version).resolve()
+    assert Recommender.load(store.root).model_version == versions[0].model_version
