@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from model.cpus import available_cpus
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -101,5 +103,6 @@ def stop(cluster: Cluster) -> None:
 
 
 def threads_per_process(cluster: Cluster) -> int:
-    """Torch threads for one process: the cores this process may use, shared among the local ranks."""
-    return max(1, len(os.sched_getaffinity(0)) // cluster.local_world)
+    """Torch threads for one process: the cores this process may use (affinity and cgroup quota), shared among
+    the local ranks."""
+    return max(1, available_cpus() // cluster.local_world)

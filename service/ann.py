@@ -15,13 +15,13 @@ index is wanted); every known user's top-N list is searched from it once (:mod:`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from model.cpus import available_cpus
 from model.topk import order_by_score, top_k
 from service import pruned
 
@@ -90,7 +90,7 @@ class AnnIndex:
         """A new faiss ``IndexHNSWFlat`` (inner product) holding ``vectors`` (I, d+1)."""
         index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
-        faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+        faiss.omp_set_num_threads(threads or available_cpus())
         try:
             index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         finally:

@@ -13,7 +13,6 @@ passes, and falls through the same way when fewer than ``k`` pass.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from model.cpus import available_cpus
 from model.files import atomic_write
 from model.topk import order_by_score, top_k_rows
 from service.ann import AnnConfig, AnnIndex, exact_top, import_faiss
@@ -195,7 +195,7 @@ def build_lists(
     # Users with a very long history would make a block's search ask for n + that many results (memory
     # blocks x k, and slow walks): past LONG_HISTORY they are ranked exactly, one scan each.
     order = order[counts[order] <= LONG_HISTORY]
-    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+    faiss.omp_set_num_threads(threads or available_cpus())
     try:
         for user in np.flatnonzero(counts > LONG_HISTORY):
             seen = seen_indices[seen_indptr[user] : seen_indptr[user + 1]]

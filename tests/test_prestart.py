@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from model import cpus
 from service import prestart
 from service.config import ConfigError
 from tests.conftest import REPO
@@ -128,17 +129,17 @@ def _cgroup(tmp_path, self_lines: list[str], files: dict[str, str]):
 )
 def test_the_cgroup_cpu_quota_is_read_from_v1_and_v2(tmp_path, self_lines, files, quota):
     root, self_cgroup = _cgroup(tmp_path, self_lines, files)
-    assert prestart.cgroup_cpu_quota(root, self_cgroup) == quota
+    assert cpus.cgroup_cpu_quota(root, self_cgroup) == quota
 
 
 def test_the_default_worker_count_is_the_usable_cpus(tmp_path):
     """Affinity first, then the quota rounded up (1.5 CPUs: 2 workers); never 0."""
     mask = len(os.sched_getaffinity(0))
-    assert prestart.available_cpus(tmp_path / "none", tmp_path / "none") == mask
+    assert cpus.available_cpus(tmp_path / "none", tmp_path / "none") == mask
     root, self_cgroup = _cgroup(tmp_path, ["0::/"], {"cpu.max": "150000 100000"})
-    assert prestart.available_cpus(root, self_cgroup) == min(mask, 2)
+    assert cpus.available_cpus(root, self_cgroup) == min(mask, 2)
     (root / "cpu.max").write_text("10000 100000")
-    assert prestart.available_cpus(root, self_cgroup) == 1
+    assert cpus.available_cpus(root, self_cgroup) == 1
 
 
 def test_uwsgi_starts_one_worker_per_cpu_it_may_use(start_uwsgi, small_ckpt_path):
@@ -150,7 +151,7 @@ def test_uwsgi_starts_one_worker_per_cpu_it_may_use(start_uwsgi, small_ckpt_path
     with urllib.request.urlopen(server.base + "/readyz", timeout=30) as resp:
         assert resp.status == 200
     everywhere = start_uwsgi(small_ckpt_path)
-    assert everywhere.log().count("spawned uWSGI worker") == prestart.available_cpus()
+    assert everywhere.log().count("spawned uWSGI worker") == cpus.available_cpus()
 
 
 def test_a_metrics_directory_others_can_write_is_refused(tmp_path):
