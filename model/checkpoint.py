@@ -18,6 +18,7 @@ derives the arrays itself). Because the mapping is of the file's inode, replacin
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import zipfile
@@ -42,6 +43,7 @@ from model.serving_arrays import serving_arrays
 if TYPE_CHECKING:  # the training stack (optimisers, progress bar) is never imported to read a checkpoint
     from model.train import TrainResult
 
+log = logging.getLogger(__name__)
 FORMAT = "recsys-checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = (
@@ -231,8 +233,11 @@ def load(path: str | Path) -> Checkpoint:
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001
+        # Not one of the checks' own refusals: a case they missed, or a bug in them. Still a refusal, with the
+        # traceback logged (it would otherwise be lost behind every checkpoint reading as "malformed").
+        log.warning("checking %s raised %s: refused as malformed", path, type(exc).__name__, exc_info=True)
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {first})") from exc
     if error:
         raise CheckpointError(f"{path}: {error}")
     return ckpt

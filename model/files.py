@@ -48,6 +48,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None], sync_dir: bool 
     return path
 
 
+def open_lock(path: str | Path, mode: int = 0o644) -> int:
+    """A file descriptor on the lock file ``path`` (created if missing) for ``fcntl.flock``, never through a
+    symlink: a link planted at a lock's name in a shared directory is refused (``OSError``, ``ELOOP``), not
+    followed to its target, which a holder writing its pid would truncate. Not inherited across exec."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
 def umask() -> int:
     """The process's umask, read without changing it where Linux shows it (``os.umask`` can only swap it)."""
     try:

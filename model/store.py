@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import checkpoint
-from model.files import atomic_write
+from model.files import atomic_write, open_lock
 
 VERSIONS, CURRENT, REPORTS, LOCK, SERVED = "versions", "current", "reports", ".lock", "served"
 SUFFIX = ".ckpt"
@@ -329,7 +329,7 @@ class StoreLock:
 
     def __enter__(self) -> StoreLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a planted link: refused, not written
+        fd = open_lock(self.path)  # a planted link: refused, not written
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

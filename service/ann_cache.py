@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from model.files import atomic_write
+from model.files import atomic_write, open_lock
 from service.ann import AnnConfig, AnnIndex, import_faiss
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _read(path: Path, vectors: np.ndarray) -> Any | None:
 def _locked(path: Path) -> Iterator[bool]:
     """Hold an exclusive flock on ``path`` (released on exit or process death); False if it cannot."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(path)
     except OSError:
         yield False
         return

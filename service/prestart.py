@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from model.cpus import available_cpus
+from model.files import open_lock
 from service.config import SETTINGS, ConfigError, load_settings
 
 # prometheus_client's multiprocess files: counter_<pid>.db, histogram_..., summary_..., gauge_<mode>_<pid>.db
@@ -112,7 +113,7 @@ def prepare_metrics_dir(value: str | None) -> None:
 
 def _open_lock(directory: Path) -> int:
     try:
-        return os.open(directory / INSTANCE_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return open_lock(directory / INSTANCE_LOCK, 0o600)
     except OSError as exc:
         raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={str(directory)!r}: cannot lock {INSTANCE_LOCK} ({exc})") from None
 

@@ -93,6 +93,21 @@ def test_inconsistent_checkpoint_is_refused(small_ckpt, tmp_path):
         checkpoint.load(tmp_path / "bad.ckpt")
 
 
+def test_a_fault_inside_the_checks_refuses_the_file_with_its_traceback_logged(small_ckpt_path, monkeypatch, caplog):
+    """Whatever the checks raise beyond their own refusals (a case they missed, a bug in them) refuses the file,
+    with the cause chained and the traceback logged: a bug would otherwise read as every file being malformed."""
+
+    def broken(ckpt):
+        raise KeyError("a bug in a check")
+
+    monkeypatch.setattr(checkpoint, "consistency_error", broken)
+    with pytest.raises(CheckpointError, match=r"malformed checkpoint \(KeyError: 'a bug in a check'\)") as info:
+        checkpoint.load(small_ckpt_path)
+    assert isinstance(info.value.__cause__, KeyError)
+    logged = [r for r in caplog.records if r.name == "model.checkpoint" and r.exc_info]
+    assert logged and "a bug in a check" in caplog.text and "Traceback" in caplog.text
+
+
 def test_crash_while_saving_keeps_the_old_file(small_ckpt, tmp_path, monkeypatch):
     target = checkpoint.save(small_ckpt, tmp_path / "model.ckpt")
     before = target.read_bytes()
