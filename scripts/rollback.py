@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
+    except OSError as exc:  # a read-only store, a lock file that is a planted link: a refusal, not a traceback
+        print(f"error: not rolled back, {exc}", file=sys.stderr)
+        return ExitCode.FAILED
     print(f"current: {before} -> {after}")
     return ExitCode.PROMOTED
 

@@ -245,6 +245,12 @@ def test_rollback_script(tmp_path, data, capsys):
     assert rollback.main(["--store", str(store_dir), "--to", "no-such"]) == ExitCode.BAD_INPUT
     assert rollback.main(["--store", str(store_dir), "--to", v2]) == 0 and store.current() == v2
     assert rollback.main(["--store", str(tmp_path / "nowhere")]) == ExitCode.BAD_INPUT
+    # An I/O error is a refusal with the reason, not a traceback: here a link planted at the lock's name.
+    capsys.readouterr()
+    (store_dir / ".lock").unlink()
+    (store_dir / ".lock").symlink_to(tmp_path / "victim")
+    assert rollback.main(["--store", str(store_dir)]) == ExitCode.FAILED and store.current() == v2
+    assert "error: not rolled back" in capsys.readouterr().err and not (tmp_path / "victim").exists()
 
 
 def _run_retrain(*args: str) -> subprocess.Popen:
