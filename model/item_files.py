@@ -110,11 +110,6 @@ def read_items(path: str | Path) -> ItemTable:
     return _read_generic(path, text, "\t" if "\t" in first else ",")
 
 
-def load_item_attributes(path: str | Path, item_ids: Sequence[str]) -> ItemAttributes:
-    """Read ``path`` and align it to the model's ``item_ids`` (see :meth:`ItemTable.align`)."""
-    return read_items(path).align(item_ids)
-
-
 def _decode(path: Path, data: bytes, encoding: str) -> str:
     try:
         return data.decode(encoding)

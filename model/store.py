@@ -302,8 +302,8 @@ class ModelStore:
         return stale
 
 
-# A checkpoint's temporary file (checkpoint.save, ModelStore.add_file): ".<version>.ckpt.<mkstemp's 8>.tmp" or
-# ".<version>.ckpt.<pid>.tmp"; a cache's has another suffix before its random part.
+# A checkpoint's temporary file (checkpoint.save, ModelStore.add_file, both through model.files.atomic_write):
+# ".<version>.ckpt.<mkstemp's 8>.tmp"; a cache's has another suffix before its random part.
 _CKPT_TMP = re.compile(r"^\..+\.ckpt\.[A-Za-z0-9_]+\.tmp$")
 STALE_CACHE_S = 3600.0
 

@@ -3,7 +3,8 @@
 Order: higher score first; among equal scores, the lower item index first. Items scored ``-inf`` (the
 way callers exclude items) or NaN are never returned. Every ranked list in the project comes from here:
 training validation, offline metrics, the serving index, the top-N lists and the ANN fallback, so "the
-cached list equals the scan" holds with ties too.
+cached list equals the scan" holds with ties too. (The popularity fallback for unknown users walks one order
+fixed at load, ``ServingIndex.popular_order``: a stable sort by count, the same tie rule.)
 
 ``argpartition`` alone picks among items tied at the k-th score by its internals; :func:`top_k_rows`
 therefore takes every item strictly better than the k-th score and fills the rest with the tied items of

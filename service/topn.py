@@ -1,7 +1,7 @@
 """Precomputed top-N lists for every known user, so a plain ``/recommend`` is a slice, not a scan.
 
-Built once per loaded model (in blocks of users: one matrix product, seen items masked, one
-``argpartition`` per block) when ``users x items`` is small enough (``RECSYS_TOPN_MAX_CELLS``); with an
+Built once per loaded model (in blocks of users: one matrix product, seen items masked, the block's rows
+ranked by :func:`model.topk.top_k_rows`) when ``users x items`` is small enough (``RECSYS_TOPN_MAX_CELLS``); with an
 ANN index the lists are searched from it instead (:func:`build_lists`) and cached on disk beside it
 (:func:`load_or_build_lists`, files named and written by ``service.ann_cache``); otherwise the index scans
 per request. A request that the list cannot answer exactly (``k`` above N, ``exclude_seen=false``,
