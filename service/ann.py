@@ -23,7 +23,7 @@ import numpy as np
 
 from model.cpus import available_cpus
 from model.topk import order_by_score, top_k
-from service import pruned
+from service.config import DEFAULTS
 
 faiss: Any = None  # the module, once imported by import_faiss
 
@@ -43,16 +43,17 @@ def import_faiss() -> Any | None:
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """When and how to build the index. ``min_items <= 0`` disables it."""
+    """When and how to build the index. ``min_items <= 0`` disables it. Defaults: the settings table's
+    (:data:`service.config.DEFAULTS`, the one home of each ``RECSYS_*`` default)."""
 
-    min_items: int = 100_000  # RECSYS_ANN_MIN_ITEMS
-    m: int = 32  # RECSYS_ANN_M: graph degree (2*M links per node on level 0)
-    ef_search: int = 128  # RECSYS_ANN_EF_SEARCH: candidate list size per query (recall vs latency)
-    ef_construction: int = 40  # RECSYS_ANN_EF_CONSTRUCTION: faiss's default; higher = slower build
-    build_threads: int = 0  # RECSYS_ANN_BUILD_THREADS: threads while building; 0 = all cores
-    # RECSYS_PRUNE_MIN_ITEMS: without an ANN index, the exact pruned scan (service.pruned) from this many items
-    # (when the model's vectors allow it); 0 = always the full scan.
-    prune_min_items: int = pruned.MIN_ITEMS
+    min_items: int = DEFAULTS["ANN_MIN_ITEMS"]
+    m: int = DEFAULTS["ANN_M"]  # graph degree (2*M links per node on level 0)
+    ef_search: int = DEFAULTS["ANN_EF_SEARCH"]  # candidate list size per query (recall vs latency)
+    ef_construction: int = DEFAULTS["ANN_EF_CONSTRUCTION"]  # faiss's default 40; higher = slower build
+    build_threads: int = DEFAULTS["ANN_BUILD_THREADS"]  # threads while building; 0 = every usable core
+    # Without an ANN index, the exact pruned scan (service.pruned) from this many items (when the model's vectors
+    # allow it); 0 = always the full scan.
+    prune_min_items: int = DEFAULTS["PRUNE_MIN_ITEMS"]
 
     def applies(self, num_items: int) -> bool:
         """Whether a catalogue of ``num_items`` gets the index (from ``min_items``; never when that is 0)."""
@@ -61,12 +62,12 @@ class AnnConfig:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> AnnConfig:
         return cls(
-            min_items=int(settings.get("ANN_MIN_ITEMS", cls.min_items)),
-            m=int(settings.get("ANN_M", cls.m)),
-            ef_search=int(settings.get("ANN_EF_SEARCH", cls.ef_search)),
-            ef_construction=int(settings.get("ANN_EF_CONSTRUCTION", cls.ef_construction)),
-            build_threads=int(settings.get("ANN_BUILD_THREADS", cls.build_threads)),
-            prune_min_items=int(settings.get("PRUNE_MIN_ITEMS", cls.prune_min_items)),
+            min_items=int(settings["ANN_MIN_ITEMS"]),
+            m=int(settings["ANN_M"]),
+            ef_search=int(settings["ANN_EF_SEARCH"]),
+            ef_construction=int(settings["ANN_EF_CONSTRUCTION"]),
+            build_threads=int(settings["ANN_BUILD_THREADS"]),
+            prune_min_items=int(settings["PRUNE_MIN_ITEMS"]),
         )
 
 

@@ -54,7 +54,8 @@ SETTINGS: dict[str, Setting] = {
     "ANN_EF_CONSTRUCTION": Setting(40, "int", 1, "HNSW build effort (part of the cache key)", 100_000),
     "ANN_BUILD_THREADS": Setting(0, "int", 0, "threads while building the index; 0 = all cores", 1024),
     # Exact top-k from a bound on a few leading dimensions (service/pruned.py), kept only when it pays for the
-    # model's vectors (measured at load); below the ANN threshold.
+    # model's vectors (measured at load); below the ANN threshold. Below 4096 items the full scan is cheap (a
+    # 64-d model's item matrix fits in L2).
     "PRUNE_MIN_ITEMS": Setting(4096, "int", 0, "exact pruned top-k from this many items; 0 = always a full scan"),
 }
 DEFAULTS: dict[str, Any] = {name: s.default for name, s in SETTINGS.items()}

@@ -27,6 +27,7 @@ from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_a
 from model.topk import top_k
 from service import pruned
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
+from service.config import DEFAULTS
 from service.explain import EXPLAINED_ITEMS, ExplainUnsupported, contributions, per_item, top_contributors
 from service.fold_in import FoldIn
 from service.torch_scorer import TorchScorer
@@ -94,7 +95,7 @@ class ServingIndex:
         ckpt: Checkpoint,
         ann: AnnIndex | None = None,
         topn: TopNCache | None = None,
-        prune_min_items: int = pruned.MIN_ITEMS,
+        prune_min_items: int = DEFAULTS["PRUNE_MIN_ITEMS"],
     ):
         # Views, not copies: the checkpoint is memory-mapped, so these arrays are the page cache that every
         # worker serving the same file shares. Only per-request temporaries (scores, (I,)) are private.

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_ITEMS = 4096  # RECSYS_PRUNE_MIN_ITEMS (AnnConfig): below this the full scan is cheap (it fits in L2)
 SAMPLE_USERS = 64  # known users whose vectors and fold-ins measure the pruning at load (sample_queries)
 TOLERANCE = 1e-4  # relative to |query| x the largest |item vector|: float32 rounding of the bound's parts
 MAX_REST_SHARE = 0.9  # a query with more of its length outside the leading dimensions is scanned at once: its

@@ -29,6 +29,7 @@ from model.topk import order_by_score, top_k_rows
 from service.ann import AnnConfig, AnnIndex, exact_top, import_faiss
 from service.ann_cache import cache_path, lists_path, load_or_build_file, remove_stale_lists
 from service.attributes import ItemFilter
+from service.config import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,18 @@ AUTO_MIN_N, AUTO_MAX_N = 100, 1000
 class TopNConfig:
     """When to precompute: ``users * items <= max_cells`` (the build is that many scores); 0 disables it."""
 
-    max_cells: int = 100_000_000  # RECSYS_TOPN_MAX_CELLS
-    n: int = 0  # RECSYS_TOPN_N; 0 = automatic (:meth:`length`)
-    with_ann: bool = True  # RECSYS_TOPN_WITH_ANN: with an ANN index, lists searched from it and cached on disk
+    max_cells: int = DEFAULTS["TOPN_MAX_CELLS"]  # defaults: the settings table's (service.config)
+    n: int = DEFAULTS["TOPN_N"]  # 0 = automatic (:meth:`length`)
+    with_ann: bool = DEFAULTS["TOPN_WITH_ANN"]  # with an ANN index, lists searched from it and cached on disk
     threads: int = 1  # blocks ranked at once by the scan: 1 in a worker (one core each), every core in the batch
     at_least: int = 0  # lists at least this long (the batch's k), whatever ``n`` says
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> TopNConfig:
         return cls(
-            max_cells=int(settings.get("TOPN_MAX_CELLS", cls.max_cells)),
-            n=int(settings.get("TOPN_N", cls.n)),
-            with_ann=bool(settings.get("TOPN_WITH_ANN", cls.with_ann)),
+            max_cells=int(settings["TOPN_MAX_CELLS"]),
+            n=int(settings["TOPN_N"]),
+            with_ann=bool(settings["TOPN_WITH_ANN"]),
         )
 
     def wants(self, num_users: int, num_items: int) -> bool:
