@@ -161,16 +161,3 @@ def pairs_of(inter: Interactions) -> tuple[Interactions, np.ndarray]:
     pairs = Interactions(inter.user_idx[rows], inter.item_idx[rows], inter.ratings[rows], latest, inter.num_users,
                          inter.num_items)  # fmt: skip
     return pairs, rank[inverse.reshape(-1)]
-
-
-def random_split(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
-    """Shuffle the (user, item) pairs and hold out ``test_fraction`` of them, with all their rows. Both parts
-    keep the id space."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    pairs, pair_of_row = pairs_of(inter)
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    test_pair = np.zeros(len(pairs), dtype=bool)
-    test_pair[order[: max(1, int(round(len(pairs) * test_fraction)))]] = True
-    is_test = test_pair[pair_of_row]
-    return inter.subset(~is_test), inter.subset(is_test)

@@ -1,4 +1,7 @@
-"""Train/test splits of :class:`Interactions`: random, per-user stratified, per-user leave-last-out, whole users.
+"""Train/test splits of :class:`Interactions`: random, per-user stratified, whole users, a new user's fold-in.
+
+Leave-last-out by time (the sequence models' split, ties to the later row in the file) lives with the timelines,
+:func:`model.sequence_data.last_out`.
 
 Every split returns ``(train, test)`` in the same id space as its input (rows keep their original
 order within each part), is a partition of the rows (disjoint, together all of them) and is
@@ -10,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.interactions import Interactions, pairs_of, random_split
+from model.interactions import Interactions, pairs_of
 
-__all__ = ["random_split", "stratified_split", "leave_last_out", "holdout_users", "fold_in_split"]
+__all__ = ["random_split", "stratified_split", "holdout_users", "fold_in_split"]
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -38,6 +41,17 @@ def _partition(
     return inter.subset(~is_test), inter.subset(is_test)
 
 
+def random_split(inter: Interactions, test_fraction: float, seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Shuffle the (user, item) pairs and hold out ``test_fraction`` of them, with all their rows. Both parts
+    keep the id space."""
+    _check_fraction(test_fraction)
+    pairs, pair_of_row = pairs_of(inter)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    test_pair = np.zeros(len(pairs), dtype=bool)
+    test_pair[order[: max(1, int(round(len(pairs) * test_fraction)))]] = True
+    return _partition(inter, pair_of_row, test_pair)
+
+
 def stratified_split(
     inter: Interactions, test_fraction: float = 0.25, seed: int = 0
 ) -> tuple[Interactions, Interactions]:
@@ -54,32 +68,6 @@ def stratified_split(
     n_test = np.floor(counts * test_fraction + 0.5).astype(np.int64)
     n_test = np.where(counts >= 2, np.clip(n_test, 1, counts - 1), 0)
     return _partition(inter, pair_of_row, rank < n_test)
-
-
-def leave_last_out(inter: Interactions, num_last: int = 1, seed: int = 0) -> tuple[Interactions, Interactions]:
-    """Hold out each user's ``num_last`` latest rows by timestamp (at most ``n - 1`` of a user's ``n``).
-
-    Rows with equal timestamps are ordered at random (``seed``). A user with one row keeps it in train.
-
-    Raises:
-        ValueError: every timestamp is the same (e.g. the file had no timestamp column: they are all 0),
-            so "latest" means nothing; or ``num_last < 1``.
-    """
-    if num_last < 1:
-        raise ValueError(f"num_last must be >= 1, got {num_last}")
-    if len(inter) and inter.timestamps.min() == inter.timestamps.max():
-        raise ValueError(
-            "leave-last-out needs timestamps, but every row has the same one "
-            f"({int(inter.timestamps[0])}); does the data have a timestamp column?"
-        )
-    pairs, pair_of_row = pairs_of(inter)  # a pair's time is its latest row's
-    tie_break = np.random.default_rng(seed).random(len(pairs))
-    # Latest first: rank 0 is the newest pair (descending time, then the random tie-break).
-    order_key = np.lexsort((tie_break, -pairs.timestamps))
-    position = np.empty(len(pairs), dtype=np.int64)
-    position[order_key] = np.arange(len(pairs), dtype=np.int64)
-    rank, counts = _rank_within_user(pairs, position)
-    return _partition(inter, pair_of_row, rank < np.minimum(num_last, counts - 1))
 
 
 def holdout_users(inter: Interactions, test_fraction: float = 0.2, seed: int = 0) -> tuple[Interactions, Interactions]:

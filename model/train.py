@@ -23,11 +23,12 @@ from model.config import (  # noqa: F401 - TrainConfig re-exported
     TrainConfig,
 )
 from model.distributed import SINGLE, Cluster, threads_per_process
-from model.interactions import Interactions, random_split
+from model.interactions import Interactions
 from model.loop import TrainingDiverged  # noqa: F401 - re-exported: callers catch it from here
 from model.losses import LOSSES, RANKING_LOSSES
 from model.networks import MODEL_KINDS, MFWithRanking, build_network, parse_layers
 from model.sequence import SEQUENCE_KINDS
+from model.splits import random_split
 
 FULL_SOFTMAX_USERS = 256  # users per step when the softmax runs over the whole catalogue
 FULL_SOFTMAX_MAX_ITEMS = 20_000  # above this, --loss softmax samples negatives instead of the whole catalogue

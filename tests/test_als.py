@@ -8,7 +8,8 @@ import torch
 
 from model import als
 from model.config import ALS_MIN_ROWS, TrainConfig, validate
-from model.interactions import build_dataset, random_split
+from model.interactions import build_dataset
+from model.splits import random_split
 from model.synthetic import SyntheticConfig, planted_ratings
 from model.train import fit, resolve
 from model.validation import rmse_mae

@@ -5,7 +5,8 @@ import pytest
 
 from model.data import RawRatings
 from model.idmap import IdMap
-from model.interactions import Interactions, build_dataset, encode_with, random_split
+from model.interactions import Interactions, build_dataset, encode_with
+from model.splits import random_split
 
 
 def test_fit_maps_to_contiguous_sorted_indices():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from model.interactions import Interactions
-from model.splits import leave_last_out, random_split, stratified_split
+from model.sequence_data import last_out
+from model.splits import random_split, stratified_split
 
 
 def make_inter(rng, num_users: int = 30, num_items: int = 50, max_rows: int = 15, with_time: bool = True,
@@ -37,7 +38,8 @@ def assert_partition(inter: Interactions, train: Interactions, test: Interaction
 
 
 @pytest.mark.parametrize(
-    "split", [lambda i, s: random_split(i, 0.25, s), lambda i, s: stratified_split(i, 0.25, s), leave_last_out]
+    "split",
+    [lambda i, s: random_split(i, 0.25, s), lambda i, s: stratified_split(i, 0.25, s), lambda i, s: last_out(i)],
 )
 def test_every_split_is_a_deterministic_partition(rng, split):
     inter = make_inter(rng)
@@ -62,43 +64,14 @@ def test_stratified_holds_out_the_fraction_of_each_user(rng):
     assert not np.array_equal(row_ids(other), row_ids(test)), "the seed changes which rows are held out"
 
 
-def test_leave_last_out_holds_out_each_users_latest_row(rng):
-    inter = make_inter(rng)
-    train, test = leave_last_out(inter, seed=0)
-    n = np.bincount(inter.user_idx, minlength=inter.num_users)
-    assert np.array_equal(np.bincount(test.user_idx, minlength=inter.num_users), (n >= 2).astype(int))
-    for u, stamp in zip(test.user_idx, test.timestamps):
-        assert stamp == inter.timestamps[inter.user_idx == u].max()
-        assert np.all(train.timestamps[train.user_idx == u] <= stamp)
-
-
-def test_leave_last_out_several_rows_and_ties():
-    # user 0: times 5, 9, 9, 1 -> the two 9s are the latest two; user 1: one row -> train
-    inter = Interactions([0, 0, 0, 0, 1], [0, 1, 2, 3, 0], [0, 1, 2, 3, 4], [5, 9, 9, 1, 7], 2, 4)
-    train, test = leave_last_out(inter, num_last=2)
-    assert row_ids(test).tolist() == [1, 2] and row_ids(train).tolist() == [0, 3, 4]
-    picks = {tuple(row_ids(leave_last_out(inter, seed=s)[1])) for s in range(20)}
-    assert picks == {(1,), (2,)}, "ties between the latest rows are broken at random, by the seed"
-    assert leave_last_out(inter, num_last=10)[1].user_idx.tolist() == [0, 0, 0], "a user keeps one training row"
-
-
-def test_leave_last_out_without_timestamps_says_so(rng):
-    with pytest.raises(ValueError, match="timestamp column"):
-        leave_last_out(make_inter(rng, with_time=False))
-
-
 def test_bad_fractions_are_refused(rng):
     inter = make_inter(rng)
     for fraction in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="test_fraction"):
             stratified_split(inter, fraction)
-    with pytest.raises(ValueError, match="num_last"):
-        leave_last_out(inter, num_last=0)
 
 
-@pytest.mark.parametrize(
-    "split", [lambda i, s: random_split(i, 0.25, s), lambda i, s: stratified_split(i, 0.25, s), leave_last_out]
-)
+@pytest.mark.parametrize("split", [lambda i, s: random_split(i, 0.25, s), lambda i, s: stratified_split(i, 0.25, s)])
 def test_a_repeated_pair_is_never_on_both_sides(rng, split):
     """Before: splits drew rows, so the rows of a pair rated twice could land in train and in test."""
     inter = make_inter(rng, num_items=6, repeats=True)  # few items: many users rate an item more than once

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from model.evaluate import mae, predict_ratings, rmse
-from model.interactions import build_dataset, random_split
+from model.interactions import build_dataset
+from model.splits import random_split
 from model.synthetic import SyntheticConfig, planted_ratings
 from model.train import TrainConfig, TrainingDiverged, fit
 
