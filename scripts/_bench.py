@@ -1,9 +1,8 @@
 """Helpers shared by the benchmark scripts: the real uWSGI on a free loopback port, wrk and its output,
 per-worker memory, a timed child process, the machine line, and the tagged sections of docs/benchmarks.md.
 
-Imported by ``scripts/benchmark_serving.py``, ``scripts/benchmark_scale.py`` and ``scripts/benchmark_batch.py``
-(the scripts directory is ``sys.path[0]`` when a script runs; each script also puts it there for importers
-such as the tests).
+Imported by every ``scripts/benchmark_*.py`` (the scripts directory is ``sys.path[0]`` when a script runs; each
+script also puts it there for importers such as the tests).
 """
 
 from __future__ import annotations
@@ -21,6 +20,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from model.files import atomic_write  # noqa: E402
 
 
 def free_port() -> int:
@@ -159,26 +161,44 @@ def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None, time
     }
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load_avg() -> str:
+    """The 1, 5 and 15 minute load averages, ``1.23/0.45/0.67``."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine() -> str:
     import torch  # only for its version: the scripts import it anyway
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def markers(tag: str) -> tuple[str, str]:
+    """The lines that open and close the tagged section ``tag`` of docs/benchmarks.md."""
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 
 
 def write_section(path: Path, section: str, tag: str) -> None:
-    """Replace the ``<!-- tag:begin -->`` .. ``<!-- tag:end -->`` section of ``path`` (or append it)."""
+    """Replace the ``<!-- tag:begin -->`` .. ``<!-- tag:end -->`` section of ``path`` with ``section`` (which carries
+    the markers), or append it; a file with only one of the two markers, or them in the wrong order, is left as
+    it is (the run says so). Written through a temporary file, so an interrupted run leaves the old file."""
+    path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    if begin in text and end in text:
+    begin, end = markers(tag)
+    if begin in text and end in text and text.index(begin) < text.index(end):
         text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    elif begin in text or end in text:
+        raise SystemExit(f"{path}: unbalanced {begin} / {end} markers; fix them by hand")
     else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

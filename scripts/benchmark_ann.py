@@ -24,7 +24,6 @@ import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import platform  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -38,6 +37,9 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _bench import cpu_model, free_port, write_section  # noqa: E402
 
 from model import checkpoint  # noqa: E402
 from model.checkpoint import Checkpoint  # noqa: E402
@@ -146,12 +148,6 @@ def bench_ranking(num_items: int, args, workdir: Path) -> tuple[list[dict], Path
     return rows, path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def smaps(pid: int) -> dict[str, float]:
     """MiB per field of /proc/<pid>/smaps_rollup (Pss, Rss, Private_*, Shared_*)."""
     out = {}
@@ -231,7 +227,7 @@ def measure_uwsgi(code: Path, ckpt: Path, processes: int, env: dict[str, str], l
 
 
 def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = cpu_model()
     mem = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))) / 2**20
     return (
         f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Linux {platform.release()}, Python {platform.python_version()}"
@@ -288,18 +284,6 @@ def render(rank_rows: list[dict], mem_rows: list[dict], args, command: str, load
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str, tag: str = "ann") -> None:
-    """Replace the section between this tag's markers, or append it; other content stays as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,1000000", help="catalogue sizes for the ranking table")
@@ -346,7 +330,7 @@ def main() -> int:
                     print(mem_rows[-1], flush=True)
     loads = (loads[0], " ".join(open("/proc/loadavg").read().split()[:3]))
     section = render(rank_rows, mem_rows, args, command, loads)
-    write_section(Path(args.output), section)
+    write_section(Path(args.output), section, "ann")
     print(section)
     return 0
 

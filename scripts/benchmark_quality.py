@@ -62,8 +62,11 @@ from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evalu
 from model.splits import fold_in_split, holdout_users, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _bench import cpu_model, load_avg, markers, write_section  # noqa: E402
+
 PEER_MODULES = ("surprise", "implicit", "scipy", "threadpoolctl")  # the [bench] extra of pyproject.toml
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"  # a run without the rating task: quality-<tasks>
 K = 10
 TARGET_RMSE, TARGET_RMSE_FIT_S = 0.905, 30.0
 TARGET_NDCG, TARGET_NDCG_FIT_S = 0.50, 60.0
@@ -524,20 +527,6 @@ def strong_task(args: argparse.Namespace, workdir: Path, seed: int) -> dict[str,
 # ---------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def cell(x: float, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -678,7 +667,7 @@ def strong_verdict(strong: dict[int, dict[str, Result]]) -> list[str]:
 def render(args, command: str, load_start: str, rating, ranking, strong=None) -> str:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        markers(args)[0],
+        markers(section_tag(args))[0],
         "## Quality on MovieLens 100k: ours (defaults) vs the peers"
         + ("" if "rating" in args.tasks else f" ({', '.join(sorted(args.tasks))} only)"),
         "",
@@ -733,30 +722,14 @@ def render(args, command: str, load_start: str, rating, ranking, strong=None) ->
         ]
     if strong:
         lines += seed_summary(strong, "ndcg@100", "NDCG@100 (new users)")
-    lines += [*verdicts(rating, ranking), *(strong_verdict(strong) if strong else []), markers(args)[1]]
+    lines += [*verdicts(rating, ranking), *(strong_verdict(strong) if strong else []), markers(section_tag(args))[1]]
     return "\n".join(lines)
 
 
-def markers(args) -> tuple[str, str]:
+def section_tag(args) -> str:
     """The section a run replaces: ``quality`` for a run with the rating task, else one per set of tasks (a
     ranking-only run leaves the rating figures of the full run in place)."""
-    if "rating" in args.tasks:
-        return BEGIN, END
-    tag = "quality-" + "-".join(sorted(args.tasks))
-    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-
-
-def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the ``begin`` .. ``end`` section in ``path`` (append it if absent; create the file if missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text and text.index(begin) < text.index(end):
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
-    elif begin in text or end in text:
-        raise SystemExit(f"{path}: unbalanced {begin} / {end} markers; fix them by hand")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    return "quality" if "rating" in args.tasks else "quality-" + "-".join(sorted(args.tasks))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -810,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         strong = {seed: strong_task(args, Path(tmp), seed) for seed in args.seeds} if "strong" in args.tasks else None
     section = render(args, command, load_start, rating, ranking, strong)
     print(section)
-    write_section(args.output, section, *markers(args))
+    write_section(args.output, section, section_tag(args))
     log(f"wrote {args.output} after {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -33,7 +33,11 @@ from model.evaluate import mae, rmse
 from service.index import ServingIndex
 
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- rmse:begin -->", "<!-- rmse:end -->"
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _bench import cpu_model, load_avg, markers, write_section  # noqa: E402
+
+BEGIN, END = markers("rmse")
 WALL_LIMIT_S = 30.0
 
 
@@ -100,20 +104,6 @@ def run_surprise(base: Path, test: Path) -> Score:
     return Score(accuracy.rmse(predictions, verbose=False), accuracy.mae(predictions, verbose=False), fit_s)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def machine_line(load_start: str) -> str:
     return (
         f"{platform.platform()}; CPU {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, "
@@ -178,19 +168,6 @@ def render(folds: list[int], ours: list[Score], svd: list[Score] | None, command
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the delimited section in ``path`` (append it if absent; create the file if missing)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    elif BEGIN in text or END in text:
-        raise SystemExit(f"{path}: unbalanced {BEGIN} / {END} markers; fix them by hand")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "scripts/benchmark_rmse.py", *(sys.argv[1:] if argv is None else argv)])
@@ -206,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"u{fold} done", file=sys.stderr)
     section = render(args.folds, ours, svd, command, load_start)
     print(section)
-    write_section(args.output, section)
+    write_section(args.output, section, "rmse")
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
