@@ -13,6 +13,7 @@ column (and row) directly.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,18 +23,46 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from model.raw import MAX_ID_LENGTH, DataFormatError, RawRatings, vocab_remap
+from model.raw import MAX_ID_LENGTH, DataFormatError, DataWarning, RawRatings, vocab_remap
 
 BOM = b"\xef\xbb\xbf"
 PARQUET_MAGIC = b"PAR1"
 ID_TYPE = pa.dictionary(pa.int32(), pa.string())
-# Parquet column names, compared case-insensitively: the names the text formats' headers use
-# (MovieLens ``userId,movieId,rating,timestamp`` and generic ``user_id,item_id,rating,timestamp``).
-PARQUET_COLUMNS = {
-    "user": ("user", "user_id", "userid", "uid"),
-    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id", "movieid"),
-    "rating": ("rating",),
-    "timestamp": ("timestamp",),
+# The names each column goes by, compared case-insensitively: Parquet's columns are found by them, and a text
+# header is read by them (MovieLens ``userId,movieId,rating,timestamp``, generic ``user_id,item_id,rating,timestamp``,
+# a play log's ``customer_id,product_id,ts``). A name outside the table is read by its place (text) or not at all
+# (Parquet, with a warning): a click log's ``time`` read as its ratings trained a rating model on epoch seconds.
+COLUMN_NAMES = {
+    "user": ("user", "user_id", "userid", "uid", "customer", "customer_id", "customerid", "visitor_id"),
+    "item": (
+        "item",
+        "item_id",
+        "itemid",
+        "iid",
+        "movie",
+        "movie_id",
+        "movieid",
+        "product",
+        "product_id",
+        "productid",
+        "sku",
+        "track_id",
+        "article_id",
+    ),  # fmt: skip
+    "rating": ("rating", "score", "stars", "preference"),
+    "timestamp": (
+        "timestamp",
+        "time",
+        "ts",
+        "datetime",
+        "date",
+        "event_time",
+        "event_timestamp",
+        "unix_time",
+        "unixtime",
+        "created_at",
+        "when",
+    ),  # fmt: skip
 }
 _INT64_LIMIT = 2.0**63  # float64 timestamps at or past this do not fit int64
 _CHUNK = 8 << 20
@@ -210,7 +239,7 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
 
 def read_parquet(path: Path, scan: FileScan) -> RawRatings:
     """Read a Parquet file with a user and an item column, optionally rating and timestamp (names in
-    :data:`PARQUET_COLUMNS`, any case). Ids may be integers or strings; they become ``str``.
+    :data:`COLUMN_NAMES`, any case). Ids may be integers or strings; they become ``str``.
 
     Raises:
         DataFormatError: a required column missing, a column of the wrong type, or a bad value (its row).
@@ -220,6 +249,11 @@ def read_parquet(path: Path, scan: FileScan) -> RawRatings:
     except (pa.ArrowException, OSError) as exc:
         raise DataFormatError(path, None, f"cannot read Parquet: {exc}") from exc
     chosen = _parquet_columns(path, schema)
+    unread = [name for name in schema.names if name not in chosen.values()]
+    if unread:  # a rating or time column under another name would otherwise vanish: the data read as implicit
+        warnings.warn(f"{path}: columns not read: {', '.join(unread)} (a rating column is named one of "
+                      f"{', '.join(COLUMN_NAMES['rating'])}; a time column one of "
+                      f"{', '.join(COLUMN_NAMES['timestamp'])}; any case)", DataWarning, stacklevel=3)  # fmt: skip
     table = pq.read_table(path, columns=list(chosen.values()))
     table = table.rename_columns(list(chosen))
     if table.num_rows == 0:
@@ -244,7 +278,7 @@ def _parquet_columns(path: Path, schema: pa.Schema) -> dict[str, str]:
     """Our column name -> the file's column name; ``user`` and ``item`` are required."""
     by_lower = {name.lower(): name for name in schema.names}
     chosen = {}
-    for ours, accepted in PARQUET_COLUMNS.items():
+    for ours, accepted in COLUMN_NAMES.items():
         found = next((by_lower[a] for a in accepted if a in by_lower), None)
         if found is not None:
             chosen[ours] = found

@@ -8,9 +8,9 @@ returned half-read.
 
 Two readers give the same result: the columnar one (``model.columnar``, pyarrow, no Python object per
 row) runs first; when it cannot vouch for the file, the line-by-line one here reads it and names the bad
-line. Parquet files (recognised by their magic bytes) have columns named as the text headers are:
-``userId``/``user_id``/``user``/``uid``, ``movieId``/``item_id``/``item``/``iid``, optional ``rating``
-and ``timestamp`` (any case; see ``model.columnar.PARQUET_COLUMNS``).
+line. Parquet files (recognised by their magic bytes) have columns named as the text headers are
+(``userId``/``user_id``, ``movieId``/``item_id``, optional ``rating``/``score`` and ``timestamp``/``time``...: any
+case, the table ``model.columnar.COLUMN_NAMES``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import csv
 import math
 from array import array
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -109,13 +110,26 @@ def _parse_row(
             raise ValueError(f"rating is not a number: {fields[2].strip()!r}") from None
         if not math.isfinite(rating):
             raise ValueError(f"rating is not finite: {fields[2].strip()!r}")
-    timestamp = 0
-    if len(fields) == 4:
-        try:
-            timestamp = int(float(fields[3]))
-        except (ValueError, OverflowError):
-            raise ValueError(f"timestamp is not a number: {fields[3].strip()!r}") from None
+    timestamp = _timestamp(fields[3]) if len(fields) == 4 else 0
     return user, item, rating, timestamp
+
+
+def _timestamp(text: str) -> int:
+    """Seconds since the epoch: a number (truncated, as ``int(float(x))``), or an ISO 8601 date or time
+    (``1997-12-04``, ``1997-12-04T15:55:49Z``; without a zone, UTC), as Parquet's date and timestamp columns are
+    read. Only the order within each user matters."""
+    try:
+        return int(float(text))
+    except OverflowError:
+        raise ValueError(f"timestamp is not a number: {text.strip()!r}") from None
+    except ValueError:
+        pass
+    stripped = text.strip()
+    try:
+        when = datetime.fromisoformat(stripped[:-1] + "+00:00" if stripped.endswith(("Z", "z")) else stripped)
+    except ValueError:
+        raise ValueError(f"timestamp is not a number nor an ISO 8601 date: {stripped!r}") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
 
 
 def load_ratings(path: str | Path, fmt: str = "auto", fast: bool = True) -> RawRatings:
@@ -141,7 +155,23 @@ def load_ratings(path: str | Path, fmt: str = "auto", fast: bool = True) -> RawR
         raise DataFormatError(path, None, "begins like a Parquet file but does not end like one (truncated, or "
                                           "still being written?)")  # fmt: skip
     raw = _read_columnar(path, fmt, scan) if fast else None
-    return raw if raw is not None else _read_lines(path, fmt, scan.fingerprint)
+    return _check_ratings(raw if raw is not None else _read_lines(path, fmt, scan.fingerprint))
+
+
+# Ratings all at least this large are times (seconds since the epoch; 1e8 s is March 1973), not ratings or counts.
+EPOCH_LIKE = 1e8
+
+
+def _check_ratings(raw: RawRatings) -> RawRatings:
+    """``raw``, unless its ratings are all epoch-like: a click log ``user,item,time`` without a header (or under
+    names the readers do not know) had its times read as ratings and trained a rating model on them (train RMSE
+    5.5 million, exit 0)."""
+    if not raw.implicit and len(raw) and float(raw.ratings.min()) >= EPOCH_LIKE:
+        low = float(raw.ratings.min())
+        raise DataFormatError(raw.source, None, f"the rating column holds only values of {low:.3g} and more: times "
+                                                "(seconds since 1970), not ratings? A header user,item,timestamp "
+                                                "reads them as the times of implicit interactions")  # fmt: skip
+    return raw
 
 
 def _read_columnar(path: Path, fmt: str, scan: columnar.FileScan) -> RawRatings | None:
@@ -254,9 +284,10 @@ def _header_columns(line: str, spec: FileFormat, path: Path, line_no: int) -> tu
         return _header_layout(fields, path, line_no)
     if spec.header is False:
         return None
-    # Detect, explicitly: a header names its user column with one of HEADER_USER_WORDS. A first line whose
-    # rating is not a number but whose first field is no such name is a bad data line, not a header.
-    named = fields[0].strip().lower() in HEADER_USER_WORDS
+    # Detect, explicitly: a header's first field is a column name (COLUMN_NAMES; a user name, or another column's
+    # in the wrong place, which _header_layout then refuses by name). A first line whose rating is not a number
+    # but whose first field is no such name is a bad data line, not a header.
+    named = fields[0].strip().lower() in _COLUMN_OF_NAME
     if len(fields) >= 3 and not _is_number(fields[2]) and not named:
         words = ", ".join(sorted(HEADER_USER_WORDS))
         raise DataFormatError(path, line_no, f"rating is not a number: {fields[2].strip()!r} (not a header either: "
@@ -265,9 +296,9 @@ def _header_columns(line: str, spec: FileFormat, path: Path, line_no: int) -> tu
     return _header_layout(fields, path, line_no) if header else None
 
 
-HEADER_USER_WORDS = frozenset(columnar.PARQUET_COLUMNS["user"])
-_COLUMN_OF_NAME = {name: column for column, names in columnar.PARQUET_COLUMNS.items() for name in names}
-ORDER = tuple(columnar.PARQUET_COLUMNS)  # user, item, rating, timestamp: how text columns are read
+HEADER_USER_WORDS = frozenset(columnar.COLUMN_NAMES["user"])
+_COLUMN_OF_NAME = {name: column for column, names in columnar.COLUMN_NAMES.items() for name in names}
+ORDER = tuple(columnar.COLUMN_NAMES)  # user, item, rating, timestamp: how text columns are read
 CLICKS = ("user", "item", "timestamp")  # interactions with times and no rating, named so by a header
 
 

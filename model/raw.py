@@ -7,6 +7,7 @@ keeps reading fast and small. :class:`RawRatings` is what every reader returns (
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,16 @@ class DataFormatError(ValueError):
         self.path, self.line, self.reason = str(path), line, reason
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
+
+
+class DataWarning(UserWarning):
+    """Data read, but maybe not as the user meant it (a Parquet column not read, a sequence without times). The
+    command-line tools print it as one ``warning: ...`` line (:func:`plain_warnings`)."""
+
+
+def plain_warnings() -> None:
+    """Print warnings as ``warning: message`` lines, without the source line Python shows for a library's."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def sorted_vocab(codes: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

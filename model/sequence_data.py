@@ -13,11 +13,12 @@ import warnings
 import numpy as np
 
 from model.interactions import Interactions
+from model.raw import DataWarning
 
 PAD = -1
 
 
-class FileOrderWarning(UserWarning):
+class FileOrderWarning(DataWarning):
     """The data has no timestamps: each user's items are taken in the order of the file."""
 
 

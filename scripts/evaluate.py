@@ -46,6 +46,7 @@ from model.evaluate import mae, rmse
 from model.idmap import IdMap
 from model.interactions import Interactions, build_dataset, encode_new_users
 from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
+from model.raw import plain_warnings
 from model.sequence import SEQUENCE_KINDS
 from model.sequence_data import newest_rows, timelines
 from model.splits import fold_in_split
@@ -206,4 +207,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    plain_warnings()  # a DataWarning (columns not read, no timestamps) as one "warning: ..." line
     sys.exit(main())

@@ -37,6 +37,7 @@ from model.files import output_problem
 from model.interactions import Dataset, Interactions, build_dataset
 from model.item_files import read_items
 from model.metrics import hit_matrix, per_user_metrics, top_k_items
+from model.raw import plain_warnings
 from model.retrain import (
     MIN_JUDGED_USERS,
     ExitCode,
@@ -362,4 +363,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    plain_warnings()  # a DataWarning (columns not read, no timestamps) as one "warning: ..." line
     sys.exit(main())

@@ -22,6 +22,7 @@ from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.files import output_problem
 from model.interactions import build_dataset
 from model.item_files import read_items
+from model.raw import plain_warnings
 from model.synthetic import planted_ratings
 from model.train import TrainingDiverged, fit, resolve, resolve_device
 
@@ -134,4 +135,5 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
 
 
 if __name__ == "__main__":
+    plain_warnings()  # a DataWarning (columns not read, no timestamps) as one "warning: ..." line
     sys.exit(main())

@@ -12,6 +12,7 @@ from model import columnar, data
 from model.data import DataFormatError, load_ratings
 from model.idmap import IdMap
 from model.interactions import build_dataset
+from model.raw import DataWarning
 from tests.conftest import write_lines
 
 UNICODE = ["é", "Z", "a", "ß", "日本", "A", "ä", "z"]
@@ -203,3 +204,15 @@ def test_a_parquet_timestamp_or_date_column_is_read_as_epoch_seconds(tmp_path):
     days = pa.array([dt.date(2020, 1, 2), dt.date(2020, 1, 1)], pa.date32())
     assert load_ratings(_parquet(tmp_path / "d.parquet", {**columns, "timestamp": days})).timestamps.tolist() == [
         1577923200, 1577836800]  # fmt: skip
+
+
+def test_parquet_reads_rating_and_time_under_common_names_and_warns_of_columns_it_does_not_read(tmp_path):
+    """Found by review: ``score`` and ``ts`` were dropped without a word and the file trained as implicit data."""
+    columns = {"customer_id": ["a", "b"], "product_id": ["x", "y"], "score": [4.0, 2.0], "ts": [10, 20]}
+    raw = load_ratings(_parquet(tmp_path / "named.parquet", columns))
+    assert not raw.implicit and raw.ratings.tolist() == [4.0, 2.0] and raw.timestamps.tolist() == [10, 20]
+    path = _parquet(tmp_path / "extra.parquet", {"user_id": ["a", "b"], "item_id": ["x", "y"], "device": [1, 2],
+                                                  "grade": [4.0, 2.0]})  # fmt: skip
+    with pytest.warns(DataWarning, match=r"extra\.parquet: columns not read: device, grade \(a rating column is"):
+        raw = load_ratings(path)
+    assert raw.implicit

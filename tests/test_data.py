@@ -145,3 +145,50 @@ def test_a_clicks_file_with_times_is_implicit_interactions_in_time(tmp_path, hea
     pq.write_table(pa.table({"user": ["u1", "u2"], "item": ["i1", "i1"], "timestamp": [300, 200]}), tmp_path / "c.pq")
     raw = load_ratings(tmp_path / "c.pq")  # was "timestamp without a rating column"
     assert raw.implicit and raw.timestamps.tolist() == [300, 200]
+
+
+@pytest.mark.parametrize(
+    ("header", "implicit"),
+    [("user,item,time", True), ("user_id,item_id,ts", True), ("customer_id,product_id,stars,ts", False),
+     ("visitor_id,sku,score,event_time", False)],
+)  # fmt: skip
+def test_common_rating_and_time_names_are_read_by_name(tmp_path, header, implicit):
+    """Found by review: a click log ``user,item,time`` (or ``ts``) had its times read as ratings (by position) and
+    trained a rating model on epoch seconds, exit 0; ``customer_id,...`` was refused as a bad first line."""
+    rows = [("u1", "i1", "881250949"), ("u1", "i2", "881250950"), ("u2", "i1", "881250951")]
+    if not implicit:
+        rows = [(u, i, "4", t) for u, i, t in rows]
+    path = write_lines(tmp_path / "h.csv", [header, *(",".join(row) for row in rows)])
+    for raw in (load_ratings(path), load_ratings(path, fast=False)):
+        assert raw.implicit == implicit and raw.timestamps.tolist() == [881250949, 881250950, 881250951]
+        assert raw.ratings.tolist() == [1.0 if implicit else 4.0] * 3
+
+
+def test_times_in_the_rating_column_are_refused_not_trained_on(tmp_path):
+    """Without a header the third column is the rating: epoch seconds there are refused with what to do."""
+    path = write_lines(tmp_path / "clicks.csv", ["u1,i1,881250949", "u1,i2,881250950", "u2,i1,881250951"])
+    for fast in (True, False):
+        with pytest.raises(DataFormatError, match=r"clicks\.csv: the rating column holds only values of 8\.81e\+08 and "
+                                                  r"more: times .*A header user,item,timestamp"):  # fmt: skip
+            load_ratings(path, fast=fast)
+    assert load_ratings(write_lines(tmp_path / "plays.csv", ["u1,i1,12000", "u2,i1,3"])).ratings.tolist() == [12000, 3]
+
+
+def test_a_header_with_another_columns_name_first_names_the_misplaced_column(tmp_path):
+    """``item_id,user_id,...`` was refused as "rating is not a number: 'rating'", not for its column order."""
+    path = write_lines(tmp_path / "h.csv", ["item_id,user_id,rating,timestamp", "i1,u1,4,881250949"])
+    for fmt in ("auto", "csv"):
+        with pytest.raises(DataFormatError, match=r"h\.csv:1: column 1 is named 'item_id' but would be read as user"):
+            load_ratings(path, fmt)
+
+
+def test_iso_dates_and_times_in_text_are_read_as_epoch_seconds_as_in_parquet(tmp_path):
+    """ISO 8601 times were refused in CSV ('timestamp is not a number') while Parquet's date columns were read."""
+    lines = ["user,item,rating,timestamp", "u1,i1,4,2020-01-02", "u1,i2,5,2020-01-01T00:00:03Z",
+             "u2,i1,3,2020-01-01 01:00:00+01:00", "u2,i2,3,1577836801"]  # fmt: skip
+    path = write_lines(tmp_path / "iso.csv", lines)
+    for fast in (True, False):
+        assert load_ratings(path, fast=fast).timestamps.tolist() == [1577923200, 1577836803, 1577836800, 1577836801]
+    bad = write_lines(tmp_path / "bad.csv", ["user,item,rating,timestamp", "u1,i1,4,2020-01-02", "u1,i2,5,yesterday"])
+    with pytest.raises(DataFormatError, match=r"bad\.csv:3: timestamp is not a number nor an ISO 8601 date"):
+        load_ratings(bad)
