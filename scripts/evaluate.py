@@ -45,10 +45,11 @@ from model.data import FORMAT_CHOICES, DataFormatError, RawRatings, load_ratings
 from model.evaluate import mae, rmse
 from model.idmap import IdMap
 from model.interactions import Interactions, build_dataset, encode_new_users
+from model.keys import member_of, sorted_unique
 from model.metrics import FOLD_IN_METRICS, METRIC_NAMES, evaluate_fold_in, evaluate_ranking
 from model.raw import plain_warnings
 from model.sequence import SEQUENCE_KINDS
-from model.sequence_data import newest_rows, timelines
+from model.sequence_data import newest_rows, timeline_order, timelines
 from model.splits import fold_in_split
 from model.store import served_file
 from service.index import ServingIndex
@@ -80,14 +81,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def rating_metrics(index: ServingIndex, raw: RawRatings) -> dict[str, Any]:
-    """RMSE/MAE of what ``/predict`` answers for every test row (baseline fallback for unknown ids)."""
+    """RMSE/MAE of what ``/predict`` answers for every test row (baseline fallback for unknown ids), with how many
+    rows are pairs the model trained on (a test file that overlaps the training data flatters RMSE) and whether
+    the model predicts ratings at all (a ranking-only kind answers its score squashed onto the scale)."""
     pred = index.predict(raw.user_ids.tolist(), raw.item_ids.tolist())
     ratings = np.asarray(pred.ratings, dtype=np.float64)
     known = np.array([f is None for f in pred.fallbacks], dtype=bool)
+    users = np.fromiter((index.user_index.get(u, -1) for u in raw.user_ids), dtype=np.int64, count=len(raw))
+    items = np.fromiter((index.item_index.get(i, -1) for i in raw.item_ids), dtype=np.int64, count=len(raw))
+    seen_users = np.repeat(np.arange(len(index.seen_indptr) - 1, dtype=np.int64), np.diff(index.seen_indptr))
+    seen_keys = sorted_unique(seen_users * index.num_items + np.asarray(index.seen_indices, np.int64))
+    trained = known & member_of(users * index.num_items + items, seen_keys)
     return {
         "rmse": rmse(ratings, raw.ratings),
         "mae": mae(ratings, raw.ratings),
         "rows": len(raw),
+        "predicts_ratings": index.has_rating,
+        "training_rows": int(trained.sum()),
         "fallback_rows": int((~known).sum()),
         "rmse_known": rmse(ratings[known], raw.ratings[known]) if known.any() else math.nan,
         "mae_known": mae(ratings[known], raw.ratings[known]) if known.any() else math.nan,
@@ -167,6 +177,12 @@ def render_text(report: dict, checkpoint_path: str) -> str:
             f"{rating['fallback_rows']} of them with the baseline fallback for an unknown user or item "
             f"(known pairs only: RMSE {rating['rmse_known']:.4f}  MAE {rating['mae_known']:.4f})"
         )
+        if not rating["predicts_ratings"]:
+            lines.append(f"  note: a {report['kind']} model does not predict ratings (/predict answers its score "
+                         "squashed onto the rating scale): compare its ranking, not this RMSE")  # fmt: skip
+        if rating["training_rows"]:
+            lines.append(f"  note: {rating['training_rows']} of the {rating['rows']} rows are (user, item) pairs the "
+                         "model trained on: RMSE over them is not held-out error")  # fmt: skip
     rank = report["ranking"]
     lines.append(
         f"ranking @{k}: {rank['users']} users evaluated; skipped {rank['unknown_users']} unknown users and "
@@ -195,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.last_out:
-        raw = raw.subset(newest_rows(build_dataset(raw).interactions))
+        inter = build_dataset(raw).interactions
+        timeline_order(inter)  # a file without timestamps: warns that file order stands in for time
+        raw = raw.subset(newest_rows(inter))
     report = evaluate(ckpt, raw, args.k, args.min_rating, args.fold_in, args.seed)
     if args.json:
         print(json.dumps(_finite({"checkpoint": str(Path(args.checkpoint)), **report})))

@@ -10,7 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from model import checkpoint
+from model.config import TrainConfig
 from model.synthetic import planted_ratings
+from model.train import fit
 from service.index import ServingIndex
 from tests.conftest import REPO, SMALL, write_lines
 
@@ -48,6 +51,7 @@ def test_json_report_end_to_end(small_ckpt_path, small_ckpt, held_out):
     assert report["rows"] == 152 and report["k"] == 5 and report["model_version"] == small_ckpt.model_version
     rating = report["rating"]
     assert rating["rows"] == 152 and rating["fallback_rows"] == 2
+    assert rating["training_rows"] == 0 and rating["predicts_ratings"] is True
     assert 0 < rating["mae"] <= rating["rmse"] < 0.6, "the planted structure is learnt (noise 0.2 in training)"
     rank = report["ranking"]
     assert (rank["users"], rank["unknown_users"], rank["unknown_item_rows"], rank["skipped_users"]) == (30, 1, 1, 0)
@@ -78,6 +82,27 @@ def test_text_report_and_relevance_threshold(small_ckpt_path, held_out, capsys):
     report = json.loads(captured.out)
     assert report["ranking"]["users"] == 0 and report["ranking"]["ndcg"] is None, "no row is rated >= 9"
     assert "warning: no test user" in captured.err
+
+
+def test_rows_the_model_trained_on_and_a_model_without_ratings_are_named(small_ckpt_path, small_dataset, tmp_path,
+                                                                        capsys):  # fmt: skip
+    """Found by review: RMSE over the training file itself (0.66 against 0.91 held out) and a vae's RMSE (its score
+    squashed onto the scale) were reported like any held-out RMSE."""
+    raw, _ = planted_ratings(SMALL)
+    lines = ["user,item,rating", *(f"{u},{i},{r:.3f}" for u, i, r in zip(raw.user_ids[:7], raw.item_ids[:7],
+                                                                         raw.ratings[:7]))]  # fmt: skip
+    path = write_lines(tmp_path / "train_rows.csv", lines)
+    assert evaluate_cli.main(["--checkpoint", str(small_ckpt_path), "--test", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: 7 of the 7 rows are (user, item) pairs the model trained on" in out
+    assert "does not predict ratings" not in out
+    vae = fit(small_dataset.interactions, TrainConfig(model="vae", epochs=2, dim=8, hidden=16), progress=False)
+    vae_path = checkpoint.save(checkpoint.from_training(vae, small_dataset), tmp_path / "vae.ckpt")
+    assert evaluate_cli.main(["--checkpoint", str(vae_path), "--test", str(path), "--json"]) == 0
+    rating = json.loads(capsys.readouterr().out)["rating"]
+    assert rating["predicts_ratings"] is False and rating["training_rows"] == 7
+    assert evaluate_cli.main(["--checkpoint", str(vae_path), "--test", str(path)]) == 0
+    assert "note: a vae model does not predict ratings" in capsys.readouterr().out
 
 
 def test_implicit_test_file_has_no_rating_metrics(small_ckpt_path, tmp_path, capsys):
