@@ -78,6 +78,12 @@ class FileScan:
     lone_cr: bool  # a "\r" not followed by "\n": pyarrow ends a line there, the line reader does not
     parquet: bool
     parquet_head: bool = False  # begins like Parquet (its magic, then binary); without ``parquet``: truncated
+    compressed: str | None = None  # "gzip", "zip"...: a compressed file, read as text it was "not valid UTF-8"
+
+
+# What compressed files begin with (their magic numbers; each holds a byte no UTF-8 text file begins with, unlike
+# bzip2's "BZh"): refused by name, not as undecodable text.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
 
 
 def scan_file(path: Path) -> FileScan:
@@ -90,6 +96,7 @@ def scan_file(path: Path) -> FileScan:
             text_after = len(chunk) > 4 and (32 <= chunk[4] < 127 or chunk[4] in b"\t\r\n")
             parquet_head = chunk.startswith(PARQUET_MAGIC) and len(chunk) > 4 and not text_after
             parquet = parquet_head and _ends_with_magic(f)
+            compressed = next((name for magic, name in COMPRESSED.items() if chunk.startswith(magic)), None)
             if chunk.startswith(BOM):
                 chunk = chunk[len(BOM) :]
             head = chunk[: 1 << 16]
@@ -105,7 +112,8 @@ def scan_file(path: Path) -> FileScan:
         raise DataFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
     lone_cr = cr != crlf
     first_line, first_line_no = _first_line(head)
-    return FileScan("sha256:" + digest.hexdigest(), first_line, first_line_no, lone_cr, parquet, parquet_head)
+    return FileScan("sha256:" + digest.hexdigest(), first_line, first_line_no, lone_cr, parquet, parquet_head,
+                    compressed)  # fmt: skip
 
 
 def _ends_with_magic(f) -> bool:

@@ -149,8 +149,13 @@ def load_ratings(path: str | Path, fmt: str = "auto", fast: bool = True) -> RawR
     if fmt not in FORMAT_CHOICES:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMAT_CHOICES)}")
     scan = columnar.scan_file(path)
+    if scan.compressed:
+        raise DataFormatError(path, None, f"a {scan.compressed}-compressed file: decompress it first (text or Parquet "
+                                          "are read)")  # fmt: skip
     if scan.parquet and fmt == "auto":
         return columnar.read_parquet(path, scan)
+    if scan.parquet:
+        raise DataFormatError(path, None, f"a Parquet file, not {fmt}: read it with --format auto")
     if scan.parquet_head and fmt == "auto":  # not a text file with a bad line 2: say what it is
         raise DataFormatError(path, None, "begins like a Parquet file but does not end like one (truncated, or "
                                           "still being written?)")  # fmt: skip

@@ -216,3 +216,16 @@ def test_parquet_reads_rating_and_time_under_common_names_and_warns_of_columns_i
     with pytest.warns(DataWarning, match=r"extra\.parquet: columns not read: device, grade \(a rating column is"):
         raw = load_ratings(path)
     assert raw.implicit
+
+
+def test_a_compressed_file_or_a_parquet_file_read_as_text_is_named_as_such(tmp_path):
+    """Both were refused as 'not valid UTF-8 (byte 1)' on line 1."""
+    import gzip
+
+    path = tmp_path / "r.csv.gz"
+    path.write_bytes(gzip.compress(b"u1,i1,4\nu2,i2,3\n"))
+    with pytest.raises(DataFormatError, match=r"r\.csv\.gz: a gzip-compressed file: decompress it first"):
+        load_ratings(path)
+    pq_path = _parquet(tmp_path / "r.parquet", {"user_id": ["a", "b"], "item_id": ["x", "y"]})
+    with pytest.raises(DataFormatError, match=r"r\.parquet: a Parquet file, not csv: read it with --format auto"):
+        load_ratings(pq_path, "csv")
