@@ -224,12 +224,19 @@ def _read_lines(path: Path, fmt: str, fingerprint: str) -> RawRatings:
                 continue
         try:
             fields = spec.split(line)
-            user, item, rating, stamp = _parse_row(fields, spec, columns)
         except ValueError as exc:
             raise DataFormatError(path, line_no, str(exc)) from None
         width = len(fields)
-        if has_columns and width != has_columns:
-            raise DataFormatError(path, line_no, f"expected {has_columns} fields like the lines before, got {width}")
+        # Before the values (a trailing comma is one field too many, not an empty timestamp), when the width is one
+        # the format allows (else _parse_row names the widths it allows).
+        if has_columns and width != has_columns and width in spec.columns:
+            trailing = " (a trailing delimiter?)" if width == has_columns + 1 and not fields[-1].strip() else ""
+            raise DataFormatError(path, line_no, f"expected {has_columns} fields like the lines before, got "
+                                                 f"{width}{trailing}")  # fmt: skip
+        try:
+            user, item, rating, stamp = _parse_row(fields, spec, columns)
+        except ValueError as exc:
+            raise DataFormatError(path, line_no, str(exc)) from None
         has_columns = width
         try:
             stamps.append(stamp)

@@ -192,3 +192,12 @@ def test_iso_dates_and_times_in_text_are_read_as_epoch_seconds_as_in_parquet(tmp
     bad = write_lines(tmp_path / "bad.csv", ["user,item,rating,timestamp", "u1,i1,4,2020-01-02", "u1,i2,5,yesterday"])
     with pytest.raises(DataFormatError, match=r"bad\.csv:3: timestamp is not a number nor an ISO 8601 date"):
         load_ratings(bad)
+
+
+def test_a_trailing_delimiter_is_named_as_a_field_too_many(tmp_path):
+    """It was refused as "timestamp is not a number: ''" under a three-column header."""
+    path = write_lines(tmp_path / "t.csv", ["user,item,rating", "u1,i1,4,", "u2,i2,3,"])
+    for fast in (True, False):
+        with pytest.raises(DataFormatError, match=r"t\.csv:2: expected 3 fields like the lines before, got 4 \(a "
+                                                  r"trailing delimiter\?\)"):  # fmt: skip
+            load_ratings(path, fast=fast)
