@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from model.files import atomic_write
 from model.raw import MAX_ID_LENGTH, DataFormatError, DataWarning, RawRatings, vocab_remap
 
 BOM = b"\xef\xbb\xbf"
@@ -349,3 +350,20 @@ def _parquet_problem(table: pa.Table, chosen: dict[str, str]) -> str:
             if len(bad):
                 return f"column {chosen[name]!r} row {bad[0]}: {name} is missing, not finite or too large"
     return "a value could not be read"
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write a rating table as the readers read it back: Parquet for a ``.parquet`` name (any case), else CSV with
+    a plain header line (the column names; pyarrow would quote them) and values quoted where they must be (an id
+    holding a comma). Written to a temporary name and renamed in (:func:`model.files.atomic_write`)."""
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        if path.suffix.lower() == ".parquet":
+            pq.write_table(table, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write((",".join(table.column_names) + "\n").encode())
+                pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+
+    return atomic_write(path, write)

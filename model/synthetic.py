@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model.files import atomic_write
 from model.keys import sorted_unique
 from model.raw import RawRatings, sorted_vocab
 
@@ -250,30 +249,14 @@ def _timestamps(shape: MovieLensShape, counts: np.ndarray, rng: np.random.Genera
 
 def write_ratings(data: ScaledRatings, path: str | Path) -> Path:
     """Write ``userId,movieId,rating,timestamp`` (1-based ids) as MovieLens ``ratings.csv`` or, for a
-    ``.parquet`` name (any case), Parquet with the same columns. Written to a temporary name, then renamed."""
+    ``.parquet`` name (any case), Parquet with the same columns (:func:`model.columnar.write_table`)."""
     import pyarrow as pa
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
 
-    path = Path(path)
-    table = pa.table(
-        {
-            "userId": pa.array(data.user_idx + 1),
-            "movieId": pa.array(data.item_idx + 1),
-            "rating": pa.array(data.ratings),
-            "timestamp": pa.array(data.timestamps),
-        }
-    )
+    from model.columnar import write_table
 
-    def write(tmp: str) -> None:
-        if path.suffix.lower() == ".parquet":
-            pq.write_table(table, tmp)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(b"userId,movieId,rating,timestamp\n")  # pyarrow would quote the names
-                pa_csv.write_csv(table, f, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
-
-    return atomic_write(path, write)  # a failed write (disk full) leaves nothing behind
+    columns = {"userId": data.user_idx + 1, "movieId": data.item_idx + 1, "rating": data.ratings,
+               "timestamp": data.timestamps}  # fmt: skip
+    return write_table(pa.table({name: pa.array(values) for name, values in columns.items()}), path)
 
 
 def as_raw(data: ScaledRatings, source: str = "movielens_like") -> RawRatings:
