@@ -1,6 +1,7 @@
 """Choose the ranking head's defaults on a validation split of MovieLens 100k training data only.
 
     python scripts/tune_ranking.py [--data-dir ../shared/datasets/ml-100k] [--seed 0]
+    python scripts/tune_ranking.py --data my_ratings.csv --losses kinds          # your own file (any format)
 
 The ranking task of ``scripts/benchmark_quality.py`` holds out 25% of each user's rows (seed 0) as its
 test set. This script never looks at those rows: it splits the remaining 75% per user again (75/25, seed
@@ -29,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from model import checkpoint  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
-from model.data import load_ratings  # noqa: E402
+from model.data import DataFormatError, load_ratings  # noqa: E402
 from model.idmap import IdMap  # noqa: E402
 from model.interactions import Dataset, build_dataset  # noqa: E402
 from model.metrics import evaluate_fold_in, evaluate_ranking  # noqa: E402
@@ -50,9 +51,14 @@ GRIDS = {
 }
 
 
+def data_file(args) -> tuple[Path, str]:
+    """(path, format): ``--data`` (format detected), else MovieLens 100k's ``u.data`` in ``--data-dir``."""
+    return (args.data, "auto") if args.data else (args.data_dir / "u.data", "ml-100k")
+
+
 def known_users(args) -> tuple:
     """(fit part, score function maker): the benchmark's ranking task's training part, split per user again."""
-    full = build_dataset(load_ratings(args.data_dir / "u.data", "ml-100k")).interactions
+    full = build_dataset(load_ratings(*data_file(args))).interactions
     train, _ = stratified_split(full, 0.25, seed=args.seed)  # the benchmark's training part; its test unused
     inner, val = stratified_split(train, 0.25, seed=args.seed + 1)
 
@@ -71,7 +77,7 @@ def known_users(args) -> tuple:
 
 def new_users(args) -> tuple:
     """(fit part, score function maker): the strong task's training users, some of them held out again whole."""
-    full = build_dataset(load_ratings(args.data_dir / "u.data", "ml-100k")).interactions
+    full = build_dataset(load_ratings(*data_file(args))).interactions
     train, _ = holdout_users(full, 0.2, seed=args.seed)  # the benchmark's strong training users; its test unused
     inner, val_users = holdout_users(train, 0.2, seed=args.seed + 1)
     history, heldout = fold_in_split(val_users, 0.8, seed=args.seed + 1)
@@ -92,12 +98,21 @@ def new_users(args) -> tuple:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k")
+    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "ml-100k",
+                   help="MovieLens 100k folder (its u.data), when no --data")  # fmt: skip
+    p.add_argument("--data", type=Path, help="your own rating file instead (MovieLens, CSV/TSV or Parquet)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--losses", default="ials,softmax", help="grids to run: ials, softmax, vae, dae, fold_in, kinds")
+    p.add_argument("--losses", default="ials,softmax", help=f"grids to run, comma-separated: {', '.join(GRIDS)}")
     p.add_argument("--protocol", default="known", choices=("known", "strong"), help="known users or new ones")
     args = p.parse_args()
-    inner, measure = (known_users if args.protocol == "known" else new_users)(args)
+    unknown = [name for name in args.losses.split(",") if name not in GRIDS]
+    if unknown:
+        p.error(f"--losses: no grid {', '.join(unknown)}; choose from {', '.join(GRIDS)}")
+    try:
+        inner, measure = (known_users if args.protocol == "known" else new_users)(args)
+    except DataFormatError as exc:  # a missing --data-dir too: "cannot read file"
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = []
     for loss in args.losses.split(","):
         grid = GRIDS[loss]
