@@ -125,7 +125,10 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
     for key, label in (("val_ndcg10", "validation nDCG@10"), ("rank_val_ndcg10", "ranking head validation nDCG@10")):
         if key in m:
             parts.append(f"{label} {m[key]:.4f}")
-    parts.append(f"{int(m['epochs_run'])} epochs (best {int(m['best_epoch'])}) in {m['fit_seconds']:.1f}s")
+    validated = any(key in m for key in ("val_rmse", "val_ndcg10", "rank_val_ndcg10"))
+    best = (f"best {int(m['best_epoch'])}; validation: a random {100 * c.val_fraction:g}% of the rows" if validated
+            else "no validation: --val-fraction 0")  # fmt: skip
+    parts.append(f"{int(m['epochs_run'])} epochs ({best}) in {m['fit_seconds']:.1f}s")
     stages = [f"{label} {m[key]:.1f}s" for key, label in (("rating_seconds", "rating model"),
                                                           ("rank_seconds", "ranking head")) if key in m]  # fmt: skip
     print(", ".join(parts) + (f" ({', '.join(stages)})" if stages else ""))
