@@ -165,12 +165,27 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _ranking_lines(rank: dict, k: int) -> list[str]:
+    lines = [
+        f"ranking @{k}: {rank['users']} users evaluated; skipped {rank['unknown_users']} unknown users and "
+        f"{rank['skipped_users']} whose held-out items were all training items; "
+        f"{rank['unknown_item_rows']} rows with unknown items dropped"
+    ]
+    for name in (*METRIC_NAMES, "coverage"):
+        se = f" ± {rank['ndcg_se']:.4f} (standard error over users)" if name == "ndcg" else ""
+        lines.append(f"  {name + '@' + str(k):<14} {rank[name]:.4f}{se}")
+    return lines
+
+
 def render_text(report: dict, checkpoint_path: str) -> str:
     k, lines = report["k"], [f"checkpoint: {checkpoint_path} ({report['model_version']})"]
     lines.append(f"test: {report['test']}: {report['rows']} rows")
     rating = report["rating"]
     if rating is None:
         lines.append("rating: n/a (the test file has no rating column)")
+    elif rating["fallback_rows"] == rating["rows"]:  # e.g. --fold-in's new users: nothing but the fallback
+        lines.append(f"rating: every row is of a user or item the model never saw: RMSE {rating['rmse']:.4f}  MAE "
+                     f"{rating['mae']:.4f} of the baseline /predict falls back to")  # fmt: skip
     else:
         lines.append(
             f"rating: RMSE {rating['rmse']:.4f}  MAE {rating['mae']:.4f}  over {rating['rows']} rows, "
@@ -183,16 +198,12 @@ def render_text(report: dict, checkpoint_path: str) -> str:
         if rating["training_rows"]:
             lines.append(f"  note: {rating['training_rows']} of the {rating['rows']} rows are (user, item) pairs the "
                          "model trained on: RMSE over them is not held-out error")  # fmt: skip
-    rank = report["ranking"]
-    lines.append(
-        f"ranking @{k}: {rank['users']} users evaluated; skipped {rank['unknown_users']} unknown users and "
-        f"{rank['skipped_users']} whose held-out items were all training items; "
-        f"{rank['unknown_item_rows']} rows with unknown items dropped"
-    )
-    for name in (*METRIC_NAMES, "coverage"):
-        se = f" ± {rank['ndcg_se']:.4f} (standard error over users)" if name == "ndcg" else ""
-        lines.append(f"  {name + '@' + str(k):<14} {rank[name]:.4f}{se}")
-    fold = report.get("fold_in")
+    rank, fold = report["ranking"], report.get("fold_in")
+    if fold is not None and rank["users"] == 0:
+        lines.append(f"ranking @{k}: no known user in the test file ({rank['unknown_users']} new ones: the fold-in "
+                     "below scores them)")  # fmt: skip
+    else:
+        lines += _ranking_lines(rank, k)
     if fold is not None:
         lines.append(
             f"fold-in of {fold['fraction']:g} of each new user's items, the rest scored: {int(fold['users'])} new users"

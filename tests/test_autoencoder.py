@@ -116,3 +116,8 @@ def test_evaluate_fold_in_scores_new_users_through_the_service(served, tmp_path)
     assert 0.3 < fold["ndcg@10"] <= 1.0 and 0.3 < fold["ndcg@100"] <= 1.0, fold
     bad = subprocess.run([*cmd, "--fold-in", "1.5"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "--fold-in" in bad.stderr
+    # Only new users (u000 left out): the text names what the known-user blocks cannot measure, not rows of nan.
+    test.write_text("user,item,rating\n" + "\n".join(rows[:-1]) + "\n")
+    text = subprocess.run([*cmd, "--fold-in", "0.8"], capture_output=True, text=True, cwd=REPO, timeout=120).stdout
+    assert f"ranking @10: no known user in the test file ({GROUPS} new ones" in text and "nan" not in text
+    assert "rating: every row is of a user or item the model never saw" in text and "ndcg@100" in text
