@@ -80,6 +80,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def row_indices(index: ServingIndex, raw: RawRatings) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's (user index, item index) in the model, -1 where it does not know the id: (n,) int64 each. One
+    lookup per distinct id, then a gather (as ``model.interactions.encode_with``), not one per row."""
+
+    def lookup(known: dict[str, int], vocab: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return np.fromiter((known.get(v, -1) for v in vocab), dtype=np.int64, count=len(vocab))[codes]
+
+    return lookup(index.user_index, raw.user_vocab, raw.user_codes), lookup(index.item_index, raw.item_vocab,
+                                                                            raw.item_codes)  # fmt: skip
+
+
 def rating_metrics(index: ServingIndex, raw: RawRatings) -> dict[str, Any]:
     """RMSE/MAE of what ``/predict`` answers for every test row (baseline fallback for unknown ids), with how many
     rows are pairs the model trained on (a test file that overlaps the training data flatters RMSE) and whether
@@ -87,8 +98,7 @@ def rating_metrics(index: ServingIndex, raw: RawRatings) -> dict[str, Any]:
     pred = index.predict(raw.user_ids.tolist(), raw.item_ids.tolist())
     ratings = np.asarray(pred.ratings, dtype=np.float64)
     known = np.array([f is None for f in pred.fallbacks], dtype=bool)
-    users = np.fromiter((index.user_index.get(u, -1) for u in raw.user_ids), dtype=np.int64, count=len(raw))
-    items = np.fromiter((index.item_index.get(i, -1) for i in raw.item_ids), dtype=np.int64, count=len(raw))
+    users, items = row_indices(index, raw)
     seen_users = np.repeat(np.arange(len(index.seen_indptr) - 1, dtype=np.int64), np.diff(index.seen_indptr))
     seen_keys = sorted_unique(seen_users * index.num_items + np.asarray(index.seen_indices, np.int64))
     trained = known & member_of(users * index.num_items + items, seen_keys)
@@ -106,12 +116,11 @@ def rating_metrics(index: ServingIndex, raw: RawRatings) -> dict[str, Any]:
 
 def ranking_metrics(index: ServingIndex, raw: RawRatings, k: int, min_rating: float | None) -> dict[str, Any]:
     """Top-k metrics over the test rows of known users (see the module docstring)."""
-    users = np.fromiter((index.user_index.get(u, -1) for u in raw.user_ids), dtype=np.int64, count=len(raw))
-    items = np.fromiter((index.item_index.get(i, -1) for i in raw.item_ids), dtype=np.int64, count=len(raw))
+    users, items = row_indices(index, raw)
     keep = users >= 0
     if min_rating is not None:
         keep &= raw.ratings >= min_rating
-    unknown_users = len(np.unique(raw.user_ids[users < 0]))
+    unknown_users = len(np.unique(raw.user_codes[users < 0]))
     unknown_item_rows = int((keep & (items < 0)).sum())
     keep &= items >= 0
     num_users, num_items = len(index.user_index), index.num_items
