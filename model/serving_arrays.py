@@ -21,9 +21,15 @@ def ranks_by_dot_product(kind: str, config: TrainConfig) -> bool:
     return kind != "neumf"
 
 
+def has_rating_model(kind: str, config: TrainConfig) -> bool:
+    """Whether the model predicts ratings: a biased MF trained on squared error (a resolved config: ``--loss auto``
+    is ``mse`` on rated data). Every other kind answers ``/predict`` with its score squashed onto the scale."""
+    return kind == "mf" and config.loss == "mse"
+
+
 def ranking_prefix(kind: str, config: TrainConfig) -> str:
     """State-dict prefix of the network that ranks: ``ranking.`` for an MF with a ranking head, else none."""
-    return "ranking." if kind == "mf" and config.loss == "mse" and config.rank_loss != "none" else ""
+    return "ranking." if has_rating_model(kind, config) and config.rank_loss != "none" else ""
 
 
 def _np(state_dict: dict[str, torch.Tensor], name: str) -> np.ndarray:

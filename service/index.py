@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model.checkpoint import Checkpoint
-from model.serving_arrays import ranking_prefix, ranks_by_dot_product, serving_arrays
+from model.serving_arrays import has_rating_model, ranking_prefix, ranks_by_dot_product, serving_arrays
 from model.topk import top_k
 from service import pruned
 from service.attributes import AttributeIndex, BadFilterValue, ItemFilter, UnknownAttribute
@@ -107,7 +107,7 @@ class ServingIndex:
         self.item_norms = _frozen(serving["item_norms"])  # (I,) |V_i|, for /similar
         self.dim = self.item_vectors.shape[1] - 1
         # Rating model: biased MF where there is one; ranking-only kinds report a squashed logit instead.
-        self.has_rating = ckpt.kind == "mf" and ckpt.config.loss in ("mse", "auto")
+        self.has_rating = has_rating_model(ckpt.kind, ckpt.config)
         self.rank_is_rating = self.has_rating and not ranking_prefix(ckpt.kind, ckpt.config)
         zeros_u = np.zeros(ckpt.num_users, np.float32)
         if ckpt.kind == "mf":
