@@ -7,15 +7,8 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from service import metrics
-from service.errors import ApiError, error_response
-from service.index import (
-    BadFilterValue,
-    ExplainUnsupported,
-    Recommendation,
-    ServingIndex,
-    UnknownAttribute,
-    UnknownItem,
-)
+from service.errors import ApiError
+from service.index import Recommendation, ServingIndex
 from service.openapi import build_document, documented, with_filters
 from service.schemas import (
     ErrorResponse,
@@ -87,18 +80,6 @@ def _json_body() -> object:
     if not isinstance(body, dict):
         raise ApiError(422, "validation_error", "request is invalid", "body", "must be a JSON object")
     return body
-
-
-@bp.errorhandler(UnknownAttribute)
-@bp.errorhandler(BadFilterValue)
-def _filter_error(exc: Exception):
-    return error_response(422, "validation_error", "request is invalid", [{"field": "filter", "reason": str(exc)}])
-
-
-@bp.errorhandler(ExplainUnsupported)
-def _explain_error(exc: ExplainUnsupported):
-    message, details = "explanations are not defined for this model", [{"field": "explain", "reason": str(exc)}]
-    return error_response(422, "explain_unsupported", message, details)
 
 
 def _recommendation(user_id: str | None, rec: Recommendation, index: ServingIndex, endpoint: str) -> Response:
@@ -174,10 +155,7 @@ def recommend_history():
 def similar():
     query = SimilarQuery.model_validate(_query_args())
     index = _model().index
-    try:
-        rec = index.similar(query.item_id, query.k, query.filters())
-    except UnknownItem:
-        raise ApiError(404, "unknown_item", "no such item in the model", "item_id", "unknown item id") from None
+    rec = index.similar(query.item_id, query.k, query.filters())  # UnknownItem: 404 (service.errors)
     return jsonify(item_id=query.item_id, items=rec.records(), model_version=index.model_version)
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+
+from service.index import BadFilterValue, ExplainUnsupported, UnknownAttribute, UnknownItem
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +81,27 @@ def _drain_body() -> None:
         remaining -= len(chunk)
 
 
+# The domain errors the serving index raises where it detects them, and how each answers: (status, code, message,
+# the field it names, the reason given the exception). One table: every route answers them alike.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str, str, str, Callable[[Exception], str]]] = {
+    UnknownAttribute: (422, "validation_error", "request is invalid", "filter", str),
+    BadFilterValue: (422, "validation_error", "request is invalid", "filter", str),
+    ExplainUnsupported: (422, "explain_unsupported", "explanations are not defined for this model", "explain", str),
+    UnknownItem: (404, "unknown_item", "no such item in the model", "item_id", lambda exc: "unknown item id"),
+}
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    def _domain_error(exc: Exception):
+        status, code, message, field, reason = next(DOMAIN_ERRORS[k] for k in type(exc).__mro__ if k in DOMAIN_ERRORS)
+        return error_response(status, code, message, [{"field": field, "reason": reason(exc)}])
+
+    for kind in DOMAIN_ERRORS:
+        app.register_error_handler(kind, _domain_error)
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError):
