@@ -188,11 +188,7 @@ def predict():
             model_version=index.model_version,
             fallback=out.fallbacks[0],
         )
-    predictions = [
-        {"user_id": u, "item_id": i, "rating": r, "fallback": f}
-        for u, i, r, f in zip(users, items, out.ratings, out.fallbacks)
-    ]
-    return jsonify(predictions=predictions, model_version=index.model_version)
+    return jsonify(predictions=out.records(users, items), model_version=index.model_version)
 
 
 @bp.get("/metrics")

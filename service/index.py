@@ -76,6 +76,14 @@ class Predictions:
     ratings: list[float]
     fallbacks: list[str | None]
 
+    def records(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> list[dict]:
+        """The pairs asked for as ``[{"user_id", "item_id", "rating", "fallback"}]``, in their order: ``POST
+        /predict``'s ``predictions`` and the notebook API's rows are both this."""
+        return [
+            {"user_id": u, "item_id": i, "rating": r, "fallback": f}
+            for u, i, r, f in zip(user_ids, item_ids, self.ratings, self.fallbacks)
+        ]
+
 
 def _frozen(arr: np.ndarray) -> np.ndarray:
     """A read-only view: a stray in-place write would otherwise silently un-share mmapped pages (COW)."""

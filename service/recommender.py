@@ -132,11 +132,7 @@ class Recommender:
         items = [item_ids] if single else [str(i) for i in item_ids]
         if len(users) != len(items):
             raise ValueError(f"{len(users)} user ids but {len(items)} item ids")
-        out = self.index.predict(users, items)
-        rows = [
-            {"user_id": u, "item_id": i, "rating": r, "fallback": f}
-            for u, i, r, f in zip(users, items, out.ratings, out.fallbacks)
-        ]
+        rows = self.index.predict(users, items).records(users, items)
         if single:
             return rows[0]
         return _frame(rows, ("user_id", "item_id", "rating", "fallback")) if frame else rows
