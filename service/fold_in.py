@@ -87,11 +87,9 @@ class FoldIn:
             y, gram, coef = self._ials_system(item_idx, ratings) if self.ials else self._ridge_system(item_idx, ratings)
             p = np.linalg.solve(gram, y.T @ coef)
             return np.append(p, 1.0).astype(np.float32)
-        # Ratings weigh the history: the top of the scale counts fully, the bottom not at all.
-        weights = np.ones(len(item_idx)) if ratings is None else self._liking(ratings)
-        mean = (weights[:, None] * self.item_vectors[item_idx, :-1]).sum(axis=0) / max(len(item_idx), 1)
-        p = mean * (self.typical_user_norm / max(float(np.linalg.norm(mean)), 1e-12))
-        return np.append(p, 1.0).astype(np.float32)
+        # The liking-weighted mean of the history's item vectors at a typical user's length (:meth:`system`).
+        y, _, coef = self.system(item_idx, ratings)
+        return np.append(coef @ y, 1.0).astype(np.float32)
 
     def likes_nothing(self, ratings: np.ndarray | None) -> bool:
         """Whether a rated history likes nothing (every rating at the bottom of the scale) where the fold-in
