@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 # Per-objective defaults for fields left as None. Ratings: an 8 x 16 MF ensemble (MovieLens u1..u5 test RMSE
@@ -29,7 +29,7 @@ RANKING_DEFAULTS = {
     "mf": {"dim": 64, "epochs": 100, "lr": 0.003, "reg": 5.0, "batch_size": 64},
     "gmf": {"dim": 64, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
     "neumf": {"dim": 32, "epochs": 60, "lr": 0.001, "reg": 5.0, "batch_size": 256},
-    "ials": {"dim": 64, "epochs": 12, "lr": 0.0, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS
+    "ials": {"dim": 64, "epochs": 12, "reg": 50.0, "batch_size": 0},  # mf on implicit data, by ALS (no --lr)
     # Autoencoders (model.autoencoder): dim is the latent size, batch_size users per step, reg unused.
     # No early stopping by default: on 5% of MovieLens 100k rows it stopped them too early (validation nDCG@10
     # 0.2493-0.2635 against 0.2673-0.2698 for the fixed 60 epochs, scripts/tune_ranking.py --losses vae).
@@ -44,7 +44,7 @@ RANKING_DEFAULTS = {
 # is the better rating model on MovieLens 100k (5-fold RMSE 0.903 against about 0.92 for ALS) but costs
 # minutes per million rows, ALS seconds (docs/benchmarks.md "Scale").
 ALS_MIN_ROWS = 500_000
-ALS_RATING_DEFAULTS = {"dim": 32, "epochs": 12, "reg": 10.0, "lr": 0.0, "batch_size": 0}
+ALS_RATING_DEFAULTS = {"dim": 32, "epochs": 12, "reg": 10.0, "batch_size": 0}  # no --lr: closed form
 # The ranking head per rank loss: full softmax by gradient descent, or implicit ALS (closed form). Implicit
 # ALS (the head and --loss ials) folds a new user in with its own L2, chosen for new users apart from training's:
 # on validation users of MovieLens 100k training data (scripts/tune_ranking.py --protocol strong --losses
@@ -262,6 +262,14 @@ def size_error(values: Mapping[str, Any]) -> str | None:
         if blocks * dim * dim > MAX_BLOCK_CELLS:  # each block holds about a dozen dim x dim matrices
             return f"--blocks {blocks} x --dim {dim}: at most {MAX_BLOCK_CELLS:,} blocks x dim^2 for sasrec"
     return None
+
+
+def reopened(config: TrainConfig) -> TrainConfig:
+    """A checkpoint's (resolved) config as a base to train from again (``scripts/retrain.py``): checkpoints trained
+    by ALS before 2026-12-03 stored ``lr`` 0.0, a value the ALS engine never reads and :func:`validate` refuses
+    (every retrain over such a model stopped with "--lr must be > 0"); it is unset again, as the ALS defaults now
+    leave it."""
+    return replace(config, lr=None) if config.lr == 0.0 else config
 
 
 def validate(config: TrainConfig, given: Mapping[str, Any] | None = None) -> TrainConfig:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from model import checkpoint
-from model.config import TrainConfig, config_flags, overrides, validate
+from model.config import TrainConfig, config_flags, overrides, reopened, validate
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.files import output_problem
 from model.interactions import Dataset, Interactions, build_dataset
@@ -100,7 +100,7 @@ def train_config(args: argparse.Namespace, base: TrainConfig, implicit: bool = F
     data of ``num_rows`` rows (which picks the engine when it is ``auto``)."""
     given = overrides(args)
     try:
-        return resolve(validate(replace(base, **given), given), implicit, num_rows)
+        return resolve(validate(replace(reopened(base), **given), given), implicit, num_rows)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 

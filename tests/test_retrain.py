@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -172,6 +173,30 @@ def test_a_vae_retrain_is_gated_by_its_ranking(tmp_path, data):
     assert set(checks) == {"ndcg"} and not checks["ndcg"]["ok"], checks
     assert code == ExitCode.REJECTED and ModelStore(store_dir).current() == before
     assert checkpoint.load(ModelStore(store_dir).current_path()).kind == "vae"
+
+
+def test_a_store_served_by_an_als_model_retrains_again(tmp_path, data):
+    """Found by the operator review: ALS stored lr 0.0 (which it never reads) in its checkpoints, and every retrain
+    over such a current model (the default engine from 500k rows, and for implicit data) stopped before training
+    with "--lr must be > 0", exit 2, every night. The ALS defaults leave lr unset now; older checkpoints' 0.0 is
+    unset again when retrain.py reads their config."""
+    store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), "--quiet", "--engine", "als"]) == 0
+    store = ModelStore(store_dir)
+    first = checkpoint.load(store.current_path())
+    assert first.config.engine == "als" and first.config.lr is None
+    assert retrain.main(["--data", str(new), "--store", str(store_dir), "--quiet"]) in (ExitCode.PROMOTED,
+                                                                                       ExitCode.REJECTED)  # fmt: skip
+    # A checkpoint written before the fix: lr 0.0 in its config.
+    legacy = checkpoint.load(store.current_path())
+    legacy.config = dataclasses.replace(legacy.config, lr=0.0)
+    legacy.model_version += "-legacy"
+    store.add(legacy)
+    store.set_current(legacy.model_version)
+    assert checkpoint.load(store.current_path()).config.lr == 0.0
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--quiet", "--force"])
+    assert code == ExitCode.PROMOTED and checkpoint.load(store.current_path()).config.lr is None
 
 
 @pytest.mark.parametrize("damage", ["garbage", "outside", "directory"])
