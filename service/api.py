@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from service import metrics
 from service.errors import ApiError
@@ -40,6 +40,7 @@ def _model() -> ModelState:
     state = _holder().state  # one snapshot per request: a reload mid-request cannot mix two models
     if state.index is None:
         raise ApiError(503, "model_unavailable", f"no model loaded: {state.error}")
+    g.model_version = state.index.model_version  # the access log names the model that answered, not the newest
     return state
 
 

@@ -109,7 +109,7 @@ def _register_telemetry(app: Flask) -> None:
                 "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 "request_id": g.get("request_id"), "method": request.method, "path": request.path,
                 "status": response.status_code, "duration_ms": round(elapsed * 1000, 3),
-                "model_version": app.extensions["recsys"].version,
+                "model_version": g.get("model_version", app.extensions["recsys"].version),
             }).decode())  # fmt: skip
         return response
 

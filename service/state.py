@@ -146,8 +146,10 @@ class ModelHolder:
         self.ann, self.topn = ann, topn
         self.on_change = on_change or (lambda state, ok: None)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
-        self._signature = _signature(self.path)
+        self._signature = _signature(self.path)  # the file last seen behind the path
+        self._missing = False  # no file behind the path at the last check (said once, not every poll)
         self.state = self._load(self._signature)
+        self._served = self._signature if self.state.index is not None else None  # the file the state came from
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
             self.state = self._store_fallback(self.state)
@@ -197,9 +199,20 @@ class ModelHolder:
         """Reload if the checkpoint changed. Returns True when a new model was swapped in."""
         with self._lock:
             sig = _signature(self.path)
-            if sig is None or sig == self._signature:
+            if sig is None:  # deleted, or a store's current left dangling: say so once, keep serving
+                if not self._missing and self._signature is not None:
+                    log.error("reload refused, still serving %s: %s: no such checkpoint file (deleted, or a "
+                              "dangling pointer)", self.version, checkpoint_target(self.path))  # fmt: skip
+                    self.on_change(self.state, False)
+                self._missing = True
+                return False
+            self._missing = False
+            if sig == self._signature:
                 return False
             self._signature = sig
+            if sig == self._served and self.state.index is not None:  # back to the file it serves: nothing to load
+                log.info("%s points at %s again, still serving it", self.path, self.version)
+                return False
             new = self._load(sig)
             if new.error:
                 # Keep serving what we have; a later change of the file is tried again.
@@ -210,7 +223,7 @@ class ModelHolder:
                     return self.state.index is not None
                 return False
             old = self.version
-            self.state = new  # one reference assignment: requests see the old or the new state, whole
+            self.state, self._served = new, sig  # one reference assignment: requests see the old or the new, whole
             log.info("reloaded model %s -> %s from %s", old, self.version, self.path)
             self.on_change(self.state, True)
             return True

@@ -55,6 +55,55 @@ def test_missing_model_is_picked_up_when_it_appears(tmp_path, small_ckpt_path, s
     assert holder.check() and holder.version == small_ckpt.model_version
 
 
+def test_a_vanished_file_is_said_once_and_a_pointer_back_to_the_served_file_loads_nothing(
+    tmp_path, small_ckpt_path, other_ckpt_path, small_ckpt, caplog
+):
+    """Found by the operator review: a deleted file (a store's current left dangling) was silent (no log line, no
+    failed reload counted) while /readyz said all was well; and pointing back at the file being served, after a
+    refused one, loaded it again in full (seconds and memory at a million items)."""
+    live = tmp_path / "live.ckpt"
+    shutil.copyfile(small_ckpt_path, live)
+    outcomes = []
+    holder = ModelHolder(live, on_change=lambda state, ok: outcomes.append(ok))
+    served = holder.state
+    os.rename(live, tmp_path / "aside.ckpt")
+    assert not holder.check() and not holder.check() and holder.state is served
+    assert outcomes == [True, False], "one failed reload for the vanished file, not one per poll"
+    assert (
+        caplog.text.count("no such checkpoint file") == 1 and f"still serving {small_ckpt.model_version}" in caplog.text
+    )
+    os.rename(tmp_path / "aside.ckpt", live)  # the same file back: nothing to load
+    assert not holder.check() and holder.state is served and outcomes == [True, False]
+    (tmp_path / "bad").write_bytes(b"not a checkpoint")
+    os.replace(tmp_path / "bad", live)
+    assert not holder.check() and outcomes == [True, False, False]
+    replace_atomically(other_ckpt_path, live)
+    assert holder.check() and holder.version == checkpoint.load(other_ckpt_path).model_version
+
+
+def test_the_access_log_names_the_model_that_answered_not_the_newest(app, other_ckpt_path, caplog):
+    """Found by the operator review: around a reload, 9 of 44,734 access lines named the other version: the line
+    took the holder's version when it was written, after the request had been answered by the one before."""
+    holder = app.extensions["recsys"]
+    answering = holder.state
+    newer = ModelHolder(other_ckpt_path).state
+    recommend = answering.index.recommend
+
+    def reload_meanwhile(*args, **kwargs):
+        holder.state = newer  # the watcher swaps the model while this request is being answered
+        return recommend(*args, **kwargs)
+
+    answering.index.recommend = reload_meanwhile
+    try:
+        with caplog.at_level("INFO", logger="recsys.access"):
+            body = app.test_client().get("/recommend?user_id=u1&k=3").get_json()
+    finally:
+        del answering.index.recommend
+        holder.state = answering
+    line = json.loads([r.getMessage() for r in caplog.records if r.name == "recsys.access"][-1])
+    assert body["model_version"] == line["model_version"] == answering.index.model_version != newer.index.model_version
+
+
 def _get(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
