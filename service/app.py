@@ -78,9 +78,10 @@ def _finite(obj: Any) -> Any:
 def _track_model(previous: list[str | None]):
     """on_change callback: keep the model-version gauge and the reload counter current."""
 
-    def on_change(state, ok: bool) -> None:
+    def on_change(state, ok: bool | None) -> None:
         version = state.info.get("model_version")
-        metrics.RELOADS.labels(result="ok" if ok else "failed").inc()
+        if ok is not None:  # a reload, not a worker's first load
+            metrics.RELOADS.labels(result="ok" if ok else "failed").inc()
         metrics.set_model_version(version, previous[0])
         previous[0] = version
 
@@ -102,7 +103,7 @@ def _register_telemetry(app: Flask) -> None:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         method = request.method if request.method in METHODS else "other"  # a client's token: unbounded series
         metrics.REQUESTS.labels(endpoint=endpoint, method=method, status=str(response.status_code)).inc()
-        metrics.LATENCY.labels(endpoint=endpoint).observe(elapsed)
+        metrics.LATENCY.labels(endpoint=endpoint, method=method).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         if app.config["ACCESS_LOG"]:
             access_log.info(orjson.dumps({
@@ -123,7 +124,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Flask answers 413 itself; uWSGI's limit-post (a larger backstop) would drop the connection instead.
     app.config["MAX_CONTENT_LENGTH"] = int(settings["MAX_BODY_BYTES"])
     app.json.sort_keys = False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The worker's pid in each line: two workers log the same reload, and only one may refuse it.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     _json_lines(access_log)
     holder = ModelHolder(
         settings["CHECKPOINT"],

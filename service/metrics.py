@@ -23,11 +23,11 @@ REQUESTS = Counter("recsys_requests_total", "HTTP requests", ["endpoint", "metho
 LATENCY = Histogram(
     "recsys_request_duration_seconds",
     "Time spent in the app per request",
-    ["endpoint"],
+    ["endpoint", "method"],  # GET /recommend (a list) and POST /recommend (a fold-in) differ several-fold
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 FALLBACKS = Counter("recsys_fallbacks_total", "Answers served by a fallback", ["endpoint", "kind"])
-RELOADS = Counter("recsys_model_reloads_total", "Model loads by result", ["result"])
+RELOADS = Counter("recsys_model_reloads_total", "Model reloads (not a worker's first load) by result", ["result"])
 MODEL_INFO = Gauge(
     "recsys_model_info", "1 for the model version a live worker serves", ["model_version"], multiprocess_mode="liveall"
 )

@@ -144,6 +144,8 @@ class ModelHolder:
     def __init__(self, path: str | Path, on_change=None, ann: AnnConfig | None = None, topn: TopNConfig | None = None):
         self.path = Path(path)
         self.ann, self.topn = ann, topn
+        # on_change(state, ok): after each reload, ok True (swapped in) or False (refused); ok None after the first
+        # load, which is no reload (a respawned worker would otherwise count as one).
         self.on_change = on_change or (lambda state, ok: None)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._signature = _signature(self.path)  # the file last seen behind the path
@@ -155,7 +157,7 @@ class ModelHolder:
             self.state = self._store_fallback(self.state)
         if not self.state.error:
             log.info("serving %s from %s", self.state.info["model_version"], self.path)
-        self.on_change(self.state, self.state.error is None)
+        self.on_change(self.state, None)  # the first load (a worker starting or respawned): not a reload
         self._stop = threading.Event()
 
     def _source(self, sig: tuple | None) -> Path:

@@ -68,15 +68,15 @@ def test_a_vanished_file_is_said_once_and_a_pointer_back_to_the_served_file_load
     served = holder.state
     os.rename(live, tmp_path / "aside.ckpt")
     assert not holder.check() and not holder.check() and holder.state is served
-    assert outcomes == [True, False], "one failed reload for the vanished file, not one per poll"
+    assert outcomes == [None, False], "one failed reload for the vanished file, not one per poll"
     assert (
         caplog.text.count("no such checkpoint file") == 1 and f"still serving {small_ckpt.model_version}" in caplog.text
     )
     os.rename(tmp_path / "aside.ckpt", live)  # the same file back: nothing to load
-    assert not holder.check() and holder.state is served and outcomes == [True, False]
+    assert not holder.check() and holder.state is served and outcomes == [None, False]
     (tmp_path / "bad").write_bytes(b"not a checkpoint")
     os.replace(tmp_path / "bad", live)
-    assert not holder.check() and outcomes == [True, False, False]
+    assert not holder.check() and outcomes == [None, False, False]
     replace_atomically(other_ckpt_path, live)
     assert holder.check() and holder.version == checkpoint.load(other_ckpt_path).model_version
 
@@ -177,3 +177,19 @@ def test_a_wrongly_typed_checkpoint_is_refused_at_start_up_and_on_reload(tmp_pat
     assert client.get(f"/recommend?user_id={small_ckpt.user_ids[0]}&k=3").status_code == 200
     replace_atomically(small_ckpt_path, live)  # the next change is tried again
     assert holder.check() and holder.version == small_ckpt.model_version
+
+
+def test_a_first_load_is_not_counted_as_a_reload_and_latency_is_by_method(small_ckpt_path, small_ckpt):
+    """Found by the operator review: reloads_total{result="ok"} was 2 right after a start (one per worker) and grew
+    with every respawn, and GET and POST /recommend shared one latency histogram (a list, and a fold-in)."""
+    from service import create_app, metrics
+
+    before = {r: metrics.RELOADS.labels(result=r)._value.get() for r in ("ok", "failed")}
+    client = create_app({"CHECKPOINT": str(small_ckpt_path), "TESTING": True, "RELOAD_INTERVAL": 0}).test_client()
+    assert {r: metrics.RELOADS.labels(result=r)._value.get() for r in ("ok", "failed")} == before
+    user, item = small_ckpt.user_ids[0], small_ckpt.item_ids[0]
+    assert client.get(f"/recommend?user_id={user}&k=3").status_code == 200
+    assert client.post("/recommend", json={"history": [item], "k": 3}).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    for method in ("GET", "POST"):
+        assert f'recsys_request_duration_seconds_count{{endpoint="/recommend",method="{method}"}}' in text
