@@ -153,7 +153,7 @@ def load_ratings(path: str | Path, fmt: str = "auto", fast: bool = True) -> RawR
         raise DataFormatError(path, None, f"a {scan.compressed}-compressed file: decompress it first (text or Parquet "
                                           "are read)")  # fmt: skip
     if scan.parquet and fmt == "auto":
-        return columnar.read_parquet(path, scan)
+        return _check_ratings(columnar.read_parquet(path, scan))
     if scan.parquet:
         raise DataFormatError(path, None, f"a Parquet file, not {fmt}: read it with --format auto")
     if scan.parquet_head and fmt == "auto":  # not a text file with a bad line 2: say what it is

@@ -172,6 +172,10 @@ def test_times_in_the_rating_column_are_refused_not_trained_on(tmp_path):
                                                   r"more: times .*A header user,item,timestamp"):  # fmt: skip
             load_ratings(path, fast=fast)
     assert load_ratings(write_lines(tmp_path / "plays.csv", ["u1,i1,12000", "u2,i1,3"])).ratings.tolist() == [12000, 3]
+    pq.write_table(pa.table({"user": ["u1", "u2"], "item": ["i1", "i1"], "rating": [881250949.0, 881250950.0]}),
+                   tmp_path / "clicks.parquet")  # fmt: skip
+    with pytest.raises(DataFormatError, match=r"clicks\.parquet: the rating column holds only values of 8\.81e\+08"):
+        load_ratings(tmp_path / "clicks.parquet")
 
 
 def test_a_header_with_another_columns_name_first_names_the_misplaced_column(tmp_path):
