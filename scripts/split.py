@@ -21,7 +21,8 @@ use; each keeps every row of a (user, item) pair on one side and is the same for
 
 It writes ``train`` and ``test`` files in ``--out-dir`` (``.csv``, or ``.parquet`` with ``--parquet``) with the
 columns ``user,item,rating,timestamp`` (``user,item,timestamp`` for implicit data), which the readers read back
-as the same rows; each is written to a temporary name and renamed in. Exit 0, or 2 with the reason.
+as the same rows; each is written to a temporary name and renamed in. Exit 0; 2 for bad arguments or data, 1 when
+writing fails (each file whole or absent), with the reason.
 """
 
 from __future__ import annotations
@@ -93,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    for part, out in zip((train, test), args.outputs):
-        write_table(rows_table(dataset, part), out)
+    try:
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        for part, out in zip((train, test), args.outputs):
+            write_table(rows_table(dataset, part), out)
+    except OSError as exc:  # disk full, permissions: each file is whole or absent (written to a temporary name)
+        print(f"error: writing the split failed: {exc}", file=sys.stderr)
+        return 1
     users = [len(np.unique(part.user_idx)) for part in (train, test)]
     print(f"{args.by} split of {args.data} (seed {args.seed}): {args.outputs[0]} {len(train)} rows, {users[0]} users; "
           f"{args.outputs[1]} {len(test)} rows, {users[1]} users")  # fmt: skip
