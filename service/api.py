@@ -102,7 +102,7 @@ def readyz():
     if state.index is None:
         return jsonify(ready=False, model_version=None, reason=state.error), 503
     state.index.predict([next(iter(state.index.user_index), "")], [state.index.item_ids[0]])  # answers at all
-    return jsonify(ready=True, model_version=state.index.model_version, reason=None)
+    return jsonify(ready=True, model_version=state.index.model_version, reason=None, reload_refused=_holder().refused)
 
 
 @bp.get("/model")

@@ -294,7 +294,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     model_version: str | None
-    reason: str | None = None
+    reason: str | None = None  # why not ready
+    # Ready, but the file now behind RECSYS_CHECKPOINT was refused (the model served is the one before it): why.
+    reload_refused: str | None = None
 
 
 class ErrorDetail(BaseModel):

@@ -150,6 +150,8 @@ class ModelHolder:
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._signature = _signature(self.path)  # the file last seen behind the path
         self._missing = False  # no file behind the path at the last check (said once, not every poll)
+        # Why the file now behind the path was refused while an older model serves (/readyz), else None.
+        self.refused: str | None = None
         self.state = self._load(self._signature)
         self._served = self._signature if self.state.index is not None else None  # the file the state came from
         if self.state.error:
@@ -203,22 +205,28 @@ class ModelHolder:
             sig = _signature(self.path)
             if sig is None:  # deleted, or a store's current left dangling: say so once, keep serving
                 if not self._missing and self._signature is not None:
-                    log.error("reload refused, still serving %s: %s: no such checkpoint file (deleted, or a "
-                              "dangling pointer)", self.version, checkpoint_target(self.path))  # fmt: skip
+                    self.refused = (
+                        f"{checkpoint_target(self.path)}: no such checkpoint file (deleted, or a dangling pointer)"
+                    )
+                    log.error("reload refused, still serving %s: %s", self.version, self.refused)
                     self.on_change(self.state, False)
                 self._missing = True
                 return False
+            if self._missing and sig == self._served:  # the file it serves is back
+                self.refused = None
             self._missing = False
             if sig == self._signature:
                 return False
             self._signature = sig
             if sig == self._served and self.state.index is not None:  # back to the file it serves: nothing to load
                 log.info("%s points at %s again, still serving it", self.path, self.version)
+                self.refused = None
                 return False
             new = self._load(sig)
             if new.error:
                 # Keep serving what we have; a later change of the file is tried again.
                 log.error("reload refused, still serving %s: %s", self.version, new.error)
+                self.refused = new.error if self.state.index is not None else None
                 self.on_change(self.state, False)
                 if self.state.index is None:
                     self.state = self._store_fallback(new)
@@ -226,6 +234,7 @@ class ModelHolder:
                 return False
             old = self.version
             self.state, self._served = new, sig  # one reference assignment: requests see the old or the new, whole
+            self.refused = None
             log.info("reloaded model %s -> %s from %s", old, self.version, self.path)
             self.on_change(self.state, True)
             return True

@@ -69,16 +69,18 @@ def test_a_vanished_file_is_said_once_and_a_pointer_back_to_the_served_file_load
     os.rename(live, tmp_path / "aside.ckpt")
     assert not holder.check() and not holder.check() and holder.state is served
     assert outcomes == [None, False], "one failed reload for the vanished file, not one per poll"
+    assert "no such checkpoint file" in holder.refused  # /readyz says so (found by the operator review)
     assert (
         caplog.text.count("no such checkpoint file") == 1 and f"still serving {small_ckpt.model_version}" in caplog.text
     )
     os.rename(tmp_path / "aside.ckpt", live)  # the same file back: nothing to load
-    assert not holder.check() and holder.state is served and outcomes == [None, False]
+    assert not holder.check() and holder.state is served and outcomes == [None, False] and holder.refused is None
     (tmp_path / "bad").write_bytes(b"not a checkpoint")
     os.replace(tmp_path / "bad", live)
-    assert not holder.check() and outcomes == [None, False, False]
+    assert not holder.check() and outcomes == [None, False, False] and "not a torch.save zip" in holder.refused
     replace_atomically(other_ckpt_path, live)
     assert holder.check() and holder.version == checkpoint.load(other_ckpt_path).model_version
+    assert holder.refused is None
 
 
 def test_the_access_log_names_the_model_that_answered_not_the_newest(app, other_ckpt_path, caplog):
@@ -173,7 +175,8 @@ def test_a_wrongly_typed_checkpoint_is_refused_at_start_up_and_on_reload(tmp_pat
     os.replace(tmp_path / "incoming", live)
     assert not holder.check()  # refused, counted, the old model keeps serving
     assert metrics.RELOADS.labels(result="failed")._value.get() == failed + 1
-    assert client.get("/readyz").get_json()["model_version"] == small_ckpt.model_version
+    ready = client.get("/readyz").get_json()  # ready, and says which file it refused (found by the operator review)
+    assert ready["model_version"] == small_ckpt.model_version and "seen_indptr is a list" in ready["reload_refused"]
     assert client.get(f"/recommend?user_id={small_ckpt.user_ids[0]}&k=3").status_code == 200
     replace_atomically(small_ckpt_path, live)  # the next change is tried again
     assert holder.check() and holder.version == small_ckpt.model_version
