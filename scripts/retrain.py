@@ -281,7 +281,10 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     timings["refit_s"] = round(time.perf_counter() - started, 3)
     report["refit"] = {"version": promoted.model_version, "rows": len(raw), "training": final.metrics}
     started = time.perf_counter()
-    store.add(promoted)
+    if store.path_of(promoted.model_version).exists():  # the same data and weights, to the second: already stored
+        print(f"{promoted.model_version} is already in the store (the same model): pointing current at it")
+    else:
+        store.add(promoted)
     try:
         store.set_current(promoted.model_version)
     except OSError as exc:  # after the pointer moved (writing the served list) the promotion stands: say so

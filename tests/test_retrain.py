@@ -201,6 +201,24 @@ def test_a_store_served_by_an_als_model_retrains_again(tmp_path, data):
     assert code == ExitCode.PROMOTED and checkpoint.load(store.current_path()).config.lr is None
 
 
+def test_a_rerun_that_trains_the_very_same_model_in_the_same_second_promotes_it(tmp_path, data, monkeypatch):
+    """The same data and seed train the same weights; run twice within one second, their version (a digest of data
+    and weights, timestamped to the second) was already in the store and the promotion failed, exit 1."""
+    import datetime as dt
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2026, 12, 3, 12, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr(checkpoint, "datetime", Frozen)
+    store_dir = tmp_path / "store"
+    assert retrain.main(["--data", str(data), "--store", str(store_dir), *FAST]) == 0
+    first = ModelStore(store_dir).current()
+    assert retrain.main(["--data", str(data), "--store", str(store_dir), *FAST, "--force"]) == ExitCode.PROMOTED
+    assert ModelStore(store_dir).current() == first and len(ModelStore(store_dir).versions()) == 1
+
+
 @pytest.mark.parametrize("damage", ["garbage", "outside", "directory"])
 def test_an_unreadable_current_needs_force(tmp_path, data, damage, capsys):
     store_dir = tmp_path / "store"
