@@ -311,16 +311,7 @@ class ServingIndex:
         cand = None if candidates is None else self.item_indices(candidates)
         user_idx = self.user_index.get(user_id)
         if user_idx is None:
-            if cand is not None:  # items= may repeat an id: each item once, by popularity then index
-                cand = np.unique(cand)
-            pool = self.popular_order if cand is None else cand[np.argsort(-self.popularity[cand], kind="stable")]
-            if len(banned):
-                pool = pool[~np.isin(pool, banned)]
-            if keep is not None:
-                pool = pool[keep.allows(pool)]
-            top = pool[:k]
-            scores = self.popularity[top].astype(np.float32).tolist()
-            return self._answer(top, scores, "popular", (np.empty(0, np.int64), None) if explain else None)
+            return self._popular(k, banned, cand, keep, explain)
         # Reported score: the predicted rating when ranking by it, else the ranking model's own score.
         offset = self.global_bias + float(self.user_bias[user_idx]) if self.rank_is_rating else 0.0
         explained = (self.seen(user_idx), self.explain_system(self.seen(user_idx), known=True)) if explain else None
@@ -337,6 +328,22 @@ class ServingIndex:
         query = self.user_vectors[user_idx] if self.dot else self.torch_scorer.users(np.array([user_idx]))
         idx, scores = self._rank(query, offset, k, banned, cand, keep)
         return self._answer(idx, scores, None, explained)
+
+    def _popular(
+        self, k: int, banned: np.ndarray, cand: np.ndarray | None, keep: ItemFilter | None, explain: bool
+    ) -> Recommendation:
+        """What a user the model cannot personalise for gets: the most popular items (``banned`` out, among
+        ``cand`` and what ``keep`` allows), scored by their training counts, with ``"fallback": "popular"``."""
+        if cand is not None:  # items= may repeat an id: each item once, by popularity then index
+            cand = np.unique(cand)
+        pool = self.popular_order if cand is None else cand[np.argsort(-self.popularity[cand], kind="stable")]
+        if len(banned):
+            pool = pool[~np.isin(pool, banned)]
+        if keep is not None:
+            pool = pool[keep.allows(pool)]
+        top = pool[:k]
+        scores = self.popularity[top].astype(np.float32).tolist()
+        return self._answer(top, scores, "popular", (np.empty(0, np.int64), None) if explain else None)
 
     def _check_explain(self, explain: bool) -> None:
         if explain and not self.dot:
@@ -375,16 +382,14 @@ class ServingIndex:
         known = [(self.item_index.get(item), r) for item, r in zip(history, ratings or [None] * len(history))]
         known = [(idx, r) for idx, r in known if idx is not None]
         hist_r = None if ratings is None or not known else np.array([r for _, r in known], dtype=np.float32)
-        if not known or self.folding.likes_nothing(hist_r):  # nothing to go by: what an unknown user gets
-            return self.recommend(
-                "\0no-such-user", k, exclude=[*exclude, *history], candidates=candidates, filters=filters,
-                explain=explain,
-            )  # fmt: skip
-        hist_idx = np.array([idx for idx, _ in known], dtype=np.int64)
         keep = self.attributes.compile(filters)
+        cand = None if candidates is None else self.item_indices(candidates)
+        if not known or self.folding.likes_nothing(hist_r):  # nothing to go by: what an unknown user gets
+            banned = np.concatenate([self.item_indices(exclude), self.item_indices(history)])
+            return self._popular(k, banned, cand, keep, explain)
+        hist_idx = np.array([idx for idx, _ in known], dtype=np.int64)
         query = self.fold_in(hist_idx, hist_r)
         banned = np.concatenate([self.item_indices(exclude), hist_idx])
-        cand = None if candidates is None else self.item_indices(candidates)
         idx, scores = self._rank(query, self.global_bias if self.rank_is_rating else 0.0, k, banned, cand, keep)
         explained = (hist_idx, self.explain_system(hist_idx, hist_r)) if explain else None
         return self._answer(idx, scores, None, explained)
