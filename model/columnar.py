@@ -258,13 +258,27 @@ def read_parquet(path: Path, scan: FileScan) -> RawRatings:
     except (pa.ArrowException, OSError) as exc:
         raise DataFormatError(path, None, f"cannot read Parquet: {exc}") from exc
     chosen = _parquet_columns(path, schema)
-    unread = [name for name in schema.names if name not in chosen.values()]
+    table = pq.read_table(path, columns=list(chosen.values()))
+    table = table.rename_columns(list(chosen))
+    # A rating or time column found under another of its names (``ts``, ``score``...) that cannot be one (text,
+    # or with missing values) is not read, with the rest: such files loaded before those names were known.
+    skipped: list[str] = []
+    for name in ("rating", "timestamp"):
+        column = table.column(name) if name in chosen else None
+        if (
+            column is not None
+            and chosen[name].lower() != name
+            and (column.null_count or not (_numeric(column.type) or _temporal(column.type)))
+        ):
+            table, not_read = table.drop_columns([name]), chosen.pop(name)
+            skipped.append(not_read)
+            warnings.warn(f"{path}: column {not_read!r} not read as the {name}: it holds text or missing values",
+                          DataWarning, stacklevel=3)  # fmt: skip
+    unread = [n for n in schema.names if n not in (*chosen.values(), *skipped) and not n.startswith("__index_level_")]
     if unread:  # a rating or time column under another name would otherwise vanish: the data read as implicit
         warnings.warn(f"{path}: columns not read: {', '.join(unread)} (a rating column is named one of "
                       f"{', '.join(COLUMN_NAMES['rating'])}; a time column one of "
                       f"{', '.join(COLUMN_NAMES['timestamp'])}; any case)", DataWarning, stacklevel=3)  # fmt: skip
-    table = pq.read_table(path, columns=list(chosen.values()))
-    table = table.rename_columns(list(chosen))
     if table.num_rows == 0:
         raise DataFormatError(path, None, "no ratings found (the file holds no rows)")
     for name in ("user", "item"):

@@ -229,3 +229,20 @@ def test_a_compressed_file_or_a_parquet_file_read_as_text_is_named_as_such(tmp_p
     pq_path = _parquet(tmp_path / "r.parquet", {"user_id": ["a", "b"], "item_id": ["x", "y"]})
     with pytest.raises(DataFormatError, match=r"r\.parquet: a Parquet file, not csv: read it with --format auto"):
         load_ratings(pq_path, "csv")
+
+
+def test_a_column_under_a_time_or_rating_alias_that_cannot_be_one_is_not_read_not_refused(tmp_path):
+    """Found by review: with ``ts``/``created_at`` known as time names, a Parquet file whose such column held text or
+    a null (ignored before) was refused. It is left unread, with a warning; pandas' index column is not named."""
+    text = {"user_id": ["a", "b"], "item_id": ["x", "y"], "rating": [4.0, 3.0],
+            "created_at": ["2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z"], "__index_level_0__": [7, 8]}  # fmt: skip
+    nulls = {"user_id": ["a", "b"], "item_id": ["x", "y"], "score": pa.array([4.0, None]), "ts": [1, 2]}
+    with pytest.warns(DataWarning, match="column 'created_at' not read as the timestamp") as caught:
+        raw = load_ratings(_parquet(tmp_path / "text.parquet", text))
+    assert raw.ratings.tolist() == [4.0, 3.0] and raw.timestamps.tolist() == [0, 0]
+    assert not any("__index_level_0__" in str(w.message) for w in caught)
+    with pytest.warns(DataWarning, match="column 'score' not read as the rating"):
+        raw = load_ratings(_parquet(tmp_path / "nulls.parquet", nulls))
+    assert raw.implicit and raw.timestamps.tolist() == [1, 2]
+    with pytest.raises(DataFormatError, match="column 'timestamp' \\(timestamp\\) must be numeric"):  # its own name
+        load_ratings(_parquet(tmp_path / "own.parquet", {"user_id": ["a"], "item_id": ["x"], "timestamp": ["x"]}))
