@@ -156,7 +156,7 @@ class ModelHolder:
         self._served = self._signature if self.state.index is not None else None  # the file the state came from
         if self.state.error:
             log.error("model not loaded: %s", self.state.error)
-            self.state = self._store_fallback(self.state)
+            self._fall_back(self.state)
         if not self.state.error:
             log.info("serving %s from %s", self.state.info["model_version"], self.path)
         self.on_change(self.state, None)  # the first load (a worker starting or respawned): not a reload
@@ -174,30 +174,39 @@ class ModelHolder:
             return ModelState(error=f"{self.path / CURRENT} points outside the store's versions/ ({source})")
         return load_state(source, self.ann, self.topn)
 
-    def _store_fallback(self, failed: ModelState) -> ModelState:
+    def _fall_back(self, failed: ModelState) -> None:
+        """With no model at all: serve :meth:`_store_fallback`'s version if one loads (remembering its file and
+        why ``current``'s was refused, for :attr:`refused` and a later pointer back at it), else ``failed``."""
+        state, source = self._store_fallback(failed)
+        self.state = state
+        if source is not None:
+            self._served, self.refused = _signature(source), failed.error
+
+    def _store_fallback(self, failed: ModelState) -> tuple[ModelState, Path | None]:
         """With no model at all and a store whose ``current`` does not load: the first version that does among
-        those served before it (:meth:`~model.store.ModelStore.served_before`), else ``failed``.
+        those served before it (:meth:`~model.store.ModelStore.served_before`) and its file, else
+        ``(failed, None)``.
 
         A worker started (or respawned) while ``current`` points at a bad file would otherwise answer 503
         while the others keep serving the model they had: the last one served, which is that one (by the
         order versions were added, it was not after a rollback).
         """
         if not self.path.is_dir():
-            return failed
+            return failed, None
         store = ModelStore(self.path)
         try:
             current = store.current()
         except StoreError:  # a pointer outside the store: no order to fall back in
-            return failed
+            return failed, None
         try:
             for name in store.served_before(current):
                 state = load_state(store.path_of(name), self.ann, self.topn)
                 if state.index is not None:
                     log.warning("current version of %s does not load; serving %s, served before it", self.path, name)
-                    return state
+                    return state, store.path_of(name)
         except (StoreError, OSError) as exc:  # whatever the store holds, a refused fallback, never a crash
             log.warning("no fallback in %s: %s", self.path, exc)
-        return failed
+        return failed, None
 
     def check(self) -> bool:
         """Reload if the checkpoint changed. Returns True when a new model was swapped in."""
@@ -227,11 +236,12 @@ class ModelHolder:
                 # Keep serving what we have; a later change of the file is tried again.
                 log.error("reload refused, still serving %s: %s", self.version, new.error)
                 self.refused = new.error if self.state.index is not None else None
+                fell_back = False
+                if self.state.index is None:  # nothing to keep serving: a version served before, if one loads
+                    self._fall_back(new)
+                    fell_back = self.state.index is not None
                 self.on_change(self.state, False)
-                if self.state.index is None:
-                    self.state = self._store_fallback(new)
-                    return self.state.index is not None
-                return False
+                return fell_back
             old = self.version
             self.state, self._served = new, sig  # one reference assignment: requests see the old or the new, whole
             self.refused = None

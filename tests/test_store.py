@@ -302,3 +302,23 @@ def test_a_current_aimed_outside_the_store_is_not_served(tmp_path, versions):
     store._point(store.path_of(versions[0].model_version))
     assert served_file(store.root) == store.path_of(versions[0].model_version).resolve()
     assert Recommender.load(store.root).model_version == versions[0].model_version
+
+
+def test_a_worker_that_fell_back_says_why_and_a_pointer_back_loads_nothing(tmp_path, versions):
+    """Found by review: a worker started while ``current`` was bad served the version before it, but reported
+    ``reload_refused`` as nothing (the running workers said why) and loaded that version in full again when
+    ``current`` was pointed back at it."""
+    store = ModelStore(tmp_path / "store").init()
+    good = versions[0].model_version
+    store.add(versions[0])
+    store.set_current(good)
+    bad = store.versions_dir / "mf-bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    store._point(bad)
+    outcomes = []
+    holder = ModelHolder(store.root, on_change=lambda state, ok: outcomes.append((ok, state.info.get("model_version"))))
+    served = holder.state
+    assert served.index.model_version == good and "not a torch.save zip" in holder.refused
+    store._point(store.path_of(good))
+    assert not holder.check() and holder.state is served and holder.refused is None
+    assert outcomes == [(None, good)], "the pointer back is no reload"
