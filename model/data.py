@@ -317,7 +317,7 @@ CLICKS = ("user", "item", "timestamp")  # interactions with times and no rating,
 def _header_layout(fields: list[str], path: Path, line_no: int) -> tuple[str, ...]:
     """The columns a header names: text columns are read by position (:data:`ORDER`), and a header that names
     a known column elsewhere (rating and timestamp swapped) is refused, not read as another one; names the
-    readers do not know (``score``, ``when``) are taken as the column at their place. The one other layout
+    readers do not know (``value``, ``stamp``) are taken as the column at their place. The one other layout
     is :data:`CLICKS`, ``user,item,timestamp``: implicit interactions with their times."""
     known = [_COLUMN_OF_NAME.get(field.strip().lower()) for field in fields]
     if tuple(known) == CLICKS:

@@ -190,7 +190,8 @@ def markers(tag: str) -> tuple[str, str]:
 def write_section(path: Path, section: str, tag: str) -> None:
     """Replace the ``<!-- tag:begin -->`` .. ``<!-- tag:end -->`` section of ``path`` with ``section`` (which carries
     the markers), or append it; a file with only one of the two markers, or them in the wrong order, is left as
-    it is (the run says so). Written through a temporary file, so an interrupted run leaves the old file."""
+    it is and the run stops with the reason (SystemExit), its section unwritten: fix the markers and rerun. Written
+    through a temporary file, so an interrupted run leaves the old file."""
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     begin, end = markers(tag)

@@ -282,7 +282,8 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     report["refit"] = {"version": promoted.model_version, "rows": len(raw), "training": final.metrics}
     started = time.perf_counter()
     if store.path_of(promoted.model_version).exists():  # the same data and weights, to the second: already stored
-        print(f"{promoted.model_version} is already in the store (the same model): pointing current at it")
+        print(f"{promoted.model_version} is already in the store (the same data and weights): pointing current at "
+              "it; this run's holdout details are in its report, not in that file")  # fmt: skip
     else:
         store.add(promoted)
     try:

@@ -9,13 +9,14 @@
     python scripts/evaluate.py --checkpoint model.ckpt --test splits/test.csv --fold-in 0.8   # --by users
 
 The protocols are ``model.splits``' and ``model.sequence_data``'s, the ones the benchmarks and ``evaluate.py``
-use; each keeps every row of a (user, item) pair on one side and is the same for the same seed:
+use; each is the same for the same seed, and all but ``last`` keep every row of a (user, item) pair on one side:
 
 - ``user`` (default): ``round(n x --test)`` of each user's items, at least one on each side of a user with two or
   more (``stratified_split``; ``benchmark_quality.py``'s ranking task at 0.25);
 - ``random``: ``--test`` of all (user, item) pairs at random (``random_split``);
 - ``last``: each user's newest row by time, ties to the later row in the file (``last_out``; the sequence models'
-  leave-last-out, the same rows as ``evaluate.py --last-out`` on the whole file);
+  leave-last-out, the same rows as ``evaluate.py --last-out`` on the whole file): that row alone, so an earlier
+  row of the same pair (a re-watch, a replay) stays in train;
 - ``users``: ``--test`` of the users, with all their rows (``holdout_users``): users the model never sees, for
   ``evaluate.py --fold-in``.
 
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from model.columnar import write_table
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
@@ -94,10 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    tables = [rows_table(dataset, part) for part in (train, test)]
+    broken = not args.parquet and any(bool(pc.any(pc.match_substring_regex(t.column(n), "[\r\n]")).as_py())
+                                      for t in tables for n in ("user", "item"))  # fmt: skip
+    if broken:  # a CSV field must stay on one line for the readers (model.data)
+        print("error: an id holds a line break, which a CSV line cannot: write Parquet (--parquet)", file=sys.stderr)
+        return 2
     try:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        for part, out in zip((train, test), args.outputs):
-            write_table(rows_table(dataset, part), out)
+        for table, out in zip(tables, args.outputs):
+            write_table(table, out)
     except OSError as exc:  # disk full, permissions: each file is whole or absent (written to a temporary name)
         print(f"error: writing the split failed: {exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from model.files import output_problem
 from model.interactions import build_dataset
 from model.item_files import read_items
 from model.raw import plain_warnings
+from model.sequence import SEQUENCE_KINDS
 from model.synthetic import planted_ratings
 from model.train import TrainingDiverged, fit, resolve, resolve_device
 
@@ -126,8 +127,8 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
         if key in m:
             parts.append(f"{label} {m[key]:.4f}")
     validated = any(key in m for key in ("val_rmse", "val_ndcg10", "rank_val_ndcg10"))
-    best = (f"best {int(m['best_epoch'])}; validation: a random {100 * c.val_fraction:g}% of the rows" if validated
-            else "no validation: --val-fraction 0")  # fmt: skip
+    held = "each user's newest item" if c.model in SEQUENCE_KINDS else f"a random {100 * c.val_fraction:g}% of the rows"
+    best = f"best {int(m['best_epoch'])}; validation: {held}" if validated else "no validation: --val-fraction 0"
     parts.append(f"{int(m['epochs_run'])} epochs ({best}) in {m['fit_seconds']:.1f}s")
     stages = [f"{label} {m[key]:.1f}s" for key, label in (("rating_seconds", "rating model"),
                                                           ("rank_seconds", "ranking head")) if key in m]  # fmt: skip

@@ -79,3 +79,22 @@ def test_bad_arguments_and_data_are_refused_before_anything_is_written(ratings_c
     one = write_lines(tmp_path / "one.csv", ["u1,i1,4"])
     assert split_cli.main(["--data", str(one), "--out-dir", str(tmp_path / "none")]) == 2
     assert "left the test part empty" in capsys.readouterr().err and not np.any(list((tmp_path / "none").glob("*")))
+
+
+def test_last_holds_the_newest_row_alone_and_a_line_break_in_an_id_needs_parquet(tmp_path, capsys):
+    """Found by review: ``last`` holds out the newest row alone (as evaluate.py --last-out), so a pair's earlier row
+    stays in train, where the docs said every protocol keeps a pair on one side; and an id holding a line break
+    was written into a CSV the line reader refuses."""
+    lines = ["user,item,rating,timestamp", "u1,i1,4,1", "u1,i2,3,2", "u1,i1,5,3", "u2,i1,4,1", "u2,i3,2,2"]
+    data = write_lines(tmp_path / "rewatch.csv", lines)
+    assert split_cli.main(["--data", str(data), "--out-dir", str(tmp_path / "s"), "--by", "last"]) == 0
+    train, test = load_ratings(tmp_path / "s" / "train.csv"), load_ratings(tmp_path / "s" / "test.csv")
+    assert ("u1", "i1", 5.0, 3) in rows(test) and ("u1", "i1", 4.0, 1) in rows(train)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user": ["a\nb", "c", "c"], "item": ["x", "y", "x"]}), tmp_path / "nl.parquet")
+    capsys.readouterr()
+    assert split_cli.main(["--data", str(tmp_path / "nl.parquet"), "--out-dir", str(tmp_path / "n")]) == 2
+    assert "holds a line break" in capsys.readouterr().err and not (tmp_path / "n").exists()
+    assert split_cli.main(["--data", str(tmp_path / "nl.parquet"), "--out-dir", str(tmp_path / "p"), "--parquet"]) == 0
