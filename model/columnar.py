@@ -150,24 +150,40 @@ def read_delimited(
         quoted: RFC 4180 quotes (``model.data.FileFormat.quoted``); a quoted field may not span lines.
     """
     types = {n: ID_TYPE if n in ("user", "item") or n.startswith("_gap") else pa.float64() for n in names}
-    try:
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows, block_size=16 << 20),
-            parse_options=pa_csv.ParseOptions(
-                delimiter=delimiter,
-                quote_char='"' if quoted else False,
-                double_quote=True,
-                escape_char=False,
-                newlines_in_values=False,
-                ignore_empty_lines=True,
-            ),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
-            ),
-        )
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+    table = None
+    # Times as numbers, else as ISO 8601 throughout the file: all without a zone (UTC, as the line reader reads
+    # them), or all with one. Anything else (a mix, fractions of a second) is the line reader's.
+    for stamp_type in (
+        pa.float64(),
+        *([pa.timestamp("s"), pa.timestamp("s", tz="UTC")] if "timestamp" in names else []),
+    ):
+        try:
+            table = pa_csv.read_csv(
+                path,
+                read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip_rows, block_size=16 << 20),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=delimiter,
+                    quote_char='"' if quoted else False,
+                    double_quote=True,
+                    escape_char=False,
+                    newlines_in_values=False,
+                    ignore_empty_lines=True,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={**types, "timestamp": stamp_type} if "timestamp" in names else types,
+                    null_values=[],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            break
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            continue
+    if table is None:
         return None
+    if _temporal(table.schema.field("timestamp").type if "timestamp" in names else pa.float64()):
+        table = table.set_column(table.column_names.index("timestamp"), "timestamp",
+                                 _epoch_seconds(table.column("timestamp")))  # fmt: skip
     if table.num_rows == 0 or any(_has_text(table.column(n)) for n in names if n.startswith("_gap")):
         return None
     n, columns = table.num_rows, _columns(table)

@@ -38,6 +38,20 @@ def _cases() -> list[tuple[str, list[str] | bytes, str]]:
         # R's write.csv / pandas quoting: quoted header and ids, a delimiter and a doubled quote inside one.
         ("quoted.csv", ['"user","item","rating"', '"u,1","i1",4', '"u2","say ""hi""",3.5', 'u3,"i1","2"'], "csv"),
         ("quoted.tsv", ['"user_id"\t"item_id"', '"a\tb"\t"i1"', 'c\t"i2"'], "tsv"),
+        # ISO 8601 times, all without a zone (UTC) or all with one: the columnar reader takes both.
+        (
+            "iso.csv",
+            ["user,item,rating,timestamp"]
+            + [f"{u},{i},{r},2020-01-{1 + t % 28:02d}T0{t % 10}:00:00" for u, i, r, t in rows],
+            "csv",
+        ),  # fmt: skip
+        ("isodates.csv", ["user,item,timestamp"] + [f"{u},{i},1997-12-{1 + t % 28:02d}" for u, i, _, t in rows], "csv"),
+        (
+            "isozoned.csv",
+            ["user,item,rating,timestamp"]
+            + [f"{u},{i},{r},2020-01-01T00:00:{t % 60:02d}{'Z' if t % 2 else '+01:00'}" for u, i, r, t in rows],
+            "csv",
+        ),  # fmt: skip
     ]
 
 
