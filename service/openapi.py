@@ -21,9 +21,10 @@ from service.schemas import ErrorResponse
 
 REF = "#/components/schemas/{model}"
 DESCRIPTION = (
-    "Recommendations and rating predictions. Every error is JSON with the field and the reason. The request "
-    "line and headers must fit in 64 KiB (uWSGI's buffer): a longer head is refused with a closed connection "
-    "before it reaches the service, so the id lists of a GET must stay within it. Bodies over the service's limit "
+    "Recommendations and rating predictions. Every error is JSON with the field and the reason. A query string "
+    "must stay within about 32 KiB (uWSGI carries it twice in its 64 KiB buffer): a longer one is dropped before "
+    "it reaches the service (the request then arrives without it, or the connection closes), so the id lists of a "
+    "GET must stay within it (POST /recommend takes 10,000 ids). Bodies over the service's limit "
     "(RECSYS_MAX_BODY_BYTES, default 8 MiB) get 413."
 )
 

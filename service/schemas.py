@@ -22,8 +22,8 @@ from model.raw import MAX_ID_LENGTH  # one limit for the ids a model is trained 
 MAX_K = 1000
 MAX_BATCH = 10_000
 MAX_LIST = 10_000
-# exclude=/items= in a GET query: the request head must fit in uWSGI's 64 KiB buffer (uwsgi.ini), so a
-# query list cannot hold 10,000 ids; 1,000 short ones fit.
+# exclude=/items= in a GET query: the query string must stay within about 32 KiB (uWSGI carries it twice in its
+# 64 KiB buffer, uwsgi.ini), so a query list cannot hold 10,000 ids; 1,000 short ones fit.
 MAX_QUERY_LIST = 1_000
 
 

@@ -2,9 +2,9 @@
 
 Every operation is driven with schema-valid (positive) and schema-violating (negative) cases. Each
 response must be no 5xx, have a documented status and content type, conform to its schema, and
-valid input must be accepted / invalid input rejected with a 4xx. Cases whose request head exceeds
-uWSGI's 64 KiB buffer (documented in the OpenAPI description and uwsgi.ini: such a request never
-reaches the app) are not sent, and counted.
+valid input must be accepted / invalid input rejected with a 4xx. Cases whose query string is over the
+32 KiB uWSGI can carry (documented in the OpenAPI description and uwsgi.ini: the query is dropped before the
+app, or the connection closed) are not sent, and counted.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ from tests.conftest import UwsgiServer, record_figures
 pytestmark = pytest.mark.reliability
 
 EXAMPLES_PER_RUN = 170  # per operation and mode: 4 operations with inputs x 2 modes -> over 1,000 cases
-HEAD_LIMIT = 60_000  # bytes of URL we send; uWSGI's buffer (65535) also holds the other headers
+# Bytes of URL we send. uWSGI's 64 KiB buffer carries the query twice (REQUEST_URI and QUERY_STRING): from about
+# 33,000 bytes of query it drops QUERY_STRING ("unable to add QUERY_STRING to uwsgi packet") and the app sees
+# none, or the connection closes (CI, 2026-12-03: four cases of 37-57 KB). 60,000 let those through.
+HEAD_LIMIT = 30_000
 CHECKS = [
     not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
     response_headers_conformance, positive_data_acceptance,
