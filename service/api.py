@@ -52,6 +52,12 @@ def _query_args() -> dict:
     that are not UTF-8 (a client that did not percent-encode them) stay percent-encoded too: werkzeug's own
     ``.decode()`` raised there, a 500."""
     parsed: dict[str, list[str]] = {}
+    if not request.query_string:  # uWSGI drops a query over ~33,000 bytes (its buffer carries it twice): say so
+        uri = request.environ.get("REQUEST_URI", "")
+        if uri.partition("?")[2]:
+            raise ApiError(414, "uri_too_long", "request line too long", "query",
+                           f"a query of {len(uri.partition('?')[2])} bytes did not reach the service: keep it under "
+                           "32 KiB (POST /recommend takes long lists in its body)")  # fmt: skip
     query = request.query_string.decode("utf-8", "werkzeug.url_quote")
     for name, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
         parsed.setdefault(name, []).append(value)
@@ -117,7 +123,7 @@ def model_info():
     "/recommend",
     "Top-k items for a known user (popular items for an unknown one)",
     query=RecommendQuery,
-    responses={200: RecommendResponse, 422: ErrorResponse},
+    responses={200: RecommendResponse, 414: ErrorResponse, 422: ErrorResponse},
 )
 def recommend():
     query = RecommendQuery.model_validate(_query_args())
@@ -151,7 +157,7 @@ def recommend_history():
     "/similar",
     "Nearest items in embedding space",
     query=SimilarQuery,
-    responses={200: SimilarResponse, 404: ErrorResponse, 422: ErrorResponse},
+    responses={200: SimilarResponse, 404: ErrorResponse, 414: ErrorResponse, 422: ErrorResponse},
 )
 def similar():
     query = SimilarQuery.model_validate(_query_args())

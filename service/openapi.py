@@ -23,7 +23,7 @@ REF = "#/components/schemas/{model}"
 DESCRIPTION = (
     "Recommendations and rating predictions. Every error is JSON with the field and the reason. A query string "
     "must stay within about 32 KiB (uWSGI carries it twice in its 64 KiB buffer): a longer one is dropped before "
-    "it reaches the service (the request then arrives without it, or the connection closes), so the id lists of a "
+    "it reaches the service (which then answers 414, or the connection closes), so the id lists of a "
     "GET must stay within it (POST /recommend takes 10,000 ids). Bodies over the service's limit "
     "(RECSYS_MAX_BODY_BYTES, default 8 MiB) get 413."
 )

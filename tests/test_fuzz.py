@@ -33,8 +33,8 @@ pytestmark = pytest.mark.reliability
 
 EXAMPLES_PER_RUN = 170  # per operation and mode: 4 operations with inputs x 2 modes -> over 1,000 cases
 # Bytes of URL we send. uWSGI's 64 KiB buffer carries the query twice (REQUEST_URI and QUERY_STRING): from about
-# 33,000 bytes of query it drops QUERY_STRING ("unable to add QUERY_STRING to uwsgi packet") and the app sees
-# none, or the connection closes (CI, 2026-12-03: four cases of 37-57 KB). 60,000 let those through.
+# 33,000 bytes of query it drops QUERY_STRING ("unable to add QUERY_STRING to uwsgi packet": the service answers
+# 414, test_hardening), or closes the connection (CI, 2026-12-03: four cases of 37-57 KB). 60,000 let those through.
 HEAD_LIMIT = 30_000
 CHECKS = [
     not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
