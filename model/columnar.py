@@ -181,9 +181,7 @@ def read_delimited(
             continue
     if table is None:
         return None
-    if _temporal(table.schema.field("timestamp").type if "timestamp" in names else pa.float64()):
-        table = table.set_column(table.column_names.index("timestamp"), "timestamp",
-                                 _epoch_seconds(table.column("timestamp")))  # fmt: skip
+    table = _times_in_seconds(table)
     if table.num_rows == 0 or any(_has_text(table.column(n)) for n in names if n.startswith("_gap")):
         return None
     n, columns = table.num_rows, _columns(table)
@@ -300,9 +298,7 @@ def read_parquet(path: Path, scan: FileScan) -> RawRatings:
     for name in ("user", "item"):
         column = _id_column(path, chosen[name], table.column(name))
         table = table.set_column(table.column_names.index(name), name, column)
-    if "timestamp" in chosen and _temporal(table.schema.field("timestamp").type):  # Parquet's own type: seconds
-        table = table.set_column(table.column_names.index("timestamp"), "timestamp",
-                                 _epoch_seconds(table.column("timestamp")))  # fmt: skip
+    table = _times_in_seconds(table)  # Parquet's own timestamp or date type
     for name in ("rating", "timestamp"):
         if name in chosen and not _numeric(table.schema.field(name).type):
             kind = table.schema.field(name).type
@@ -337,6 +333,14 @@ def _numeric(kind: pa.DataType) -> bool:
 
 def _temporal(kind: pa.DataType) -> bool:
     return pa.types.is_timestamp(kind) or pa.types.is_date(kind)
+
+
+def _times_in_seconds(table: pa.Table) -> pa.Table:
+    """``table`` with a ``timestamp`` column of a time or date type (Parquet's own, or ISO 8601 text parsed by the CSV
+    reader) as int64 seconds since the epoch; any other table unchanged."""
+    if "timestamp" not in table.column_names or not _temporal(table.schema.field("timestamp").type):
+        return table
+    return table.set_column(table.column_names.index("timestamp"), "timestamp", _epoch_seconds(table["timestamp"]))
 
 
 def _epoch_seconds(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -347,6 +347,12 @@ class StoreLock:
             self._fd = None
 
 
+def pointer(path: str | Path) -> Path:
+    """What ``RECSYS_CHECKPOINT`` names, unresolved: ``path`` itself, or a model store directory's ``current``."""
+    path = Path(path)
+    return path / CURRENT if path.is_dir() else path
+
+
 def served_file(path: str | Path) -> Path:
     """The checkpoint file a worker given ``path`` (``RECSYS_CHECKPOINT``) loads, resolved (a symlink's target):
     ``path`` itself, or for a model store directory the version its ``current`` points at. The offline tools
@@ -357,8 +363,7 @@ def served_file(path: str | Path) -> Path:
         checkpoint.CheckpointError: nothing there (a store with no current version yet), a ``current`` aimed
             outside the store's ``versions/`` (:meth:`ModelStore.holds`), or a symlink loop.
     """
-    path = Path(path)
-    target = path / CURRENT if path.is_dir() else path
+    path, target = Path(path), pointer(path)
     try:
         resolved = target.resolve(strict=True)
     except FileNotFoundError:

@@ -23,7 +23,7 @@ from typing import Any
 
 from model import checkpoint
 from model.serving_arrays import ranks_by_dot_product, serving_arrays
-from model.store import CURRENT, ModelStore, StoreError
+from model.store import CURRENT, ModelStore, StoreError, pointer
 from service.ann import AnnConfig
 from service.ann_cache import maybe_ann
 from service.index import ServingIndex
@@ -46,12 +46,6 @@ class ModelState:
     error: str | None = None
 
 
-def checkpoint_target(path: Path) -> Path:
-    """What a worker watches: ``path`` itself, or a model store's ``current`` pointer when ``path`` is a store
-    directory (:mod:`model.store`), unresolved (the offline tools read :func:`model.store.served_file`)."""
-    return path / CURRENT if path.is_dir() else path
-
-
 def _signature(path: Path) -> tuple | None:
     """What identifies the file behind ``path`` right now; None when there is none.
 
@@ -59,7 +53,7 @@ def _signature(path: Path) -> tuple | None:
     pointer is a change, and so is replacing a plain file by rename.
     """
     try:
-        real = checkpoint_target(path).resolve(strict=True)
+        real = pointer(path).resolve(strict=True)
         st = real.stat()
     except OSError:
         return None
@@ -164,7 +158,7 @@ class ModelHolder:
 
     def _source(self, sig: tuple | None) -> Path:
         """Load the very file the signature was taken of (a store's pointer may move meanwhile)."""
-        return Path(sig[0]) if sig is not None else checkpoint_target(self.path)
+        return Path(sig[0]) if sig is not None else pointer(self.path)
 
     def _load(self, sig: tuple | None) -> ModelState:
         """The state of the file behind ``sig``; for a model store, only a file in its ``versions/``: a
@@ -214,9 +208,7 @@ class ModelHolder:
             sig = _signature(self.path)
             if sig is None:  # deleted, or a store's current left dangling: say so once, keep serving
                 if not self._missing and self._signature is not None:
-                    self.refused = (
-                        f"{checkpoint_target(self.path)}: no such checkpoint file (deleted, or a dangling pointer)"
-                    )
+                    self.refused = f"{pointer(self.path)}: no such checkpoint file (deleted, or a dangling pointer)"
                     log.error("reload refused, still serving %s: %s", self.version, self.refused)
                     self.on_change(self.state, False)
                 self._missing = True
