@@ -108,17 +108,40 @@ class UwsgiServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def workers(self) -> set[int]:
+        """The master's live worker processes (a dead one it has not reaped yet, a zombie, is not one)."""
+        found = set()
+        for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:  # reaped since
+                continue
+            if state != "Z":
+                found.add(int(pid))
+        return found
+
     def stop(self) -> None:
-        """TERM the whole process group, then KILL after a short grace: never wait out uWSGI's mercy."""
+        """Stop it as ``docker stop``, Kubernetes and systemd's ``KillMode=mixed`` do, SIGTERM to the master alone (it
+        sends its workers SIGINT), then KILL the whole group after a short grace: never wait out uWSGI's mercy.
+
+        Not SIGTERM to the whole group: a worker then gets two stop signals, and the second one, arriving inside
+        uWSGI's exit() for the first, deadlocks it on glibc's exit lock until the master kills it 5 s later (README,
+        Stopping). Once the workers are dead a second SIGTERM wakes the master, which otherwise notices them on
+        its next once-a-second check."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-            except ProcessLookupError:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 8
+                while self.proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    if not self.workers():
+                        os.kill(self.proc.pid, signal.SIGTERM)
+                if self.proc.poll() is None:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=5)
+            except (ProcessLookupError, FileNotFoundError):
                 pass
+        self.proc.wait(timeout=5)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in the group, if any
         except ProcessLookupError:

@@ -228,10 +228,10 @@ def test_bad_checkpoints_are_refused_and_the_old_model_keeps_serving(via, start_
         assert f"still serving {good}" in line
     assert not marker.exists(), "a checkpoint ran code"
     if via == "store":  # a worker respawned while current is bad serves the version before it, not 503
-        workers = _workers(server.proc.pid)
+        workers = server.workers()
         os.kill(min(workers), signal.SIGKILL)
-        wait_for(lambda: _workers(server.proc.pid) - workers)
-        wait_for(lambda: set(worker_versions(server.base)) == {str(p) for p in _workers(server.proc.pid)})
+        wait_for(lambda: server.workers() - workers)
+        wait_for(lambda: set(worker_versions(server.base)) == {str(p) for p in server.workers()})
         answers = [get_json(server.base, "/readyz") for _ in range(20)]
         assert all(s == 200 and body["model_version"] == good for s, body in answers)
         assert "serving " + good + ", served before it" in server.log()
@@ -253,21 +253,16 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _workers(master_pid: int) -> set[int]:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return {int(pid) for pid in children}
-
-
 def test_a_worker_killed_under_load_is_respawned_and_only_its_request_fails(start_uwsgi, small_ckpt_path, small_ckpt):
     server = start_uwsgi(small_ckpt_path, RECSYS_PROCESSES="2", RECSYS_RELOAD_INTERVAL="0", RECSYS_ACCESS_LOG="0")
-    wait_for(lambda: len(_workers(server.proc.pid)) == 2 and len(worker_versions(server.base)) == 2)
-    workers = _workers(server.proc.pid)
+    wait_for(lambda: len(server.workers()) == 2 and len(worker_versions(server.base)) == 2)
+    workers = server.workers()
     victim = min(workers)
     with LoadGenerator(server.port, small_ckpt.user_ids[0], small_ckpt.item_ids[0], threads=4) as load:
         time.sleep(1.0)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        respawned = wait_for(lambda: (w := _workers(server.proc.pid)) - workers and len(w) == 2 and w)
+        respawned = wait_for(lambda: (w := server.workers()) - workers and len(w) == 2 and w)
         # The new worker has loaded the model, and the dead one's gauge is gone from /metrics.
         wait_for(lambda: set(worker_versions(server.base)) == {str(p) for p in respawned})
         time.sleep(1.0)
@@ -296,9 +291,9 @@ def test_only_a_workers_main_thread_takes_the_stop_signals(start_uwsgi, small_ck
     # A stop signal delivered to the model watcher thread ran the interpreter's exit there, which hung in its wait
     # for threads until the master's SIGKILL 5 s later (service/state.py).
     server = start_uwsgi(small_ckpt_path, RECSYS_PROCESSES="2")  # the watcher thread polls (default interval)
-    wait_for(lambda: len(_workers(server.proc.pid)) == 2 and len(worker_versions(server.base)) == 2)
+    wait_for(lambda: len(server.workers()) == 2 and len(worker_versions(server.base)) == 2)
     stop_signals = {int(s) for s in WORKER_STOP_SIGNALS}
-    for worker in _workers(server.proc.pid):
+    for worker in server.workers():
         threads = {int(tid) for tid in os.listdir(f"/proc/{worker}/task")} - {worker}
         assert threads, "each worker runs its model watcher thread"
         for tid in threads:
