@@ -104,8 +104,9 @@ class ModelStore:
         """Every stored version, oldest first (by the time it was added)."""
         found = []
         for entry in self.versions_dir.glob(f"*{SUFFIX}") if self.versions_dir.is_dir() else []:
-            if entry.name.startswith(".") or not _VERSION.match(entry.name[: -len(SUFFIX)]):  # a save's temporary
-                continue  # file (in progress, or of a killed one), or a file dropped there by hand: not a version
+            if entry.name.startswith(".") or not _VERSION.match(entry.name[: -len(SUFFIX)]) or not self.holds(entry):
+                continue  # a save's temporary file (in progress, or of a killed one), a file dropped there by hand, or
+                # a link to a file elsewhere: not a version
             try:
                 found.append(Version(entry.name[: -len(SUFFIX)], entry, entry.stat().st_mtime_ns))
             except FileNotFoundError:  # pruned meanwhile
@@ -133,8 +134,13 @@ class ModelStore:
     def holds(self, file: Path) -> bool:
         """Whether ``file`` is a version file of this store (in ``versions/``), the only files ``current`` may
         point at: a pointer elsewhere (hand-made, or a store copied without its versions) would name a version
-        the store does not hold, or the wrong file. The service and the offline tools apply this one rule."""
-        return file.parent.resolve() == self.versions_dir.resolve() and file.name.endswith(SUFFIX)
+        the store does not hold, or the wrong file. The service and the offline tools apply this one rule, to
+        the file itself once resolved: a link in ``versions/`` to a file elsewhere is no version either."""
+        try:
+            real = file.resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            return False
+        return real.parent == self.versions_dir.resolve() and file.name.endswith(SUFFIX) and real.name.endswith(SUFFIX)
 
     def current_path(self) -> Path | None:
         version = self.current()
@@ -202,7 +208,7 @@ class ModelStore:
         bad file would leave freshly started workers with nothing to serve.
         """
         path = self.path_of(version)
-        if not path.is_file():
+        if not path.is_file() or not self.holds(path):
             raise StoreError(f"no version {version} in {self.versions_dir}")
         checkpoint.load(path)  # raises CheckpointError for a bad file
         before = self._current_or_none()

@@ -55,7 +55,7 @@ def _signature(path: Path) -> tuple | None:
     try:
         real = pointer(path).resolve(strict=True)
         st = real.stat()
-    except OSError:
+    except (OSError, RuntimeError):  # no file; RuntimeError: a symlink loop (Python < 3.13), no file either
         return None
     return (str(real), st.st_ino, st.st_mtime_ns, st.st_size)
 

@@ -322,3 +322,29 @@ def test_a_worker_that_fell_back_says_why_and_a_pointer_back_loads_nothing(tmp_p
     store._point(store.path_of(good))
     assert not holder.check() and holder.state is served and holder.refused is None
     assert outcomes == [(None, good)], "the pointer back is no reload"
+
+
+def test_a_looping_current_is_a_missing_file_and_a_link_out_of_versions_is_no_version(tmp_path, versions):
+    """Found by the security review: a ``current`` that points at itself raised RuntimeError (Python 3.11's
+    symlink loop) in the watcher every poll and in a starting worker, whose failed app load ended the whole
+    uWSGI instance (need-app): now a missing file, refused, as for a dangling pointer. And a link in
+    ``versions/`` to a file outside was listed and made current by rollback, which the service then refused."""
+    store = ModelStore(tmp_path / "store").init()
+    good = versions[0].model_version
+    store.add(versions[0])
+    store.set_current(good)
+    holder = ModelHolder(store.root)
+    loop = store.root / ".loop"
+    loop.symlink_to("current")
+    os.replace(loop, store.current_link)  # current -> current
+    assert not holder.check() and holder.version == good and "no such checkpoint file" in holder.refused
+    fresh = ModelHolder(store.root)  # a worker starting now: no exception (the app loads and answers 503)
+    assert fresh.state.index is None and "no such checkpoint file" in fresh.state.error
+    plain_loop = tmp_path / "self.ckpt"
+    plain_loop.symlink_to("self.ckpt")
+    assert ModelHolder(plain_loop).state.index is None  # refused, no exception
+    elsewhere = checkpoint.save(versions[1], tmp_path / "elsewhere" / "model.ckpt")
+    (store.versions_dir / f"{versions[1].model_version}.ckpt").symlink_to(elsewhere)
+    assert [v.name for v in store.versions()] == [good]
+    with pytest.raises(StoreError, match="no version"):
+        store.set_current(versions[1].model_version)
