@@ -9,6 +9,7 @@ list where a tensor belongs) is refused at load, never half used.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,28 @@ def _tensor_error(name: str, value: Any, dtypes: tuple[torch.dtype, ...], ndim: 
     return None
 
 
+# A model version names a store's file (``versions/<version>.ckpt``), a metrics label and log lines: a short
+# token, no spaces, line breaks or escapes. What train.py writes (``mf-20261203T181715Z-b2666cfd``) fits.
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+DATA_TEXT_LIMIT = 4096  # a stored ``data`` string (the training file's path, its fingerprint): at most PATH_MAX
+
+
+def _data_error(data: Any) -> str | None:
+    """``data`` (what the model was trained on, shown by ``GET /model``): short strings, numbers, booleans."""
+    if not isinstance(data, dict):
+        return "data is not a dict"
+    scalar = lambda v: (
+        v is None
+        or isinstance(v, (bool, int, float))
+        or (  # noqa: E731
+            isinstance(v, str) and len(v) <= DATA_TEXT_LIMIT
+        )
+    )
+    if not all(isinstance(k, str) and len(k) <= 64 and scalar(v) for k, v in data.items()):
+        return f"data is not a dict of numbers and strings of at most {DATA_TEXT_LIMIT} characters"
+    return None
+
+
 def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
     """Every stored field's type, dtype and shape, and the seen-item index's ordering: one message per fault."""
     floats = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -100,9 +123,12 @@ def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
     if not isinstance(metrics, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
                                                 for k, v in metrics.items()):  # fmt: skip
         yield "metrics is not a dict of numbers"
-    yield None if isinstance(raw["data"], dict) else "data is not a dict"
-    for name in ("created_at", "model_version"):
-        yield None if isinstance(raw[name], str) and raw[name] else f"{name} is not a non-empty string"
+    yield _data_error(raw["data"])
+    created = raw["created_at"]
+    yield None if isinstance(created, str) and 0 < len(created) <= 64 else "created_at is not a short non-empty string"
+    version = raw["model_version"]
+    if not (isinstance(version, str) and VERSION.fullmatch(version)):
+        yield f"model_version is not a version name (letters, digits, '.', '_', '-'; 1-201): {str(version)[:80]!r}"
     history = raw.get("history", [])
     yield None if isinstance(history, list) and all(isinstance(r, dict) for r in history) else "history malformed"
     if "recent_items" in raw:
@@ -137,6 +163,8 @@ def consistency_error(ckpt: Checkpoint) -> str | None:
     index and popularity against the id maps, the weights against the kind, the ranking arrays against
     the weights."""
     n_users, n_items = ckpt.num_users, ckpt.num_items
+    if n_users < 1 or n_items < 1:  # training never writes one; the service answers about user and item 0
+        return f"a model needs users and items: {n_users} users, {n_items} items"
     if len(ckpt.seen_indptr) != n_users + 1 or ckpt.seen_indptr[-1] != len(ckpt.seen_indices):
         return f"seen-item index does not match {n_users} users"
     if len(ckpt.seen_indices) and (ckpt.seen_indices.min() < 0 or ckpt.seen_indices.max() >= n_items):

@@ -41,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import checkpoint
+from model.checkpoint_checks import VERSION
 from model.files import atomic_write, open_lock
 
 VERSIONS, CURRENT, REPORTS, LOCK, SERVED = "versions", "current", "reports", ".lock", "served"
 SUFFIX = ".ckpt"
 DEFAULT_KEEP = 5
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
 class StoreError(RuntimeError):
@@ -96,7 +96,7 @@ class ModelStore:
     # --- reading -------------------------------------------------------------------------------------
 
     def path_of(self, version: str) -> Path:
-        if not _VERSION.match(version):
+        if not VERSION.fullmatch(version):
             raise StoreError(f"not a valid version name: {version!r}")
         return self.versions_dir / f"{version}{SUFFIX}"
 
@@ -104,7 +104,7 @@ class ModelStore:
         """Every stored version, oldest first (by the time it was added)."""
         found = []
         for entry in self.versions_dir.glob(f"*{SUFFIX}") if self.versions_dir.is_dir() else []:
-            if entry.name.startswith(".") or not _VERSION.match(entry.name[: -len(SUFFIX)]) or not self.holds(entry):
+            if entry.name.startswith(".") or not VERSION.fullmatch(entry.name[: -len(SUFFIX)]) or not self.holds(entry):
                 continue  # a save's temporary file (in progress, or of a killed one), a file dropped there by hand, or
                 # a link to a file elsewhere: not a version
             try:
@@ -149,7 +149,7 @@ class ModelStore:
     def served(self) -> list[str]:
         """The versions ``current`` was moved to, oldest first, unwound by rollbacks (the last: current's)."""
         try:
-            return [line for line in (self.root / SERVED).read_text().split() if _VERSION.match(line)]
+            return [line for line in (self.root / SERVED).read_text().split() if VERSION.fullmatch(line)]
         except (OSError, UnicodeDecodeError):  # none yet, or unreadable: the order versions were added
             return []
 

@@ -206,6 +206,22 @@ WRONG_FIELDS = {
     ),
     "dim_past_the_bound": ({"config.dim": 20000}, "config: --dim must be <= 4096, got 20000"),
     "sasrec_blocks_past_the_bound": ({"config.blocks": 100000}, "config: --blocks must be <= 16"),
+    # Found by the second security review: each loaded and was served. No users or no items: /readyz and every
+    # /predict answered 500 (they read user and item 0); a fingerprint of nested lists (a few MB on disk by
+    # pickle's memo) made GET /model answer hundreds of MB; a version with a line break forged log lines, and
+    # one of a megabyte went into every answer and /metrics.
+    "no_users": (
+        {
+            "user_ids": [],
+            "seen_indptr": torch.zeros(1, dtype=torch.int64),
+            "seen_indices": torch.zeros(0, dtype=torch.int64),
+        },
+        "a model needs users and items: 0 users",
+    ),
+    "fingerprint_of_nested_lists": ({"data": lambda d: {**d, "fingerprint": [[[0]]]}}, "data is not a dict of"),
+    "fingerprint_too_long": ({"data": lambda d: {**d, "fingerprint": "f" * 5000}}, "data is not a dict of"),
+    "version_with_a_line_break": ({"model_version": "FAKE\nreload ok"}, "model_version is not a version name"),
+    "version_of_a_megabyte": ({"model_version": "v" * (1 << 20)}, "model_version is not a version name"),
     "nan_weight": (
         {"state_dict": lambda sd: {k: v.index_fill(0, torch.tensor([0]), float("nan")) for k, v in sd.items()}},
         "holds NaN or infinite values",
