@@ -23,7 +23,7 @@ from service.state import ModelHolder
 from service.topn import TopNConfig
 
 access_log = logging.getLogger("recsys.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: "$" would also match before a final "\n"
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))  # the metrics' method label
 
 
@@ -95,7 +95,7 @@ def _register_telemetry(app: Flask) -> None:
     def _start():
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
 
     @app.after_request
     def _finish(response):

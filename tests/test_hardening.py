@@ -120,6 +120,17 @@ def test_raw_non_utf8_bytes_in_the_query_are_ids_not_a_500(server):
     assert answer["user_id"] == "%FF%FE" and answer["fallback"] == "popular"
 
 
+def test_a_request_id_ending_in_a_line_break_is_replaced_not_a_500(server):
+    """Found by the security review: ``X-Request-ID: abc\\n`` passed the pattern (``$`` matches before a final line
+    break), and setting it on the response raised (a 500, two tracebacks, no access-log line)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc\n\r\nConnection: close\r\n\r\n")
+        raw = b"".join(iter(lambda: sock.recv(65536), b""))
+    head = raw.partition(b"\r\n\r\n")[0].decode()
+    assert head.split(" ")[1] == "200", raw[:300]
+    assert re.search(r"(?im)^X-Request-ID: [0-9a-f]{32}$", head), head
+
+
 def test_many_invalid_entries_cost_linear_time(app):
     """30,000 invalid entries: the details were de-duplicated by a list scan (18 s for one request in review)."""
     import time
