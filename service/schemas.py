@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -78,9 +79,25 @@ FILTER_DESCRIPTION = (
 QueryFilter = Annotated[str, StringConstraints(pattern=r"^[^:]+:", max_length=1100)]
 QueryFilterList = Annotated[list[QueryFilter], Field(max_length=MAX_FILTERS, description=FILTER_DESCRIPTION)]
 FilterValue = Annotated[str, BeforeValidator(_id_to_str), StringConstraints(max_length=1024)]
+
+
+def _at_most_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """As many conditions as GET allows (``MAX_FILTERS`` in all): each value is one condition over the catalogue,
+    and a body of 2,000,000 values cost 2.5 s at 500 items, minutes at a million (found by a security review)."""
+    total = sum(len(v) if isinstance(v, list) else 1 for v in filters.values())
+    if total > MAX_FILTERS:
+        raise ValueError(f"should have at most {MAX_FILTERS} values in all, not {total}")
+    return filters
+
+
 BodyFilter = Annotated[
-    dict[str, FilterValue | list[FilterValue]],
-    Field(max_length=MAX_FILTERS, description="{attribute: value or [values]}: every value must hold (see GET)"),
+    dict[str, FilterValue | Annotated[list[FilterValue], Field(max_length=MAX_FILTERS)]],
+    Field(
+        max_length=MAX_FILTERS,
+        description="{attribute: value or [values]}: every value must hold (see GET); "
+        f"at most {MAX_FILTERS} values in all",
+    ),
+    AfterValidator(_at_most_filters),
 ]
 
 
