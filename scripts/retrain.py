@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from model import checkpoint
-from model.config import TrainConfig, config_flags, overrides, reopened, validate
+from model.config import ALS_MIN_ROWS, TrainConfig, config_flags, overrides, reopened, validate
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.files import output_problem
 from model.interactions import Dataset, Interactions, build_dataset
@@ -202,6 +202,9 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     shape = (config.model, config.dim, config.member_dim)
     if args.warm_start and current and shape != (current.kind, current.config.dim, current.config.member_dim):
         raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
+    if args.warm_start and current and config.engine == "als":  # refused before training, not by fit() after it
+        raise BadInput(f"--warm-start needs --engine gd: the ALS engine (the current model's, or auto's from "
+                       f"{ALS_MIN_ROWS:,} rows; these are {len(raw):,}) starts from its own closed form")
     full = build_dataset(raw)
     inter = full.interactions
     keys = inter.pair_keys()

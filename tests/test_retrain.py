@@ -199,6 +199,11 @@ def test_a_store_served_by_an_als_model_retrains_again(tmp_path, data):
     # to the second) the store may already hold from the run above when both fall in one second.
     code = retrain.main(["--data", str(new), "--store", str(store_dir), "--quiet", "--force", "--seed", "7"])
     assert code == ExitCode.PROMOTED and checkpoint.load(store.current_path()).config.lr is None
+    # Found by the README walkthrough: --warm-start over ALS (or auto's ALS from 500k rows) raised in fit() after
+    # training began, a traceback and exit 1 every night; it is a bad flag, refused before training.
+    before = store.current()
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--quiet", "--force", "--warm-start"])
+    assert code == ExitCode.BAD_INPUT and store.current() == before
 
 
 def test_a_rerun_that_trains_the_very_same_model_in_the_same_second_promotes_it(tmp_path, data, monkeypatch):
