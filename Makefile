@@ -1,15 +1,18 @@
 # The two commands: `make serve` (set up, train a default model if none, serve under uWSGI) and
 # `make test` (set up, run the whole suite). Both create .venv/ on first use.
 PYTHON ?= python3
+comma := ,
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 # Pinned: this exact CPU build lies on the build machines; an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 # Extra pip arguments for torch, e.g. the CPU wheel index in the Dockerfile.
 TORCH_PIP_ARGS ?=
 # Optional dependency groups to install with the project ("[dev]" for tests; empty for production).
 EXTRAS ?= [dev]
+# One stamp per set of extras: after `make install EXTRAS=`, `make test` installs [dev] instead of finding the
+# venv "installed" without pytest.
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(subst [,,$(subst ],,$(EXTRAS))))
 RECSYS_CHECKPOINT ?= artifacts/model.ckpt
 export RECSYS_CHECKPOINT
 
