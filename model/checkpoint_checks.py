@@ -72,18 +72,19 @@ VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 DATA_TEXT_LIMIT = 4096  # a stored ``data`` string (the training file's path, its fingerprint): at most PATH_MAX
 
 
+def _data_value(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, (bool, int, float))
+        or (isinstance(value, str) and len(value) <= DATA_TEXT_LIMIT)
+    )
+
+
 def _data_error(data: Any) -> str | None:
     """``data`` (what the model was trained on, shown by ``GET /model``): short strings, numbers, booleans."""
     if not isinstance(data, dict):
         return "data is not a dict"
-    scalar = lambda v: (
-        v is None
-        or isinstance(v, (bool, int, float))
-        or (  # noqa: E731
-            isinstance(v, str) and len(v) <= DATA_TEXT_LIMIT
-        )
-    )
-    if not all(isinstance(k, str) and len(k) <= 64 and scalar(v) for k, v in data.items()):
+    if not all(isinstance(k, str) and len(k) <= 64 and _data_value(v) for k, v in data.items()):
         return f"data is not a dict of numbers and strings of at most {DATA_TEXT_LIMIT} characters"
     return None
 

@@ -48,10 +48,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None], sync_dir: bool 
     return path
 
 
-def open_lock(path: str | Path, mode: int = 0o644) -> int:
+def open_lock(path: str | Path, mode: int = 0o600) -> int:
     """A file descriptor on the lock file ``path`` (created if missing) for ``fcntl.flock``, never through a
     symlink: a link planted at a lock's name in a shared directory is refused (``OSError``, ``ELOOP``), not
-    followed to its target, which a holder writing its pid would truncate. Not inherited across exec."""
+    followed to its target, which a holder writing its pid would truncate. Not inherited across exec. Owner-only:
+    ``flock`` works on a read-only descriptor, so a lock others could read, others could hold (a security review
+    blocked retrain and rollback from another account); opening it read-write needs write access anyway."""
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 

@@ -339,9 +339,9 @@ class StoreLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise StoreLocked(f"{self.path.parent} is locked by another run (pid {holder}); try again later") from None
+            raise StoreLocked(f"{self.path.parent} is locked by {_holder(holder)}; try again later") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -351,6 +351,19 @@ class StoreLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
+
+
+def _holder(pid_text: str) -> str:
+    """Who holds a store lock, by the pid the last run that took it wrote: that run while it lives, else another
+    process (a pid there no longer running names nobody: the lock is held all the same)."""
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"another process (the last run, pid {pid}, has exited)"
+    except (ValueError, PermissionError):  # no pid written, or a pid of another user's: alive all the same
+        return f"another run (pid {pid_text})" if pid_text.isdigit() else "another process"
+    return f"another run (pid {pid})"
 
 
 def pointer(path: str | Path) -> Path:

@@ -203,8 +203,10 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     if args.warm_start and current and shape != (current.kind, current.config.dim, current.config.member_dim):
         raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
     if args.warm_start and current and config.engine == "als":  # refused before training, not by fit() after it
-        raise BadInput(f"--warm-start needs --engine gd: the ALS engine (the current model's, or auto's from "
-                       f"{ALS_MIN_ROWS:,} rows; these are {len(raw):,}) starts from its own closed form")
+        raise BadInput(
+            f"--warm-start needs --engine gd: the ALS engine (the current model's, or auto's from "
+            f"{ALS_MIN_ROWS:,} rows; these are {len(raw):,}) starts from its own closed form"
+        )
     full = build_dataset(raw)
     inter = full.interactions
     keys = inter.pair_keys()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -84,6 +86,21 @@ def test_lock_is_exclusive_and_released_on_exit(tmp_path):
                 pass
     with store.lock():  # released
         pass
+    # Found by the security review: the lock file was 0644, so another account could open it read-only and
+    # hold it (flock needs no write access), and the message then named the pid of a run long gone.
+    lock_file = store.root / ".lock"
+    assert lock_file.stat().st_mode & 0o777 == 0o600
+    other = os.open(lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        gone = subprocess.Popen(["true"])  # a pid that has exited, as the last run's would have
+        gone.wait()
+        lock_file.write_text(f"{gone.pid}\n")
+        with pytest.raises(StoreLocked, match="locked by another process \\(the last run, pid \\d+, has exited\\)"):
+            with store.lock():
+                pass
+    finally:
+        os.close(other)
 
 
 def test_holder_follows_a_store_directory(tmp_path, versions):
