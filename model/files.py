@@ -54,7 +54,12 @@ def open_lock(path: str | Path, mode: int = 0o600) -> int:
     followed to its target, which a holder writing its pid would truncate. Not inherited across exec. Owner-only:
     ``flock`` works on a read-only descriptor, so a lock others could read, others could hold (a security review
     blocked retrain and rollback from another account); opening it read-write needs write access anyway."""
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # a lock file made before (0644): owner-only from now on
+    except OSError:  # another owner's (we could open it read-write): left as it is
+        pass
+    return fd
 
 
 def umask() -> int:

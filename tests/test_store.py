@@ -90,6 +90,9 @@ def test_lock_is_exclusive_and_released_on_exit(tmp_path):
     # hold it (flock needs no write access), and the message then named the pid of a run long gone.
     lock_file = store.root / ".lock"
     assert lock_file.stat().st_mode & 0o777 == 0o600
+    lock_file.chmod(0o644)  # a store locked before: owner-only again once locked
+    with store.lock():
+        assert lock_file.stat().st_mode & 0o777 == 0o600
     other = os.open(lock_file, os.O_RDONLY)
     try:
         fcntl.flock(other, fcntl.LOCK_SH)
