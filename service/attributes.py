@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from model.items import Attribute, ItemAttributes, canonical
+from model.items import MAX_NAME_LENGTH, Attribute, ItemAttributes, canonical
 
 MASK_SHARE = 256
 MASK_BUDGET = 32 * 2**20
@@ -34,7 +34,9 @@ class UnknownAttribute(KeyError):
 
     def __str__(self) -> str:
         known = ", ".join(self.known) if self.known else "none: the model was trained without --items"
-        return f"unknown attribute {self.name!r} (known: {known})"
+        # No name longer than an attribute's can be one: echoing a 100 KB one in full made a 100 KB answer.
+        name = self.name if len(self.name) <= MAX_NAME_LENGTH else f"{self.name[:MAX_NAME_LENGTH]}..."
+        return f"unknown attribute {name!r} (known: {known})"
 
 
 class BadFilterValue(ValueError):

@@ -165,3 +165,12 @@ def test_retrain_stores_items_and_rereads_the_current_models_file(tmp_path, caps
     assert retrain.main(["--data", str(data), "--store", str(store), "--seed", "2", *fast]) == 2
     assert f"{items}:5: expected 3 fields, got 2" in capsys.readouterr().err
     assert len(ModelStore(store).versions()) == versions
+
+
+def test_an_unknown_attribute_is_named_without_echoing_a_huge_name():
+    """Found by the security review: a 100 KB attribute name came back whole in the 422's reason."""
+    from service.attributes import UnknownAttribute
+
+    reason = str(UnknownAttribute("x" * 100_000, ["genres"]))
+    assert len(reason) < 200 and reason.startswith("unknown attribute 'xxxx") and "..." in reason
+    assert str(UnknownAttribute("colour", ["genres"])) == "unknown attribute 'colour' (known: genres)"
