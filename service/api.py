@@ -82,8 +82,13 @@ def _json_body() -> object:
     except RecursionError:  # arrays nested thousands deep: the standard decoder recurses per level
         raise ApiError(400, "invalid_json", "request body must be JSON", "body", "nested too deeply") from None
     if body is None:
-        reason = "empty body" if not request.get_data(cache=True) else "not valid JSON"
-        raise ApiError(400, "invalid_json", "request body must be JSON", "body", reason)
+        empty = not request.get_data(cache=True)
+        if empty and "chunked" in request.headers.get("Transfer-Encoding", "").lower():  # uWSGI passes no such body
+            raise ApiError(411, "length_required", "send the body with a Content-Length", "body",
+                           "a chunked body does not reach the service")  # fmt: skip
+        raise ApiError(
+            400, "invalid_json", "request body must be JSON", "body", "empty body" if empty else "not valid JSON"
+        )
     if not isinstance(body, dict):
         raise ApiError(422, "validation_error", "request is invalid", "body", "must be a JSON object")
     return body

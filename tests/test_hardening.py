@@ -131,6 +131,18 @@ def test_a_request_id_ending_in_a_line_break_is_replaced_not_a_500(server):
     assert re.search(r"(?im)^X-Request-ID: [0-9a-f]{32}$", head), head
 
 
+def test_a_chunked_body_is_411_not_an_empty_body(server):
+    """uWSGI's http-socket hands the app no chunked body: it was a 400 "empty body" (the security review)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        body = b'{"user_id": "u1", "item_id": "i1"}'
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        sock.sendall(head + b"Connection: close\r\n\r\n" + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        raw = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, answer = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"411", raw[:300]
+    assert json.loads(answer)["error"]["code"] == "length_required"
+
+
 def test_many_invalid_entries_cost_linear_time(app):
     """30,000 invalid entries: the details were de-duplicated by a list scan (18 s for one request in review)."""
     import time
