@@ -18,7 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 from service import metrics
 from service.ann import AnnConfig
 from service.config import load_settings
-from service.errors import register_error_handlers
+from service.errors import guard_request_line, register_error_handlers
 from service.state import ModelHolder
 from service.topn import TopNConfig
 
@@ -144,4 +144,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(docs_blueprint())
     register_error_handlers(app)
     _register_telemetry(app)
+    app.wsgi_app = guard_request_line(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -22,6 +23,23 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.details = [{"field": field, "reason": reason or message}] if field else []
+
+
+def guard_request_line(wsgi_app):
+    """``wsgi_app`` answering 400 ``bad_request`` for a request without ``REQUEST_METHOD``: a request line uWSGI
+    could not parse (``GARBAGE``) reached the app without one, and werkzeug's KeyError, raised before Flask's
+    error handlers, logged a traceback per request and closed the connection without an answer."""
+    body = json.dumps({"error": {"status": 400, "code": "bad_request", "message": "malformed request line",
+                                 "details": []}}).encode() + b"\n"  # fmt: skip
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+
+    def guarded(environ, start_response):
+        if "REQUEST_METHOD" in environ:
+            return wsgi_app(environ, start_response)
+        start_response("400 BAD REQUEST", headers)
+        return [body]
+
+    return guarded
 
 
 def error_response(status: int, code: str, message: str, details: list[dict] | None = None):

@@ -143,6 +143,19 @@ def test_a_chunked_body_is_411_not_an_empty_body(server):
     assert json.loads(answer)["error"]["code"] == "length_required"
 
 
+def test_a_request_line_uwsgi_cannot_parse_gets_a_400(server):
+    """``GARBAGE`` reached the app without REQUEST_METHOD: werkzeug's KeyError, a traceback in the log per request
+    and the connection closed without an answer (the security review)."""
+    for line in (b"GARBAGE", b"GET"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(line + b"\r\n\r\n")
+            raw = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, answer = raw.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400", raw[:300]
+        assert json.loads(answer)["error"]["code"] == "bad_request"
+    assert "KeyError" not in server.log()
+
+
 def test_many_invalid_entries_cost_linear_time(app):
     """30,000 invalid entries: the details were de-duplicated by a list scan (18 s for one request in review)."""
     import time
