@@ -72,6 +72,17 @@ class ItemTable:
                 raise DataFormatError(self.path, line, f"{name}: {vals[0]!r} is not an integer")
         self.rows[item_id], self.lines[item_id] = values, line
 
+    @classmethod
+    def of_model(cls, attrs: ItemAttributes, item_ids: Sequence[str], source: str) -> ItemTable:
+        """The table a model's stored attributes came from, for the items it describes (``item_ids``: the model's,
+        in index order): what a retrain keeps when no file is named."""
+        table = cls(source, [a.name for a in attrs.attributes], [a.kind for a in attrs.attributes])
+        for idx, item in enumerate(item_ids):
+            values = [[a.vocab[c] for c in a.values[a.indptr[idx] : a.indptr[idx + 1]]] for a in attrs.attributes]
+            if any(values):
+                table.rows[item] = values
+        return table
+
     def align(self, item_ids: Sequence[str]) -> ItemAttributes:
         """The attributes of the model's items (``item_ids``, in index order); rows of other items are dropped."""
         position = {item: idx for idx, item in enumerate(item_ids)}

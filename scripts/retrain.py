@@ -35,7 +35,7 @@ from model.config import ALS_MIN_ROWS, TrainConfig, config_flags, overrides, reo
 from model.data import FORMAT_CHOICES, DataFormatError, load_ratings
 from model.files import output_problem
 from model.interactions import Dataset, Interactions, build_dataset
-from model.item_files import read_items
+from model.item_files import ItemTable, read_items
 from model.metrics import hit_matrix, per_user_metrics, top_k_items
 from model.raw import plain_warnings
 from model.retrain import (
@@ -185,6 +185,22 @@ def measure(ckpt: checkpoint.Checkpoint, raw, full: Dataset, held: np.ndarray, k
     return Measured(ckpt.model_version, predicted, raw.ratings[held], ndcg, unknown)
 
 
+def item_table(
+    args: argparse.Namespace, config: TrainConfig, current: checkpoint.Checkpoint | None
+) -> ItemTable | None:
+    """The item metadata for the candidate: the file ``--items`` names (DataFormatError: exit 2, nothing promoted),
+    else the current model's own attributes, stored in it. Never a path read out of the current model's file: a
+    planted version naming another file would have this job read it and the service publish it (found by a
+    security review), and a path from the machine that trained it need not exist on this one."""
+    if "items" in overrides(args):
+        return read_items(config.items)
+    if current is None or current.item_attributes is None:
+        return None
+    table = ItemTable.of_model(current.item_attributes, current.item_ids, f"the attributes of {current.model_version}")
+    print(f"items: keeping {table.path} ({len(table.rows)} items described); --items FILE reads a file instead")
+    return table
+
+
 def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> ExitCode:
     """Everything after the lock is taken. Fills ``report``; returns the exit code."""
     timings = report["timings"]
@@ -194,7 +210,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     current = recent[0] if recent else None
     config = train_config(args, current.config if current else TrainConfig(), raw.implicit, len(raw))
     report["config"] = asdict(config)
-    items = read_items(config.items) if config.items else None  # DataFormatError: exit 2, nothing promoted
+    items = item_table(args, config, current)
 
     def attributes(ds: Dataset):
         return items.align(ds.item_map.ids) if items else None

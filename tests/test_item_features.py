@@ -174,3 +174,33 @@ def test_only_the_first_items_of_a_long_answer_are_explained(tmp_path):
         assert all(r["explanation"] for r in records[:EXPLAINED_ITEMS])
         assert not any("explanation" in r for r in records[EXPLAINED_ITEMS:])
         assert [r["item_id"] for r in method(who, k).records()] == [r["item_id"] for r in records]  # same items
+
+
+def test_retrain_keeps_the_current_models_attributes_and_reads_only_the_file_it_is_given(items_ckpt, tmp_path):
+    """Found by the security review: a retrain without --items re-read the path stored in the current model's
+    config, so a planted version naming another file (one the retrain job can read) had its content published as
+    attributes. It keeps the attributes stored in the current model now, and reads only a file named on its
+    command line."""
+    from model.store import ModelStore
+
+    retrain = _script("retrain")
+    store = ModelStore(tmp_path / "store").init()
+    current = checkpoint.load(items_ckpt)
+    store.add(current)
+    store.set_current(current.model_version)
+    secret = write_lines(tmp_path / "secret.csv", ["item,secret", "i1,hunter2"])
+    planted = checkpoint.load(items_ckpt)
+    planted.config.items, planted.model_version = str(secret), current.model_version + "-planted"
+    store.add(planted)
+    store.set_current(planted.model_version)
+    data = items_ckpt.parent / "r.csv"
+    flags = ["--data", str(data), "--store", str(store.root), "--quiet", "--force", "--epochs", "2", "--seed", "5"]
+    assert retrain.main(flags) == 0
+    attrs = checkpoint.load(store.current_path()).item_attributes
+    assert [a.name for a in attrs.attributes] == [a.name for a in current.item_attributes.attributes]
+    assert "hunter2" not in {v for a in attrs.attributes for v in a.vocab}
+    assert [a.vocab for a in attrs.attributes] == [a.vocab for a in current.item_attributes.attributes]  # same items
+    renamed = write_lines(tmp_path / "renamed.csv", ["movieId,title", "i1,Renamed"])
+    assert retrain.main([*flags[:-2], "--seed", "6", "--items", str(renamed)]) == 0
+    attrs = checkpoint.load(store.current_path()).item_attributes
+    assert [a.name for a in attrs.attributes] == ["title"] and attrs.attributes[0].vocab == ["Renamed"]
