@@ -147,7 +147,7 @@ def test_attributes_round_trip_and_tampered_ones_are_refused(small_ckpt_path, tm
             checkpoint.load(bad)
 
 
-def test_retrain_stores_items_and_rereads_the_current_models_file(tmp_path, capsys):
+def test_retrain_stores_items_keeps_them_and_reads_only_the_file_named(tmp_path, capsys):
     from model.store import ModelStore
 
     rows = [f"u{u},{i},{1 + (u * 7 + i) % 5}" for u in range(30) for i in (1, 11, 2, 3, 5) if (u + i) % 4]
@@ -156,13 +156,15 @@ def test_retrain_stores_items_and_rereads_the_current_models_file(tmp_path, caps
     retrain, store = _script("retrain"), tmp_path / "store"
     fast = ["--quiet", "--dim", "4", "--member-dim", "4", "--epochs", "2", "--rank-epochs", "2", "--force"]
     assert retrain.main(["--data", str(data), "--store", str(store), "--items", str(items), *fast]) == 0
-    # Without --items the run takes the current model's configuration, its metadata file included.
+    write_lines(items, MOVIES_CSV + ["2,Heat"])  # now malformed: a run without --items does not read it
+    # Without --items the run keeps the current model's attributes (stored in it) and its config's record of them.
     assert retrain.main(["--data", str(data), "--store", str(store), "--seed", "1", *fast]) == 0  # a new version
     current = checkpoint.load(ModelStore(store).path_of(ModelStore(store).current()))
     assert current.config.items == str(items) and "genres" in current.item_attributes.names
     versions = len(ModelStore(store).versions())
-    write_lines(items, MOVIES_CSV + ["2,Heat"])  # now malformed: the run stops, nothing promoted
-    assert retrain.main(["--data", str(data), "--store", str(store), "--seed", "2", *fast]) == 2
+    capsys.readouterr()
+    # The file named: read, and malformed, the run stops, nothing promoted.
+    assert retrain.main(["--data", str(data), "--store", str(store), "--seed", "2", "--items", str(items), *fast]) == 2
     assert f"{items}:5: expected 3 fields, got 2" in capsys.readouterr().err
     assert len(ModelStore(store).versions()) == versions
 
