@@ -109,7 +109,12 @@ def section(part: str, runs: list[dict], meta: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["ml100k", "scale"], help="run one part (default: both)")
-    p.add_argument("--ml100k", type=Path, default=Path("/work/shared/datasets/ml-100k"), help="MovieLens 100k dir")
+    p.add_argument(
+        "--ml100k",
+        type=Path,
+        default=REPO / ".." / "shared" / "datasets" / "ml-100k",
+        help="MovieLens 100k dir (default: ../shared/datasets/ml-100k beside the repo)",
+    )
     p.add_argument("--retrain", action="store_true", help="train the ML-100k model again even if cached")
     p.add_argument("--scale-checkpoint", type=Path, default=REPO / "artifacts" / "benchmark_scale" / "scale.ckpt")
     p.add_argument("--scale-formats", default="parquet", help="comma-separated: parquet, csv (default: parquet)")

@@ -31,9 +31,10 @@ from service.topn import TopNConfig, load_or_build_lists
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint file the service will serve")
+    p.add_argument("checkpoint", help="checkpoint file or model store directory the service will serve")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # ten lines on which CPU features it loads
     if import_faiss() is None:
         print("error: faiss is not installed (pip install -e '.[ann]')", file=sys.stderr)
         return 2
