@@ -153,7 +153,7 @@ class TrainConfig:
                         minimum=0)  # fmt: skip
     items: str | None = _opt(None, "item metadata file (CSV/TSV/Parquet with a header, first column the item id; "
                              "MovieLens movies.csv, movies.dat, u.item), stored in the checkpoint; retrain "
-                             "re-reads the current model's")  # fmt: skip
+                             "keeps the current model's attributes without it ('' drops them)")  # fmt: skip
 
 
 def choices(name: str | None) -> tuple[str, ...] | None:

@@ -120,6 +120,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def warm_start_error(config: TrainConfig) -> str | None:
+    """Why a warm start (``fit``'s ``init``) cannot train ``config`` (resolved), or None: only a rating model
+    trained by gradient descent starts from another model's rows. retrain.py asks before it trains."""
+    if config.model in SEQUENCE_KINDS or config.loss != "mse":
+        on = "" if config.model in SEQUENCE_KINDS else f" on {config.loss}"
+        return f"warm start supports mf on mse only, not {config.model}{on}"
+    if config.engine == "als":
+        return "warm start needs --engine gd (the ALS engine starts from its own closed form)"
+    return None
+
+
 def fit(
     train: Interactions,
     config: TrainConfig,
@@ -143,9 +154,9 @@ def fit(
     started = time.perf_counter()
     config = resolve(config, implicit, len(train), distributed=cluster.distributed)
     device = resolve_device(config.device)
+    if init is not None and (problem := warm_start_error(config)):
+        raise ValueError(problem)
     if config.model in SEQUENCE_KINDS:
-        if init is not None:
-            raise ValueError(f"warm start supports mf on mse only, not {config.model}")
         from model.sequence_train import fit_sequence
 
         _use_threads(config, cluster, closed_form=False)
@@ -164,8 +175,6 @@ def fit(
         rating_started = time.perf_counter()
         _use_threads(config, cluster, closed_form=config.engine == "als")
         if config.engine == "als":
-            if init is not None:
-                raise ValueError("warm start needs --engine gd (the ALS engine starts from its own closed form)")
             network, history, rating_metrics = als.fit_rating(train, fit_part, val_part, config, scale, progress)
         else:
             network, history, rating_metrics = objectives.fit_rating(
@@ -202,8 +211,6 @@ def fit(
             metrics.update({f"rank_{k}": v for k, v in head_metrics.items()})
             metrics["rank_seconds"] = time.perf_counter() - rank_started
     else:
-        if init is not None:
-            raise ValueError(f"warm start supports mf on mse only, not {config.model} on {config.loss}")
         config = replace(config, negatives=_negatives(config.loss, train.num_items, config.model, config.negatives))
         network, history, rank_metrics = _fit_ranker(
             train, fit_part, val_part, config, device, progress, f"train {config.model}", cluster

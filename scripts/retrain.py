@@ -52,7 +52,7 @@ from model.retrain import (
 from model.sequence import SEQUENCE_KINDS
 from model.sequence_data import newest_rows
 from model.store import DEFAULT_KEEP, ModelStore, StoreError, StoreLocked
-from model.train import TrainingDiverged, fit, resolve
+from model.train import TrainingDiverged, fit, resolve, warm_start_error
 from model.warmstart import WarmStartError, warm_start
 from service.index import ServingIndex
 
@@ -192,8 +192,8 @@ def item_table(
     else the current model's own attributes, stored in it. Never a path read out of the current model's file: a
     planted version naming another file would have this job read it and the service publish it (found by a
     security review), and a path from the machine that trained it need not exist on this one."""
-    if "items" in overrides(args):
-        return read_items(config.items)
+    if "items" in overrides(args):  # --items '': no attributes
+        return read_items(config.items) if config.items else None
     if current is None or current.item_attributes is None:
         return None
     table = ItemTable.of_model(current.item_attributes, current.item_ids, f"the attributes of {current.model_version}")
@@ -211,6 +211,7 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     config = train_config(args, current.config if current else TrainConfig(), raw.implicit, len(raw))
     report["config"] = asdict(config)
     items = item_table(args, config, current)
+    report["items"] = None if items is None else items.path  # the file read, or the model whose attributes are kept
 
     def attributes(ds: Dataset):
         return items.align(ds.item_map.ids) if items else None
@@ -218,11 +219,10 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     shape = (config.model, config.dim, config.member_dim)
     if args.warm_start and current and shape != (current.kind, current.config.dim, current.config.member_dim):
         raise BadInput("--warm-start needs the current model's --model, --dim and --member-dim")
-    if args.warm_start and current and config.engine == "als":  # refused before training, not by fit() after it
-        raise BadInput(
-            f"--warm-start needs --engine gd: the ALS engine (the current model's, or auto's from "
-            f"{ALS_MIN_ROWS:,} rows; these are {len(raw):,}) starts from its own closed form"
-        )
+    problem = warm_start_error(config) if args.warm_start and current else None
+    if problem:  # refused before training, not by fit() once it has begun
+        raise BadInput(f"--warm-start: {problem} (the current model's config for {len(raw):,} rows; auto's engine is "
+                       f"ALS from {ALS_MIN_ROWS:,})")  # fmt: skip
     full = build_dataset(raw)
     inter = full.interactions
     keys = inter.pair_keys()

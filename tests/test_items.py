@@ -167,6 +167,9 @@ def test_retrain_stores_items_keeps_them_and_reads_only_the_file_named(tmp_path,
     assert retrain.main(["--data", str(data), "--store", str(store), "--seed", "2", "--items", str(items), *fast]) == 2
     assert f"{items}:5: expected 3 fields, got 2" in capsys.readouterr().err
     assert len(ModelStore(store).versions()) == versions
+    # --items '': trained without attributes.
+    assert retrain.main(["--data", str(data), "--store", str(store), "--seed", "3", "--items", "", *fast]) == 0
+    assert checkpoint.load(ModelStore(store).path_of(ModelStore(store).current())).item_attributes is None
 
 
 def test_an_unknown_attribute_is_named_without_echoing_a_huge_name():

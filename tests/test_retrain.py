@@ -206,6 +206,20 @@ def test_a_store_served_by_an_als_model_retrains_again(tmp_path, data):
     assert code == ExitCode.BAD_INPUT and store.current() == before
 
 
+def test_warm_start_over_a_model_it_cannot_start_from_is_refused_before_training(tmp_path, data, capsys):
+    """Found by the review of the ALS fix: --warm-start over an mf model of implicit data (loss ials) still raised
+    in fit(), a traceback and exit 1. One rule (model.train.warm_start_error) for fit() and retrain.py."""
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("".join(",".join(line.split(",")[:2]) + "\n" for line in data.read_text().splitlines()[1:]))
+    store_dir = tmp_path / "store"
+    assert retrain.main(["--data", str(clicks), "--store", str(store_dir), "--quiet", "--epochs", "2"]) == 0
+    before = ModelStore(store_dir).current()
+    capsys.readouterr()
+    code = retrain.main(["--data", str(clicks), "--store", str(store_dir), "--quiet", "--force", "--warm-start"])
+    assert code == ExitCode.BAD_INPUT and ModelStore(store_dir).current() == before
+    assert "warm start supports mf on mse only, not mf on ials" in capsys.readouterr().err
+
+
 def test_a_rerun_that_trains_the_very_same_model_in_the_same_second_promotes_it(tmp_path, data, monkeypatch):
     """The same data and seed train the same weights; run twice within one second, their version (a digest of data
     and weights, timestamped to the second) was already in the store and the promotion failed, exit 1."""
