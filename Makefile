@@ -2,6 +2,8 @@
 # `make test` (set up, run the whole suite). Both create .venv/ on first use.
 PYTHON ?= python3
 comma := ,
+empty :=
+space := $(empty) $(empty)
 VENV := .venv
 PY := $(VENV)/bin/python
 # Pinned: this exact CPU build lies on the build machines; an unpinned torch pulls a multi-GB CUDA build.
@@ -11,8 +13,10 @@ TORCH_PIP_ARGS ?=
 # Optional dependency groups to install with the project ("[dev]" for tests; empty for production).
 EXTRAS ?= [dev]
 # One stamp per set of extras: after `make install EXTRAS=`, `make test` installs [dev] instead of finding the
-# venv "installed" without pytest.
-STAMP := $(VENV)/.installed-$(subst $(comma),-,$(subst [,,$(subst ],,$(EXTRAS))))
+# venv "installed" without pytest. Serving and training take any install there is (a production venv made
+# with EXTRAS= stays without the test tools).
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(subst [,,$(subst ],,$(subst $(space),,$(EXTRAS)))))
+ANY_STAMP := $(or $(firstword $(wildcard $(VENV)/.installed-*)),$(STAMP))
 RECSYS_CHECKPOINT ?= artifacts/model.ckpt
 export RECSYS_CHECKPOINT
 
@@ -27,10 +31,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Trains on the built-in synthetic data only when no checkpoint exists yet.
-$(RECSYS_CHECKPOINT): | $(STAMP)
+$(RECSYS_CHECKPOINT): | $(ANY_STAMP)
 	$(PY) scripts/train.py --out $(RECSYS_CHECKPOINT)
 
-serve: $(STAMP) $(RECSYS_CHECKPOINT)
+serve: $(ANY_STAMP) $(RECSYS_CHECKPOINT)
 	$(VENV)/bin/uwsgi --ini uwsgi.ini
 
 test: $(STAMP)
@@ -39,7 +43,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-train: $(STAMP)
+train: $(ANY_STAMP)
 	$(PY) scripts/train.py --out $(RECSYS_CHECKPOINT)
 
 clean:
