@@ -55,8 +55,11 @@ def open_lock(path: str | Path, mode: int = 0o600) -> int:
     ``flock`` works on a read-only descriptor, so a lock others could read, others could hold (a security review
     blocked retrain and rollback from another account); opening it read-write needs write access anyway."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # a lock file made before (0644): owner-only from now on
+    try:  # a lock file made before (0644): no reading for those who may not write (a 0660 shared by a group stays)
+        current = os.fstat(fd).st_mode & 0o777
+        wanted = current & ~((~current & 0o022) << 1)
+        if wanted != current:
+            os.fchmod(fd, wanted)
     except OSError:  # another owner's (we could open it read-write): left as it is
         pass
     return fd

@@ -109,7 +109,7 @@ class ModelStore:
                 # a link to a file elsewhere: not a version
             try:
                 found.append(Version(entry.name[: -len(SUFFIX)], entry, entry.stat().st_mtime_ns))
-            except FileNotFoundError:  # pruned meanwhile
+            except OSError:  # pruned meanwhile, or a link that does not lead to a file
                 continue
         return sorted(found, key=lambda v: (v.added_ns, v.name))
 
@@ -139,6 +139,8 @@ class ModelStore:
         try:
             real = file.resolve()
         except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            return False
+        if real.is_symlink():  # a loop, as Python 3.13's resolve() leaves it
             return False
         return real.parent == self.versions_dir.resolve() and file.name.endswith(SUFFIX) and real.name.endswith(SUFFIX)
 
@@ -356,13 +358,15 @@ class StoreLock:
 def _holder(pid_text: str) -> str:
     """Who holds a store lock, by the pid the last run that took it wrote: that run while it lives, else another
     process (a pid there no longer running names nobody: the lock is held all the same)."""
+    if not (pid_text.isdigit() and 0 < int(pid_text) < 1 << 22):  # Linux pids; 0 would signal our own group
+        return "another process"
+    pid = int(pid_text)
     try:
-        pid = int(pid_text)
         os.kill(pid, 0)
     except ProcessLookupError:
         return f"another process (the last run, pid {pid}, has exited)"
-    except (ValueError, PermissionError):  # no pid written, or a pid of another user's: alive all the same
-        return f"another run (pid {pid_text})" if pid_text.isdigit() else "another process"
+    except PermissionError:  # another user's process: alive
+        pass
     return f"another run (pid {pid})"
 
 

@@ -93,6 +93,10 @@ def test_lock_is_exclusive_and_released_on_exit(tmp_path):
     lock_file.chmod(0o644)  # a store locked before: owner-only again once locked
     with store.lock():
         assert lock_file.stat().st_mode & 0o777 == 0o600
+    lock_file.chmod(0o660)  # shared on purpose with a group that may write: left so
+    with store.lock():
+        assert lock_file.stat().st_mode & 0o777 == 0o660
+    lock_file.chmod(0o600)
     other = os.open(lock_file, os.O_RDONLY)
     try:
         fcntl.flock(other, fcntl.LOCK_SH)
@@ -100,6 +104,10 @@ def test_lock_is_exclusive_and_released_on_exit(tmp_path):
         gone.wait()
         lock_file.write_text(f"{gone.pid}\n")
         with pytest.raises(StoreLocked, match="locked by another process \\(the last run, pid \\d+, has exited\\)"):
+            with store.lock():
+                pass
+        lock_file.write_text("99999999999999999999\n")  # no pid at all: no OverflowError, a refusal
+        with pytest.raises(StoreLocked, match="locked by another process; try"):
             with store.lock():
                 pass
     finally:
