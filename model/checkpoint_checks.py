@@ -129,7 +129,8 @@ def _field_errors(raw: dict[str, Any]) -> Iterator[str | None]:
     yield None if isinstance(created, str) and 0 < len(created) <= 64 else "created_at is not a short non-empty string"
     version = raw["model_version"]
     if not (isinstance(version, str) and VERSION.fullmatch(version)):
-        yield f"model_version is not a version name (letters, digits, '.', '_', '-'; 1-201): {str(version)[:80]!r}"
+        shown = repr(version[:80]) if isinstance(version, str) else f"a {type(version).__name__}"  # never str() a blob
+        yield f"model_version is not a version name (letters, digits, '.', '_', '-'; 1-201): {shown}"
     history = raw.get("history", [])
     yield None if isinstance(history, list) and all(isinstance(r, dict) for r in history) else "history malformed"
     if "recent_items" in raw:

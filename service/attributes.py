@@ -35,8 +35,8 @@ class UnknownAttribute(KeyError):
     def __str__(self) -> str:
         known = ", ".join(self.known) if self.known else "none: the model was trained without --items"
         # No name longer than an attribute's can be one: echoing a 100 KB one in full made a 100 KB answer.
-        name = self.name if len(self.name) <= MAX_NAME_LENGTH else f"{self.name[:MAX_NAME_LENGTH]}..."
-        return f"unknown attribute {name!r} (known: {known})"
+        name = repr(self.name) if len(self.name) <= MAX_NAME_LENGTH else f"{self.name[:MAX_NAME_LENGTH]!r}..."
+        return f"unknown attribute {name} (known: {known})"
 
 
 class BadFilterValue(ValueError):

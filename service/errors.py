@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable
 
 from flask import Flask, jsonify, request
@@ -36,7 +37,7 @@ def guard_request_line(wsgi_app):
     def guarded(environ, start_response):
         if "REQUEST_METHOD" in environ:
             return wsgi_app(environ, start_response)
-        start_response("400 BAD REQUEST", headers)
+        start_response("400 BAD REQUEST", [*headers, ("X-Request-ID", uuid.uuid4().hex)])  # as every answer has
         return [body]
 
     return guarded

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from service.schemas import ErrorResponse
+from service.schemas import MAX_FILTERS, ErrorResponse
 
 REF = "#/components/schemas/{model}"
 DESCRIPTION = (
@@ -25,7 +25,7 @@ DESCRIPTION = (
     "must stay within about 32 KiB (uWSGI carries it twice in its 64 KiB buffer): a longer one is dropped before "
     "it reaches the service (which then answers 414, or the connection closes), so the id lists of a "
     "GET must stay within it (POST /recommend takes 10,000 ids). Bodies over the service's limit "
-    "(RECSYS_MAX_BODY_BYTES, default 8 MiB) get 413."
+    "(RECSYS_MAX_BODY_BYTES, default 8 MiB) get 413; a chunked body gets 411 (send Content-Length)."
 )
 
 
@@ -149,8 +149,9 @@ def with_filters(doc: dict[str, Any], kinds: Mapping[str, str], explains: bool =
         properties = {}
         for name in names:
             one = integer if kinds[name] == "int" else value
-            properties[name] = {"anyOf": [one, {"type": "array", "items": one}]}
+            properties[name] = {"anyOf": [one, {"type": "array", "items": one, "maxItems": MAX_FILTERS}]}
         described = {"type": "object", "properties": properties, "additionalProperties": False,
+                     "maxProperties": MAX_FILTERS,
                      "description": schema["properties"]["filter"]["anyOf"][0].get("description", "")}  # fmt: skip
         schema["properties"]["filter"] = {"anyOf": [described, {"type": "null"}], "default": None}
     return doc

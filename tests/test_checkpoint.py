@@ -218,6 +218,15 @@ WRONG_FIELDS = {
         },
         "a model needs users and items: 0 users",
     ),
+    "no_items": (
+        {
+            "item_ids": [],
+            "item_popularity": torch.zeros(0, dtype=torch.int64),
+            "seen_indices": torch.zeros(0, dtype=torch.int64),
+            "seen_indptr": lambda t: torch.zeros_like(t),
+        },
+        "a model needs users and items: 120 users, 0 items",
+    ),
     "fingerprint_of_nested_lists": ({"data": lambda d: {**d, "fingerprint": [[[0]]]}}, "data is not a dict of"),
     "fingerprint_too_long": ({"data": lambda d: {**d, "fingerprint": "f" * 5000}}, "data is not a dict of"),
     "version_with_a_line_break": ({"model_version": "FAKE\nreload ok"}, "model_version is not a version name"),

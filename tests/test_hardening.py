@@ -152,7 +152,7 @@ def test_a_request_line_uwsgi_cannot_parse_gets_a_400(server):
             raw = b"".join(iter(lambda: sock.recv(65536), b""))
         head, _, answer = raw.partition(b"\r\n\r\n")
         assert head.split(b" ")[1] == b"400", raw[:300]
-        assert json.loads(answer)["error"]["code"] == "bad_request"
+        assert json.loads(answer)["error"]["code"] == "bad_request" and b"X-Request-ID: " in head
     assert "KeyError" not in server.log()
 
 

@@ -204,3 +204,25 @@ def test_retrain_keeps_the_current_models_attributes_and_reads_only_the_file_it_
     assert retrain.main([*flags[:-2], "--seed", "6", "--items", str(renamed)]) == 0
     attrs = checkpoint.load(store.current_path()).item_attributes
     assert [a.name for a in attrs.attributes] == ["title"] and attrs.attributes[0].vocab == ["Renamed"]
+
+
+def test_a_body_takes_at_most_32_filter_values_in_all_and_the_document_says_so(items_ckpt):
+    """Found by the security review: a body's value lists were uncapped (each value is a condition over the
+    catalogue). Across attributes the model has, 33 values are refused naming the rule, 32 are answered; the
+    model's OpenAPI document bounds them too (the review of the cap found it did not)."""
+    from service import create_app
+
+    client = create_app({"CHECKPOINT": str(items_ckpt), "RELOAD_INTERVAL": 0}).test_client()
+    for counts, status in (((20, 13), 422), ((20, 12), 200)):
+        body = {"history": ["i1"], "filter": {"genres": ["Block0"] * counts[0], "title": ["x"] * counts[1]}}
+        resp = client.post("/recommend", json=body)
+        assert resp.status_code == status, resp.get_json()
+    assert resp.status_code == 200 and resp.get_json()["items"] == []  # no item has the title "x"
+    details = client.post("/recommend", json={"history": ["i1"], "filter": {"genres": ["a"] * 20, "year": [1] * 13}})
+    assert details.get_json()["error"]["details"] == [
+        {"field": "filter", "reason": "should have at most 32 values in all, not 33"}
+    ]
+    schema = client.get("/openapi.json").get_json()["paths"]["/recommend"]["post"]["requestBody"]
+    described = schema["content"]["application/json"]["schema"]["properties"]["filter"]["anyOf"][0]
+    assert described["maxProperties"] == 32
+    assert described["properties"]["genres"]["anyOf"][1]["maxItems"] == 32

@@ -177,5 +177,5 @@ def test_an_unknown_attribute_is_named_without_echoing_a_huge_name():
     from service.attributes import UnknownAttribute
 
     reason = str(UnknownAttribute("x" * 100_000, ["genres"]))
-    assert len(reason) < 200 and reason.startswith("unknown attribute 'xxxx") and "..." in reason
+    assert len(reason) < 200 and reason.startswith(f"unknown attribute '{'x' * 64}'... (known: genres)")
     assert str(UnknownAttribute("colour", ["genres"])) == "unknown attribute 'colour' (known: genres)"
