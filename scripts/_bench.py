@@ -40,7 +40,9 @@ class Server:
     def __init__(self, ckpt: Path, log: Path, env: dict[str, str], ready_timeout: float = 300.0):
         self.port = free_port()
         self.log_path = log
-        environ = {**os.environ, "RECSYS_CHECKPOINT": str(ckpt), "RECSYS_PORT": str(self.port), **env}
+        environ = {**os.environ, "RECSYS_CHECKPOINT": str(ckpt), "RECSYS_PORT": str(self.port),
+                   # beside the log: uwsgi.ini's default, /tmp/recsys-metrics-<port>, stays behind after each run
+                   "PROMETHEUS_MULTIPROC_DIR": str(log.parent / f"metrics-{self.port}"), **env}  # fmt: skip
         self.log = open(log, "wb")
         uwsgi = Path(sys.executable).parent / "uwsgi"
         started = time.monotonic()
@@ -65,20 +67,54 @@ class Server:
         raise RuntimeError(f"uWSGI did not become ready in {ready_timeout:.0f} s; see {log}")
 
     def workers(self) -> list[int]:
-        """Pids of the worker processes (the master's children)."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        """Pids of the live worker processes."""
+        return sorted(live_workers(self.proc.pid))
 
     def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 8), (signal.SIGKILL, 5)):
-            if self.proc.poll() is not None:
-                break
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_uwsgi(self.proc)
         self.log.close()
+
+
+def live_workers(master: int) -> set[int]:
+    """The uWSGI master's live worker processes (a dead one it has not reaped yet, a zombie, is not one)."""
+    found = set()
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:  # the master is gone
+        return found
+    for pid in children:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:  # reaped since
+            continue
+        if state != "Z":
+            found.add(int(pid))
+    return found
+
+
+def stop_uwsgi(proc: subprocess.Popen, grace: float = 8.0) -> None:
+    """Stop a uWSGI started in its own process group as ``docker stop`` and Kubernetes do, SIGTERM to the master
+    alone (it sends its workers SIGINT), then KILL the whole group after ``grace`` seconds at most.
+
+    Not SIGTERM to the whole group: a worker then gets two stop signals, and the second one, arriving inside
+    uWSGI's exit() for the first, deadlocks it on glibc's exit lock until the master kills it 5 s later (README,
+    Stopping). Once the workers are dead a second SIGTERM wakes the master, which otherwise notices them on its
+    next once-a-second check."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                if not live_workers(proc.pid):
+                    os.kill(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group, if anything
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=5)
 
 
 def process_memory_mib(pid: int) -> dict[str, float]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,9 @@ from model.synthetic import SyntheticConfig, planted_ratings
 from model.train import TrainConfig, fit
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from _bench import free_port, live_workers, stop_uwsgi  # noqa: E402  (one home for starting and stopping uWSGI)
+
 SMALL = SyntheticConfig(num_users=120, num_items=60, rank=3, ratings_per_user=20, noise=0.2, seed=1)
 
 
@@ -56,12 +57,6 @@ def app(small_ckpt_path):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class UwsgiServer:
@@ -109,43 +104,13 @@ class UwsgiServer:
         return self.log_path.read_text(errors="replace")
 
     def workers(self) -> set[int]:
-        """The master's live worker processes (a dead one it has not reaped yet, a zombie, is not one)."""
-        found = set()
-        for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-            except OSError:  # reaped since
-                continue
-            if state != "Z":
-                found.add(int(pid))
-        return found
+        """The master's live worker processes (zombies excluded)."""
+        return live_workers(self.proc.pid)
 
     def stop(self) -> None:
-        """Stop it as ``docker stop``, Kubernetes and systemd's ``KillMode=mixed`` do, SIGTERM to the master alone (it
-        sends its workers SIGINT), then KILL the whole group after a short grace: never wait out uWSGI's mercy.
-
-        Not SIGTERM to the whole group: a worker then gets two stop signals, and the second one, arriving inside
-        uWSGI's exit() for the first, deadlocks it on glibc's exit lock until the master kills it 5 s later (README,
-        Stopping). Once the workers are dead a second SIGTERM wakes the master, which otherwise notices them on
-        its next once-a-second check."""
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-                deadline = time.monotonic() + 8
-                while self.proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    if not self.workers():
-                        os.kill(self.proc.pid, signal.SIGTERM)
-                if self.proc.poll() is None:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=5)
-            except (ProcessLookupError, FileNotFoundError):
-                pass
-        self.proc.wait(timeout=5)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in the group, if any
-        except ProcessLookupError:
-            pass
+        """Stop it as ``docker stop`` does (``_bench.stop_uwsgi``: SIGTERM to the master alone, then KILL the group
+        after a short grace): never wait out uWSGI's mercy."""
+        stop_uwsgi(self.proc)
         self._log.close()
 
 
