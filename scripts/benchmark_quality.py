@@ -657,10 +657,14 @@ def strong_verdict(strong: dict[int, dict[str, Result]]) -> list[str]:
     best = max(ours, key=ours.get)
     ratio = ours[best] / ease_v
     ok = ratio >= TARGET_STRONG_OVER_EASE and ours[best] > als_v
+    needed = TARGET_STRONG_OVER_EASE * ease_v
+    short = [] if ratio >= TARGET_STRONG_OVER_EASE else [f"{needed - ours[best]:.4f} short of the {needed:.4f} needed"]
+    short += [] if ours[best] > als_v else [f"{als_v - ours[best]:.4f} below ALS"]
     return [
         f"- Strong generalisation target (our best fold-in NDCG@100 >= {TARGET_STRONG_OVER_EASE}x EASE's and above"
         f" ALS recalculate_user; means over seeds {', '.join(map(str, strong))}): {'met' if ok else 'NOT met'}"
-        f" ({best}: {cell(ours[best])}, {ratio:.3f}x EASE's {cell(ease_v)}; ALS {cell(als_v)})."
+        f" ({best}: {cell(ours[best])}, {ratio:.3f}x EASE's {cell(ease_v)}; ALS {cell(als_v)})"
+        + (f": {', '.join(short)}." if short else ".")
     ]
 
 

@@ -312,15 +312,18 @@ def summarize(samples: list[dict[str, float]], healthz: list[dict[str, float]]) 
     }
 
 
+def check(label: str, got: float, target: float, higher: bool, unit: str = "", digits: int = 2,
+          inclusive: bool = False) -> str:  # fmt: skip
+    """``label got (target: met)``, or ``NOT met, missed by ...``: a missed target always says how far.
+    ``higher``: at least ``target``; else below it (``inclusive``: at most it)."""
+    ok = got >= target if higher else got <= target if inclusive else got < target
+    sign = ">=" if higher else "<=" if inclusive else "<"
+    miss = "" if ok else f", missed by {abs(got - target):.{digits}f}{unit}"
+    return f"{label} {got:.{digits}f}{unit} (target {sign} {target:g}{unit}: {'met' if ok else 'NOT met'}{miss})"
+
+
 def verdicts(results: dict[int, dict[str, dict[str, float]]], args) -> list[str]:
     """The issue's targets against this run: met, or by how much they are missed."""
-
-    def check(label: str, got: float, target: float, higher: bool, unit: str = "", digits: int = 2) -> str:
-        ok = got >= target if higher else got < target
-        sign = ">=" if higher else "<"
-        miss = "" if ok else f", missed by {abs(got - target):.{digits}f}{unit}"
-        return f"{label} {got:.{digits}f}{unit} (target {sign} {target:g}{unit}: {'met' if ok else 'NOT met'}{miss})"
-
     out = []
     small = results.get(10_000, {}).get("recommend")
     folded = results.get(10_000, {}).get("recommend_history")
@@ -375,14 +378,11 @@ def sequence_verdicts(results: dict[int, dict[str, dict[str, float]]]) -> list[s
     r = results.get(10_000, {})
     out = []
     if "recommend" in r:
-        ok = r["recommend"]["ratio"] >= 0.8
-        out.append(f"- GET /recommend, known users: {r['recommend']['ratio']:.2f}x /healthz (target >= 0.8x: "
-                   f"{'met' if ok else 'NOT met'}).")  # fmt: skip
+        out.append(f"- GET /recommend, known users: {check('throughput', r['recommend']['ratio'], 0.8, True, 'x')}.")
     if "recommend_history" in r:
         h = r["recommend_history"]
-        ok = h["p99_ms"] <= 10.0 and h["ratio"] >= 0.3
-        out.append(f"- POST /recommend, 50-item history: p99 {h['p99_ms']:.2f} ms, {h['ratio']:.2f}x /healthz "
-                   f"(target p99 <= 10 ms and >= 0.3x: {'met' if ok else 'NOT met'}).")  # fmt: skip
+        p99 = check("p99", h["p99_ms"], 10.0, False, " ms", inclusive=True)
+        out.append(f"- POST /recommend, 50-item history: {p99}; {check('throughput', h['ratio'], 0.3, True, 'x')}.")
     return out
 
 

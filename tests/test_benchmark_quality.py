@@ -99,3 +99,33 @@ def test_ease_reference_recovers_the_held_out_item_of_a_checkerboard():
     scores = bq.binary_matrix(inter) @ weights
     scores[users, items] = -np.inf
     assert [int(np.argmax(scores[u])) for u in range(20)] == [held[u] for u in range(20)]
+
+
+def test_a_missed_strong_generalisation_target_says_how_far():
+    """A target that is not reached is reported with how far (found by the audit of docs/benchmarks.md)."""
+    strong = {
+        seed: {
+            "ours (default `scripts/train.py`)": bq.Result({"ndcg@100": 0.5422}),
+            "EASE (tuned)": bq.Result({"ndcg@100": 0.5431}),
+            "implicit ALS (tuned), recalculate_user": bq.Result({"ndcg@100": 0.5413}),
+        }
+        for seed in (0, 1, 2)
+    }
+    (line,) = bq.strong_verdict(strong)
+    assert "NOT met" in line and "0.998x EASE's" in line and "0.0172 short of the 0.5594 needed." in line
+    strong[0]["ours (default `scripts/train.py`)"] = bq.Result({"ndcg@100": 0.5431 * 1.031})
+    (line,) = bq.strong_verdict({0: strong[0]})
+    assert ": met (" in line and "short" not in line
+
+
+def test_a_missed_serving_target_says_how_far():
+    sys.path.insert(0, str(REPO / "scripts"))
+    import benchmark_serving as bs
+
+    lines = bs.sequence_verdicts({10_000: {"recommend": {"ratio": 0.83},
+                                           "recommend_history": {"p99_ms": 6.36, "ratio": 0.25}}})  # fmt: skip
+    assert lines == [
+        "- GET /recommend, known users: throughput 0.83x (target >= 0.8x: met).",
+        "- POST /recommend, 50-item history: p99 6.36 ms (target <= 10 ms: met); throughput 0.25x (target >= 0.3x: "
+        "NOT met, missed by 0.05x).",
+    ]
