@@ -177,8 +177,13 @@ def read_delimited(
                 ),
             )
             break
-        except (pa.ArrowInvalid, UnicodeDecodeError):
-            continue
+        except pa.ArrowInvalid as exc:
+            # Another type for the times helps only when they were the column that failed: a bad rating would
+            # otherwise have the whole file parsed three times before the line reader names its line.
+            if "timestamp" not in names or f"column #{names.index('timestamp')}:" not in str(exc):
+                break
+        except UnicodeDecodeError:
+            break
     if table is None:
         return None
     table = _times_in_seconds(table)
