@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import pickle
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -177,7 +178,22 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         ]
     if ckpt.recent_items is not None:
         payload["recent_items"] = torch.from_numpy(np.ascontiguousarray(ckpt.recent_items, dtype=np.int64))
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), sync_dir=True)
+    return atomic_write(path, lambda tmp: _write(payload, tmp, path), sync_dir=True)
+
+
+def _write(payload: dict[str, Any], tmp: str, path: Path) -> None:
+    """``torch.save``, whose failed write (a full disk, a file size limit) is a ``RuntimeError`` from its C++ writer
+    that names no cause (``basic_ios::clear: iostream error``, ``unexpected pos 162240 vs 162104``): an ``OSError``
+    naming the file and the room left on its filesystem instead, measured before the temporary file is removed."""
+    try:
+        torch.save(payload, tmp)
+    except RuntimeError as exc:
+        try:
+            left = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on its filesystem"
+        except OSError:
+            left = "its filesystem's free space unknown"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"could not write {path} ({left}): torch.save failed: {first}") from exc
 
 
 def load(path: str | Path) -> Checkpoint:

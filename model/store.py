@@ -42,7 +42,7 @@ from pathlib import Path
 
 from model import checkpoint
 from model.checkpoint_checks import VERSION
-from model.files import atomic_write, open_lock
+from model.files import atomic_write, open_lock, output_problem
 
 VERSIONS, CURRENT, REPORTS, LOCK, SERVED = "versions", "current", "reports", ".lock", "served"
 SUFFIX = ".ckpt"
@@ -55,6 +55,16 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     """Another process holds the store's lock (a retrain or rollback is running)."""
+
+
+class ServedListNotWritten(StoreError):
+    """:meth:`ModelStore.set_current` moved ``current`` but could not record it in ``served`` (a full disk): the move
+    stands, and every reader follows the pointer. ``version`` is what ``current`` points at now, ``before`` what
+    it pointed at (None: nothing, or not a version)."""
+
+    def __init__(self, version: str, before: str | None, exc: OSError):
+        super().__init__(f"the list of served versions could not be written after current moved to {version} ({exc})")
+        self.version, self.before = version, before
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,8 @@ class ModelStore:
             if entry.name.startswith(".") or not VERSION.fullmatch(entry.name[: -len(SUFFIX)]) or not self.holds(entry):
                 continue  # a save's temporary file (in progress, or of a killed one), a file dropped there by hand, or
                 # a link to a file elsewhere: not a version
+            if not entry.is_file():  # a directory named like a version: pruning it failed on every run, forever
+                continue
             try:
                 found.append(Version(entry.name[: -len(SUFFIX)], entry, entry.stat().st_mtime_ns))
             except OSError:  # pruned meanwhile, or a link that does not lead to a file
@@ -157,13 +169,18 @@ class ModelStore:
 
     def served_before(self, version: str | None = None) -> list[str]:
         """The stored versions to fall back to from ``version`` (default: the current one), best first: those
-        served before it, most recent first (when it is not the last one served, as after a pointer moved by
-        hand, the last one served comes first), then the others added before it, newest first."""
+        served before it, most recent first, then the others added before it, newest first.
+
+        ``served`` is read as moving ``current`` to ``version`` would have left it: when ``version`` is in the list
+        but not last (the pointer moved and the list was not written: a run killed between the two steps, a full
+        disk, a pointer moved by hand), the list is unwound back to it, so a rollback goes on back, never forward
+        to the version rolled away from. A version not in the list at all (aimed at by hand) falls back to the
+        last one served first."""
         version = version or self.current()
         names = [v.name for v in self.versions()]
         stack = self.served()
-        if stack and stack[-1] == version:
-            stack = stack[:-1]
+        if version in stack:
+            stack = stack[: len(stack) - 1 - stack[::-1].index(version)]
         added = names[: names.index(version)] if version in names else []
         out: list[str] = []
         for name in [*reversed(stack), *reversed(added)]:
@@ -204,10 +221,15 @@ class ModelStore:
         return ckpt.model_version
 
     def set_current(self, version: str) -> None:
-        """Point ``current`` at ``version`` atomically (temporary symlink renamed over it).
+        """Point ``current`` at ``version`` atomically (temporary symlink renamed over it), then record it in
+        ``served``.
 
         The version must load as a checkpoint: the service would refuse it anyway, and a pointer to a
         bad file would leave freshly started workers with nothing to serve.
+
+        Raises:
+            ServedListNotWritten: the pointer moved but ``served`` could not be written (the move stands; any
+                other exception means it did not move).
         """
         path = self.path_of(version)
         if not path.is_file() or not self.holds(path):
@@ -219,7 +241,10 @@ class ModelStore:
         if not stack and before is not None and before != version:  # a store from before the list: seed it
             stack = [*reversed(self.served_before(before)), before]
         stack = stack[: len(stack) - stack[::-1].index(version)] if version in stack else [*stack, version]
-        self._write_served(stack)
+        try:
+            self._write_served(stack)
+        except OSError as exc:
+            raise ServedListNotWritten(version, before, exc) from exc
 
     def _current_or_none(self) -> str | None:
         try:
@@ -230,6 +255,21 @@ class ModelStore:
     def _write_served(self, stack: list[str]) -> None:
         text = "".join(f"{name}\n" for name in stack)
         atomic_write(self.root / SERVED, lambda tmp: Path(tmp).write_text(text), sync_dir=True)
+
+    def discard(self, version: str) -> None:
+        """Delete a version that was never made current (a promotion that failed or was stopped after writing it),
+        with anything cached beside it. Call it under the lock."""
+        self._delete(self.path_of(version))
+
+    def _delete(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        for cache in self.versions_dir.glob(f"{path.name}.*"):  # e.g. ANN indexes cached beside it
+            cache.unlink(missing_ok=True)
+
+    def write_problem(self) -> str | None:
+        """Why this process cannot change the store (take its lock, add a version), or None: asked before a run
+        of minutes, which would otherwise end in a traceback at its first write (a read-only mount)."""
+        return output_problem(str(self.root / LOCK))
 
     def check_replaceable(self) -> None:
         """Raises StoreError when ``current`` is a directory: a rename cannot replace it, and it is not ours to
@@ -283,9 +323,7 @@ class ModelStore:
         versions = self.versions()
         doomed = [v for v in versions[: max(len(versions) - max(keep, 1), 0)] if v.name not in protected]
         for v in doomed:
-            v.path.unlink(missing_ok=True)
-            for cache in self.versions_dir.glob(f"{v.path.name}.*"):  # e.g. ANN indexes cached beside it
-                cache.unlink(missing_ok=True)
+            self._delete(v.path)
         gone = {v.name for v in doomed}
         stack = self.served()
         if gone & set(stack):  # the list of what was served names only what is left (it grew by one a promotion)

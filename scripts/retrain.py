@@ -14,7 +14,8 @@ every row. The service follows ``current`` by itself. See ``model/retrain.py`` f
 ``STORE/reports/`` (and to ``--report``).
 
 Exit codes (``model.retrain.ExitCode``): 0 promoted, 10 rejected (worse), 11 refused (another run holds
-the lock), 2 bad input or an unreadable current model (nothing written), 1 failed (nothing promoted).
+the lock), 2 bad input, an unreadable current model or a store this process cannot write (nothing written),
+1 failed (nothing promoted; also a run stopped by SIGTERM, which unwinds and writes its report).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ from model.retrain import (
 )  # fmt: skip
 from model.sequence import SEQUENCE_KINDS
 from model.sequence_data import newest_rows
-from model.store import DEFAULT_KEEP, ModelStore, StoreError, StoreLocked
+from model.signals import Terminated, raise_on_sigterm
+from model.store import DEFAULT_KEEP, ModelStore, ServedListNotWritten, StoreError, StoreLocked
 from model.train import TrainingDiverged, fit, resolve, warm_start_error
 from model.warmstart import WarmStartError, warm_start
 from service.index import ServingIndex
@@ -302,18 +304,20 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     timings["refit_s"] = round(time.perf_counter() - started, 3)
     report["refit"] = {"version": promoted.model_version, "rows": len(raw), "training": final.metrics}
     started = time.perf_counter()
-    if store.path_of(promoted.model_version).exists():  # the same data and weights, to the second: already stored
+    added = not store.path_of(promoted.model_version).exists()
+    if not added:  # the same data and weights, to the second: already stored
         print(f"{promoted.model_version} is already in the store (the same data and weights): pointing current at "
               "it; this run's holdout details are in its report, not in that file")  # fmt: skip
     else:
         store.add(promoted)
     try:
         store.set_current(promoted.model_version)
-    except OSError as exc:  # after the pointer moved (writing the served list) the promotion stands: say so
-        if _current_version(store) != promoted.model_version:
-            raise
-        _warn(report, f"promoted, but the list of served versions could not be written ({exc}): rollback may "
-                      "not know what was served before")  # fmt: skip
+    except ServedListNotWritten as exc:  # the pointer moved: the promotion stands, say so
+        _warn(report, f"promoted, but {exc}")
+    except BaseException:  # the pointer did not move (a failure, SIGTERM): a version never served is taken back out
+        if added and _current_version(store) != promoted.model_version:
+            store.discard(promoted.model_version)
+        raise
     report["versions"]["after"] = promoted.model_version
     try:
         report["versions"]["pruned"] = store.prune(args.keep)
@@ -355,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if Path(args.store).exists() and not Path(args.store).is_dir():
             raise BadInput(f"--store {args.store} is not a directory")
+        problem = store.write_problem()
+        if problem:  # a read-only store: refused before minutes of reading and training, not at the first write
+            raise BadInput(f"--store: {problem}")
         # Read and validate the data before touching the store: a bad file writes nothing anywhere.
         raw = load_ratings(args.data, args.format)
         report["data"].update(fingerprint=file_fingerprint(args.data), rows=len(raw), implicit=raw.implicit)
@@ -371,6 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         code, report["error"] = ExitCode.FAILED, str(exc)
+    except Terminated as exc:  # SIGTERM (raise_on_sigterm): after the promotion (pruning) it stands, as other late
+        # failures do: 0 with a warning; before it nothing was promoted
+        versions = report["versions"]
+        if versions["after"] is not None and versions["after"] != versions["before"]:
+            _warn(report, f"{exc} after the promotion: old versions not pruned")
+            code = ExitCode.PROMOTED
+        else:
+            print(f"error: {exc}: nothing promoted", file=sys.stderr)
+            code, report["error"] = ExitCode.FAILED, str(exc)
+    except OSError as exc:  # a full disk (model.checkpoint.save says so), a store that cannot be written: one line
+        print(f"error: {exc}", file=sys.stderr)
+        code, report["error"] = ExitCode.FAILED, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a scheduled job must end with a report and a code, whatever broke
         traceback.print_exc()
         code, report["error"] = ExitCode.FAILED, f"{type(exc).__name__}: {exc}"
@@ -389,4 +408,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     plain_warnings()  # a DataWarning (columns not read, no timestamps) as one "warning: ..." line
+    raise_on_sigterm()  # a stopped run unwinds: no half-written or never-served version left, a report written
     sys.exit(main())

@@ -5,8 +5,9 @@
     python scripts/rollback.py --store /srv/recsys/store --list     # versions, oldest first; * = current
 
 Takes the store's lock, so it never races a retrain. Exit codes (``model.retrain.ExitCode``):
-0 current moved (or listed), 2 no such store or version / nothing older to go back to, 11 locked,
-1 failed (e.g. the target version does not load: current is left as it was).
+0 current moved (or listed; a warning on stderr when the list of served versions could not be written after the
+move), 2 no such store or version / nothing older to go back to, 11 locked, 1 failed (e.g. the target version does
+not load): current is left as it was.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 
 from model.checkpoint import CheckpointError
 from model.retrain import ExitCode
-from model.store import ModelStore, StoreError, StoreLocked, is_store
+from model.store import ModelStore, ServedListNotWritten, StoreError, StoreLocked, is_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with store.lock():
             before, after = store.rollback(args.to)
+    except ServedListNotWritten as exc:  # current moved: rolled back all the same (saying otherwise, a retry went on)
+        print(f"warning: {exc}", file=sys.stderr)
+        before, after = exc.before, exc.version
     except StoreLocked as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return ExitCode.LOCKED

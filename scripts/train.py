@@ -2,8 +2,10 @@
 
     python scripts/train.py --data ratings.csv --out artifacts/model.ckpt
 
-Writes ``<out>.curves.png`` (training curves) beside the checkpoint.
-Exit codes: 0 trained and saved, 2 bad arguments or malformed data (nothing written), 3 training failed.
+Writes ``<out>.curves.png`` (training curves) beside the checkpoint (a failure to write them is a warning).
+Exit codes: 0 trained and saved, 2 bad arguments or malformed data (nothing written), 3 training failed or the
+checkpoint could not be written (a full disk; the file at ``--out`` is left as it was), 143 stopped by SIGTERM
+(nothing written unless the checkpoint was already in place).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from model.interactions import build_dataset
 from model.item_files import read_items
 from model.raw import plain_warnings
 from model.sequence import SEQUENCE_KINDS
+from model.signals import EXIT_CODE as TERMINATED_EXIT
+from model.signals import Terminated, raise_on_sigterm
 from model.synthetic import planted_ratings
 from model.train import TrainingDiverged, fit, resolve, resolve_device
 
@@ -116,8 +120,16 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
         return 0  # rank 0 alone writes; the weights are the same on every rank
     saving = time.perf_counter()
     ckpt = checkpoint.from_training(result, dataset, items.align(dataset.item_map.ids) if items else None)
-    out = checkpoint.save(ckpt, Path(args.out))
-    curves = save_curves(result.history, Path(f"{out}.curves.png"), title=f"{ckpt.kind} ({result.config.loss})")
+    try:
+        out = checkpoint.save(ckpt, Path(args.out))
+    except OSError as exc:  # a full disk: the temporary file is gone and --out is as it was
+        print(f"error: {exc}; {args.out} is left as it was", file=sys.stderr)
+        return 3
+    try:  # the checkpoint is in place (a serving instance may already reload it): the plot is no reason to fail
+        curves = save_curves(result.history, Path(f"{out}.curves.png"), title=f"{ckpt.kind} ({result.config.loss})")
+    except OSError as exc:
+        print(f"warning: the checkpoint is written, but not its training curves: {exc}", file=sys.stderr)
+        curves = None
     saved = time.perf_counter() - saving
     m, c = result.metrics, result.config
     parts = [f"trained {ckpt.kind} ({c.loss}) dim={c.dim}"]
@@ -133,11 +145,16 @@ def train(args: argparse.Namespace, cluster: distributed.Cluster) -> int:
     stages = [f"{label} {m[key]:.1f}s" for key, label in (("rating_seconds", "rating model"),
                                                           ("rank_seconds", "ranking head")) if key in m]  # fmt: skip
     print(", ".join(parts) + (f" ({', '.join(stages)})" if stages else ""))
-    print(f"wrote {out} (model_version {ckpt.model_version}) in {saved:.1f}s, curves {curves}")
+    print(f"wrote {out} (model_version {ckpt.model_version}) in {saved:.1f}s, curves {curves or 'not written'}")
     print(f"total {time.perf_counter() - started:.1f}s, peak RSS {peak_rss_gb():.2f} GB")
     return 0
 
 
 if __name__ == "__main__":
     plain_warnings()  # a DataWarning (columns not read, no timestamps) as one "warning: ..." line
-    sys.exit(main())
+    raise_on_sigterm()  # a stopped run unwinds, so a checkpoint half written is removed
+    try:
+        sys.exit(main())
+    except Terminated as stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        sys.exit(TERMINATED_EXIT)

@@ -126,6 +126,29 @@ def test_a_failure_after_the_pointer_moved_is_reported_as_a_promotion(tmp_path, 
     assert "warning: promoted, but" in capsys.readouterr().err
 
 
+def test_a_promotion_that_fails_before_the_pointer_moves_takes_its_version_back_out(
+    tmp_path, data, monkeypatch, capsys
+):
+    """ENOSPC making the temporary link for ``current`` (chaos review): the new version stayed in versions/, never
+    served, listed as the newest and counted by --keep. Now it is deleted again and the failure is one line."""
+    store_dir = tmp_path / "store"
+    old, new = snapshots(tmp_path, data)
+    assert retrain.main(["--data", str(old), "--store", str(store_dir), *FAST]) == 0
+    store = ModelStore(store_dir)
+    before = [v.name for v in store.versions()]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelStore, "_point", full_disk)
+    out = tmp_path / "report.json"
+    code = retrain.main(["--data", str(new), "--store", str(store_dir), "--report", str(out), "--force", *FAST])
+    report, err = json.loads(out.read_text()), capsys.readouterr().err
+    assert code == ExitCode.FAILED and report["outcome"] == "failed" and "No space left on device" in report["error"]
+    assert [v.name for v in store.versions()] == before and store.current() == before[0]
+    assert "error: [Errno 28] No space left on device" in err and "Traceback" not in err
+
+
 def test_after_a_promotion_no_user_is_recommended_an_item_they_rated(tmp_path, data):
     """Before: the promoted model was the one trained without the holdout, so its seen items lacked it."""
     store_dir = tmp_path / "store"
@@ -325,7 +348,10 @@ def _run_retrain(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.reliability
-def test_a_killed_retrain_leaves_the_store_intact_and_a_concurrent_one_is_refused(tmp_path, data):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_killed_retrain_leaves_the_store_intact_and_a_concurrent_one_is_refused(tmp_path, data, stop):
+    """SIGKILL ends the run where it stands; SIGTERM (a cron timeout, a Kubernetes deadline) unwinds it, so it also
+    writes its report (none was written before: the run vanished as under SIGKILL)."""
     store_dir = tmp_path / "store"
     assert retrain.main(["--data", str(data), "--store", str(store_dir), *FAST]) == 0
     store = ModelStore(store_dir)
@@ -342,14 +368,20 @@ def test_a_killed_retrain_leaves_the_store_intact_and_a_concurrent_one_is_refuse
         assert "refused" in err and "locked by another run" in err and f"pid {slow.pid}" in err
         time.sleep(1.0)
         assert slow.poll() is None, "the slow retrain finished before it could be killed"
-        slow.send_signal(signal.SIGKILL)
-        slow.wait(timeout=10)
+        slow.send_signal(getattr(signal, stop))
+        _, err = slow.communicate(timeout=30)
     finally:
         if slow.poll() is None:
             slow.kill()
         slow.stdout.close()
         slow.stderr.close()
     after = tree(store_dir)
+    if stop == "SIGTERM":
+        assert slow.returncode == ExitCode.FAILED and "error: terminated by SIGTERM: nothing promoted" in err, err
+        (report,) = [p for p in after if p.startswith("reports/") and p not in before]
+        assert report.endswith("-failed.json") and json.loads((store_dir / report).read_text())["error"] == (
+            "terminated by SIGTERM")  # fmt: skip
+        after.pop(report)
     assert after == before and store.current() == current  # no version, pointer, report or temporary file added
     assert checkpoint.load(store.current_path()).model_version == current
     # A save killed mid-write would leave a hidden temporary file: never listed, removed by the next run.
@@ -358,8 +390,8 @@ def test_a_killed_retrain_leaves_the_store_intact_and_a_concurrent_one_is_refuse
     assert retrain.main(["--data", str(data), "--store", str(store_dir), *FAST, "--force"]) == 0  # lock released
     assert not list(store.versions_dir.glob(".*.tmp"))
     record_figures(
-        "retrain_kill",
-        {"killed_with": "SIGKILL during training", "store_unchanged": after == before,
+        f"retrain_{'kill' if stop == 'SIGKILL' else 'term'}",
+        {"killed_with": f"{stop} during training", "store_unchanged": after == before,
          "concurrent_run_exit_code": second.returncode, "next_run_exit_code": 0},
     )  # fmt: skip
 

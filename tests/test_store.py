@@ -252,6 +252,51 @@ def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path,
     assert store.current_link.is_dir()
 
 
+def test_a_rollback_whose_served_list_is_not_written_rolled_back_and_the_next_goes_on_back(
+    tmp_path, versions, monkeypatch, capsys
+):
+    """A full disk while writing STORE/served, after current had moved (chaos review): rollback.py said "not rolled
+    back" (exit 1); the operator's retry then went forward to the version rolled away from, served last in the
+    list. A rollback killed between its two steps left the same list, with the same retry."""
+    from tests.test_retrain import _script
+
+    rollback = _script("rollback")
+    store = ModelStore(tmp_path / "store").init()
+    names = [c.model_version for c in versions[:3]]
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelStore, "_write_served", full_disk)
+    assert rollback.main(["--store", str(store.root)]) == 0 and store.current() == names[1]
+    captured = capsys.readouterr()
+    assert f"current: {names[2]} -> {names[1]}" in captured.out and "not rolled back" not in captured.err
+    assert "warning: the list of served versions could not be written" in captured.err and "No space" in captured.err
+    monkeypatch.undo()
+    assert store.served() == names  # not unwound on disk: read as unwound back to current
+    assert store.previous() == names[0] and store.served_before() == [names[0]]
+    assert rollback.main(["--store", str(store.root)]) == 0 and store.current() == names[0]
+    assert store.served() == names[:1]
+
+
+def test_a_directory_named_like_a_version_is_no_version_and_does_not_stop_pruning(tmp_path, versions):
+    """``versions/<a version's name>.ckpt/`` as a directory was listed as the oldest version, and pruning it failed
+    (IsADirectoryError) on every promotion after, so old versions piled up until the disk filled."""
+    store = ModelStore(tmp_path / "store").init()
+    planted = store.versions_dir / "mf-20200101T000000Z-dddddddd.ckpt"
+    planted.mkdir()
+    os.utime(planted, (0, 0))
+    names = [c.model_version for c in versions[:3]]
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+    assert [v.name for v in store.versions()] == names
+    assert store.prune(keep=1) == [names[0]] and planted.is_dir()  # not ours to delete
+
+
 def test_cleaning_keeps_a_serving_workers_cache_write_in_progress(tmp_path, versions):
     """Workers write the ANN index and top-N lists beside a version without the store's lock: a retrain's clean-up
     deleted their temporary file mid-write (the cache was then lost). A checkpoint's own is always stale."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import resource
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -163,6 +166,67 @@ def test_diverging_training_exits_3(tmp_path):
         f.write("u0,i1,1e30\n")  # a corrupt value: the hint names the ratings' range, not only --lr
     proc = run_train("--data", str(data), "--out", str(tmp_path / "m.ckpt"), "--epochs", "2")
     assert proc.returncode == 3 and "(the ratings range from " in proc.stderr and "to 1e+30)" in proc.stderr
+
+
+def _file_size_limit(limit: int):
+    """A child's writes past ``limit`` bytes per file fail (EFBIG), as on a full disk: the kernel's own refusal."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_exits_3_and_leaves_the_old_file(tmp_path):
+    """A failed write (found on a full tmpfs) ended in two chained torch tracebacks ("basic_ios::clear: iostream
+    error"), exit 1, and nothing said which file or why."""
+    data, out = _tiny_csv(tmp_path), tmp_path / "m.ckpt"
+    out.write_bytes(b"the model served until now")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--quiet", "--data", str(data), "--out", str(out),
+         "--epochs", "2", "--dim", "8"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, preexec_fn=_file_size_limit(4096),
+    )  # fmt: skip
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: could not write {out} (" in proc.stderr and "MiB free on its filesystem" in proc.stderr
+    assert out.read_bytes() == b"the model served until now" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.ckpt", "ratings.csv"]  # fmt: skip
+
+
+def test_curves_that_cannot_be_written_are_a_warning_after_the_checkpoint(tmp_path):
+    """The curves are written after the checkpoint: their failure (a full disk) exited 1 with a traceback although
+    the new model was already in place, and a serving instance had reloaded it."""
+    data, out = _tiny_csv(tmp_path), tmp_path / "m.ckpt"
+    (tmp_path / "m.ckpt.curves.png").mkdir()  # the plot cannot be written there
+    proc = run_train("--data", str(data), "--out", str(out), "--epochs", "2", "--dim", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the checkpoint is written, but not its training curves" in proc.stderr
+    assert checkpoint.load(out).config.dim == 8 and "curves not written" in proc.stdout
+
+
+@pytest.mark.reliability
+def test_sigterm_stops_training_and_writes_nothing(tmp_path):
+    """SIGTERM (a cron timeout, docker stop) ended the process where it stood: a save in progress left its
+    temporary file beside --out for good. Now the run unwinds: exit 143, nothing written."""
+    data, out = _tiny_csv(tmp_path), tmp_path / "m.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--quiet", "--data", str(data), "--out", str(out),
+         "--epochs", "100000", "--patience", "100000", "--dim", "8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("data: "), proc.stderr.read()  # read: training starts now
+        time.sleep(0.5)
+        assert proc.poll() is None, "training ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and "error: terminated by SIGTERM" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratings.csv"]
 
 
 def test_trains_on_a_parquet_file_and_writes_a_checkpoint(tmp_path):
