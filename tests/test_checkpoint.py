@@ -274,6 +274,74 @@ def test_finite_weights_whose_sum_overflows_are_not_taken_for_infinite():
     assert "NaN or infinite" in _tensor_error("w", torch.tensor([1.0, float("inf")]), (torch.float32,))
 
 
+def _set(tensor: torch.Tensor, index, value) -> torch.Tensor:
+    out = tensor.clone()
+    out[index] = value
+    return out
+
+
+# One fault each, so that each check is what refuses its file (a mutation review deleted most of these checks one at
+# a time and no test failed: test_inconsistent_checkpoint_is_refused's file breaks four at once). Each takes the
+# loaded dict and changes it in place. What each would do if it loaded, as probed: an item index past the catalogue
+# is a 500 for that user, a NaN user vector an empty 200 list, a duplicate user id answers for another user.
+ONE_FAULT = {
+    "seen_index_equal_to_the_item_count": (
+        lambda raw: raw.update(seen_indices=_set(raw["seen_indices"], -1, len(raw["item_ids"]))),
+        "seen-item index refers to items outside the catalogue",
+    ),
+    "popularity_one_entry_short": (
+        lambda raw: raw.update(item_popularity=raw["item_popularity"][:-1].clone()),
+        "popularity has",
+    ),
+    "negative_popularity": (
+        lambda raw: raw.update(item_popularity=_set(raw["item_popularity"], 0, -1)),
+        "item_popularity has negative counts",
+    ),
+    "indptr_past_the_last_seen_item": (
+        lambda raw: raw.update(seen_indices=raw["seen_indices"][:-1].clone()),
+        "seen-item index does not match",
+    ),
+    "indptr_starting_at_1": (
+        lambda raw: raw.update(
+            seen_indptr=raw["seen_indptr"] + 1, seen_indices=torch.cat([raw["seen_indices"][:1], raw["seen_indices"]])
+        ),
+        "seen_indptr does not start at 0",
+    ),  # fmt: skip
+    "duplicate_user_ids": (
+        lambda raw: raw["user_ids"].__setitem__(1, raw["user_ids"][0]),
+        "user_ids holds duplicates",
+    ),
+    "nan_user_vector": (
+        lambda raw: raw["serving"].update(user_vectors=_set(raw["serving"]["user_vectors"], (3, 0), float("nan"))),
+        "serving['user_vectors'] holds NaN or infinite values",
+    ),
+    "last_item_vector_changed": (
+        lambda raw: raw["serving"].update(item_vectors=_set(raw["serving"]["item_vectors"], -1, 0.5)),
+        "serving arrays disagree with the weights",
+    ),
+    "a_weight_one_column_short": (
+        lambda raw: raw["state_dict"].update(
+            {name: t[:, :-1].clone() for name, t in raw["state_dict"].items() if t.ndim == 2 and "item" in name}
+        ),
+        "weights do not fit a mf model",
+    ),
+    "a_metric_as_text": (lambda raw: raw["metrics"].update(rmse="low"), "metrics is not a dict of numbers"),
+    "created_at_of_100_characters": (lambda raw: raw.update(created_at="2" * 100), "created_at is not a short"),
+    "history_of_numbers": (lambda raw: raw.update(history=[1, 2]), "history malformed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_FAULT))
+def test_each_check_refuses_its_own_fault(case, small_ckpt_path, tmp_path):
+    change, message = ONE_FAULT[case]
+    raw = torch.load(small_ckpt_path, map_location="cpu", weights_only=True)
+    assert raw["kind"] == "mf"
+    change(raw)
+    torch.save(raw, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        checkpoint.load(tmp_path / "bad.ckpt")
+
+
 @pytest.mark.parametrize("case", sorted(WRONG_FIELDS))
 def test_a_wrongly_typed_field_is_a_checkpoint_error(case, small_ckpt_path, tmp_path):
     """Before: AttributeError/TypeError from wherever the field was first used (create_app crashed)."""

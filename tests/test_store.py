@@ -49,6 +49,8 @@ def test_add_point_rollback_and_list(tmp_path, versions):
     assert store.rollback(names[2]) == (names[0], names[2])
     with pytest.raises(StoreError, match="already in the store"):
         store.add(versions[0])  # a version file is never rewritten (it may be memory-mapped)
+    with pytest.raises(StoreError, match="already in the store"):
+        store.add_file(store.path_of(names[0]))  # nor by copying a file in: a rollback to it would serve another model
     with pytest.raises(StoreError):
         store.set_current("no-such-version")
     with pytest.raises(StoreError, match="not a valid version"):
