@@ -316,7 +316,10 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
         _warn(report, f"promoted, but {exc}")
     except BaseException:  # the pointer did not move (a failure, SIGTERM): a version never served is taken back out
         if added and _current_version(store) != promoted.model_version:
-            store.discard(promoted.model_version)
+            try:
+                store.discard(promoted.model_version)
+            except OSError:  # the failure being raised says more; the file stays, listed, until pruned
+                pass
         raise
     report["versions"]["after"] = promoted.model_version
     try:
