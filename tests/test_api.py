@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from model import checkpoint
+from model.topk import top_k
 from service import create_app
 from service.index import ServingIndex
-from service.schemas import ErrorResponse, ModelInfo, PredictBatchResponse, PredictResponse, RecommendResponse
+from service.schemas import (
+    MAX_LIST,
+    ErrorResponse,
+    ModelInfo,
+    PredictBatchResponse,
+    PredictResponse,
+    RecommendResponse,
+)
 
 
 def error_fields(resp) -> dict[str, str]:
@@ -73,6 +81,7 @@ def test_unknown_user_gets_popular_items(client, small_ckpt):
         ("user_id=u1&K=5", "K"),
         ("user_id=" + "x" * 300, "user_id"),
         ("user_id=", "user_id"),
+        ("user_id=u1&filter=:x", "filter.0"),  # a filter needs an attribute name before its colon
     ],
 )
 def test_recommend_bad_query_is_422_with_field(client, query, field):
@@ -246,6 +255,30 @@ def test_fold_in_matches_the_trained_user(client, small_ckpt, small_dataset):
     assert not got & {h["item_id"] for h in history}
 
 
+def test_fold_in_of_a_model_ranking_by_rating_is_its_ridge_solve(client, small_ckpt):
+    """An MF without a ranking head ranks by predicted rating: a new user's vector is the MF objective solved with
+    the items fixed, ``(V_h^T V_h + reg I) p = V_h^T (r_h - mu - b_h)``, unrated items at the top of the scale. The
+    6-of-10 overlap above passed with the ratings ignored, unrated items fitted to the lowest rating, the item
+    biases dropped from the target or the regulariser ignored."""
+    state = {name: value.numpy().astype(np.float64) for name, value in small_ckpt.state_dict.items()}
+    factors, bias = state["item_factors.weight"], state["item_bias.weight"].reshape(-1)
+    mu, reg, (low, high) = float(state["global_bias"]), small_ckpt.config.reg, small_ckpt.rating_scale
+    assert small_ckpt.config.rank_loss == "none" and reg >= 1.0  # a regulariser that matters with 3 items in 8 dims
+    hist = [3, 17, 40]
+    for ratings in ([high, low, 3.5], None):
+        target = np.array(ratings if ratings else [high] * len(hist)) - mu - bias[hist]
+        p = np.linalg.solve(factors[hist].T @ factors[hist] + reg * np.eye(factors.shape[1]), factors[hist].T @ target)
+        predicted = mu + bias + factors @ p
+        predicted[hist] = -np.inf
+        want = top_k(predicted, 5)
+        history = [small_ckpt.item_ids[i] for i in hist]
+        if ratings:
+            history = [{"item_id": item, "rating": r} for item, r in zip(history, ratings)]
+        items = client.post("/recommend", json={"history": history, "k": 5}).get_json()["items"]
+        assert [it["item_id"] for it in items] == [small_ckpt.item_ids[i] for i in want], ratings
+        assert [it["score"] for it in items] == pytest.approx(predicted[want], rel=1e-4), ratings
+
+
 def test_fold_in_bare_ids_exclude_history_and_unknown_history_is_popular(client, small_ckpt):
     history = small_ckpt.item_ids[:3]
     body = client.post("/recommend", json={"history": history, "k": 5, "exclude": [small_ckpt.item_ids[3]]}).get_json()
@@ -337,6 +370,11 @@ def test_the_bare_id_fast_path_accepts_and_refuses_what_the_general_path_does(hi
         ({"history": [{"item_id": "a", "rating": "high"}]}, "history.0.rating"),
         # As many filter values as GET allows, in all: a million cost seconds of a worker (security review)
         ({"history": ["a"], "filter": {"secret": ["x"] * 1_000_000}}, "filter.secret"),
+        # The documented limit of 10,000 ids (MAX_LIST) holds for exclude and items as for the history
+        ({"history": ["a"], "exclude": ["b"] * (MAX_LIST + 1)}, "exclude"),
+        ({"history": ["a"], "items": ["b"] * (MAX_LIST + 1)}, "items"),
+        ({"history": ["a"], "k": 2.5}, "k"),  # 2.0 is the integer 2; 2.5 was once truncated to 2, not refused
+        ({"history": ["a"], "filter": {"": "x"}}, "filter"),  # no attribute has an empty name
     ],
 )
 def test_fold_in_bad_body(client, body, field):

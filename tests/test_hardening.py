@@ -61,6 +61,9 @@ NON_ASCII = "ユーザー-Ünïcødé-👤"
         ("POST", "/recommend", {"history": ["i1"], "k": 1001}, 422, "k"),
         ("POST", "/recommend", {"history": ["i1"], "k": "5"}, 422, "k"),  # JSON bodies are not coerced
         ("POST", "/recommend", {"history": [{"item_id": "i1", "rating": False}]}, 422, "history.0.rating"),
+        # Python's json reads NaN and 1e999 (infinity): a rating must be finite, else the answer was 200 and empty
+        ("POST", "/recommend", b'{"history": [{"item_id": "i1", "rating": NaN}]}', 422, "history.0.rating"),
+        ("POST", "/recommend", b'{"history": [{"item_id": "i1", "rating": 1e999}]}', 422, "history.0.rating"),
         ("POST", "/recommend", {"history": ["i1"] * 10_001}, 422, "history"),
         ("GET", "/recommend?" + q(user_id="u1", exclude=["i1"] * (MAX_QUERY_LIST + 1)), None, 422, "exclude"),
         ("GET", "/recommend?" + q(user_id=["u1", "u2"]), None, 422, "user_id"),  # which one? refused

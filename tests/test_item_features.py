@@ -9,6 +9,7 @@ import torch
 
 from model import checkpoint
 from model.interactions import build_dataset
+from model.item_files import read_items
 from model.networks import build_network
 from model.train import TrainConfig, TrainResult
 from service.index import ServingIndex
@@ -104,6 +105,25 @@ def test_titles_filters_and_explanations_over_http(start_uwsgi, items_ckpt, loca
     assert param["schema"]["items"]["pattern"] == r"^(?:genres:|title:|year:\s*[+-]?[0-9]+\s*$)"
     body = doc["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert sorted(body["properties"]["filter"]["anyOf"][0]["properties"]) == ["genres", "title", "year"]
+
+
+def test_a_filter_value_may_contain_a_colon(items_ckpt, tmp_path):
+    """``filter=attribute:value`` splits at the first colon: the value is everything after it, colons included
+    (a title such as 'Star Wars: Episode IV'). Split at the last colon, the attribute read 'title:Star Wars'."""
+    from service import create_app
+
+    ckpt = checkpoint.load(items_ckpt)
+    title = "Star Wars: Episode IV - A New Hope (1977)"
+    movies = ["movieId,title,genres", f'i12,"{title}",Sci-Fi', "i13,Star Wars (1977),Sci-Fi"]  # i13: not asked for
+    ckpt.item_attributes = read_items(write_lines(tmp_path / "movies.csv", movies)).align(ckpt.item_ids)
+    path = checkpoint.save(ckpt, tmp_path / "colon.ckpt")
+    client = create_app({"CHECKPOINT": str(path), "TESTING": True, "RELOAD_INTERVAL": 0}).test_client()
+    for url in (f"/recommend?user_id=u0&k=3&filter={urllib.parse.quote('title:' + title)}",
+                f"/similar?item_id=i0&k=3&filter={urllib.parse.quote('title:' + title)}"):  # fmt: skip
+        resp = client.get(url)
+        assert resp.status_code == 200, resp.get_json()
+        assert [it["item_id"] for it in resp.get_json()["items"]] == ["i12"]
+        assert resp.get_json()["items"][0]["attributes"]["title"] == title
 
 
 def test_explain_is_refused_for_neumf(tmp_path):

@@ -11,6 +11,7 @@ from model.evaluate import mae, rmse
 from model.metrics import (
     METRIC_NAMES,
     coverage,
+    evaluate_fold_in,
     evaluate_ranking,
     hit_matrix,
     per_user_metrics,
@@ -168,3 +169,49 @@ def test_hit_matrix_and_coverage_ignore_padding():
     assert hits.tolist() == [[True, False], [False, True]]
     assert coverage(top, 4) == pytest.approx(3 / 4)
     assert per_user_metrics(hits, np.array([1, 2]))["recall"].tolist() == [1.0, 0.5]
+
+
+def test_padding_in_a_later_row_is_not_the_previous_row_s_last_item():
+    """Row r's -1 pad has the key r * num_items - 1, the key of (row r - 1, item num_items - 1): without the
+    ``top >= 0`` mask it counted as a hit whenever the row above had the catalogue's last item relevant."""
+    top = np.array([[0, 1], [2, -1]])
+    hits = hit_matrix(top, csr([[3], [2]]), np.array([0, 1]), num_items=4)  # row 0's relevant item is item 3
+    assert hits.tolist() == [[False, False], [True, False]]
+
+
+def test_evaluate_ranking_scores_only_the_users_asked_for():
+    """The validation sample (``users=``) was once ignored: every user was ranked, slower and another figure."""
+    metrics, per_user = evaluate_ranking(score, TRAIN, TEST, num_items=6, k=3, users=np.array([0, 3, 4]))
+    # u1 (not asked for) is left out; u3 is asked for but skipped (its only held-out item is in training).
+    assert per_user["user_idx"].tolist() == [0, 4]
+    assert (metrics.users, metrics.skipped_users) == (2, 1)
+    # as in the hand-computed example above: u0 precision 1/3, nDCG 0.3065736; u4 nothing
+    assert metrics.precision == pytest.approx(1 / 6)
+    assert metrics.ndcg == pytest.approx(0.5 / (1 + 1 / math.log2(3)) / 2)
+    assert metrics.coverage == pytest.approx(4 / 6)  # {2, 4, 1} | {0, 1, 2}
+
+
+def test_fold_in_metrics_on_a_hand_computed_example():
+    """evaluate.py --fold-in's figures, each by hand: recall@k divides by min(k, R_u) (Mult-VAE), not R_u; each
+    nDCG stops at its own cutoff and the list is ranked 100 deep; the history, scored highest, is not in the list.
+    Before this test, dividing by R_u, nDCG@10 cut at 100, a depth of 50 or a list with the history in it all
+    passed."""
+    num_items = 120
+    # Every user scores item i as num_items - i: item 0 (everyone's history) is the best, then 1, 2, ... With the
+    # history excluded, item i is at rank i.
+    ranked = lambda users: np.tile(np.arange(num_items, 0, -1, dtype=np.float32), (len(users), 1))  # noqa: E731
+    history = csr([[0], [0], [0]])
+    # u0: 25 relevant items, ranks 1..25 (more than 20); u1: ranks 3 and 60; u2: its one held-out item is in its
+    # history, so it has nothing relevant and is not averaged.
+    heldout = csr([list(range(1, 26)), [3, 60], [0]])
+    out = evaluate_fold_in(ranked, history, heldout, num_items)
+    assert out["users"] == 2
+    idcg2 = 1 + 1 / math.log2(3)  # u1's ideal: two hits at ranks 1 and 2
+    # recall@20: u0 20 hits / min(20, 25) = 1 (not 20 / 25); u1 1 hit (rank 3) / min(20, 2) = 1/2
+    assert out["recall@20"] == pytest.approx((1 + 1 / 2) / 2)
+    # recall@50: u0 25 / 25; u1 still 1 / 2 (rank 60 is past 50)
+    assert out["recall@50"] == pytest.approx((1 + 1 / 2) / 2)
+    # nDCG@10: u0 10 hits in 10 = 1; u1 only the hit at rank 3: (1 / log2(4)) / idcg2 = 0.5 / 1.6309298
+    assert out["ndcg@10"] == pytest.approx((1 + 0.5 / idcg2) / 2)
+    # nDCG@100: u0 a perfect list = 1; u1 ranks 3 and 60: (1/2 + 1/log2(61)) / idcg2
+    assert out["ndcg@100"] == pytest.approx((1 + (0.5 + 1 / math.log2(61)) / idcg2) / 2)

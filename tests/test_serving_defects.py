@@ -59,6 +59,27 @@ def test_fold_in_uses_the_ratings_given(default_mf):
     assert [block(i) for i in unrated.item_ids] == [3, 3, 3], unrated.item_ids
 
 
+def test_a_bottom_rated_item_does_not_attract_under_implicit_als(default_mf):
+    """Implicit ALS weighs a history item by its liking ``(r - low) / (high - low)`` clipped to [0, 1]: an item
+    rated at the bottom of the scale (or below it) counts as never interacted with, so a history of one loved item
+    and hated ones folds in as the loved item alone, and a rating above the scale as the top of it. Before this
+    test, a bottom-rated item still counted with confidence 1, and unclipped weights (negative, over 1) passed."""
+    index = ServingIndex(checkpoint.load(default_mf))
+    low, high = index.folding.low, index.folding.high
+    loved = index.item_indices(["i20"])
+    alone = index.fold_in(loved, np.array([high], np.float32))
+    mixed = index.item_indices(["i20", "i30", "i31", "i32"])  # loved, then rated at the bottom and below it
+    folded = index.fold_in(mixed, np.array([high, low, low, low - 1.0], np.float32))
+    np.testing.assert_allclose(folded, alone, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(index.fold_in(loved, np.array([high + 1.0], np.float32)), alone, rtol=1e-4, atol=1e-6)
+    # The answer: the loved item's neighbours (block 2), the history excluded
+    scores = index.item_vectors @ alone
+    scores[mixed] = -np.inf
+    want = [index.item_ids[i] for i in top_k(scores, 5)]
+    got = index.recommend_for_history(["i20", "i30", "i31", "i32"], 5, ratings=[high, low, low, low - 1.0]).item_ids
+    assert got == want and [block(i) for i in got] == [2] * 5, got
+
+
 def test_popular_fallback_never_repeats_an_item(client):
     """Before: items=i1,i1,i2 for an unknown user answered i1 twice."""
     body = client.get("/recommend?user_id=nobody&k=5&items=i1,i1,i2,i2,i1").get_json()

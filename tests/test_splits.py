@@ -7,7 +7,7 @@ import pytest
 
 from model.interactions import Interactions
 from model.sequence_data import last_out
-from model.splits import random_split, stratified_split
+from model.splits import fold_in_split, random_split, stratified_split
 
 
 def make_inter(rng, num_users: int = 30, num_items: int = 50, max_rows: int = 15, with_time: bool = True,
@@ -62,6 +62,21 @@ def test_stratified_holds_out_the_fraction_of_each_user(rng):
     assert np.all(np.bincount(train.user_idx, minlength=60) >= 1)
     other = stratified_split(inter, 0.25, seed=1)[1]
     assert not np.array_equal(row_ids(other), row_ids(test)), "the seed changes which rows are held out"
+
+
+def test_fold_in_split_puts_the_fraction_in_the_history():
+    """``fold_in_split(x, 0.8)``: 80% of each new user's items are folded in (history, the first part) and the rest
+    scored. Passing the fraction to ``stratified_split`` uninverted folded in 20%, and returning the parts swapped
+    scored the 80%; neither failed a test."""
+    counts = np.array([10, 5, 2, 1, 20, 7])
+    users = np.repeat(np.arange(len(counts)), counts)
+    items = np.concatenate([np.arange(c) for c in counts])
+    inter = Interactions(users, items, np.arange(len(users)), np.zeros(len(users), dtype=np.int64), len(counts), 20)
+    history, heldout = fold_in_split(inter, 0.8, seed=0)
+    assert_partition(inter, history, heldout)
+    # held out: round(n * 0.2), at least 1 and at most n - 1 (n >= 2); a single item stays in the history
+    assert np.bincount(heldout.user_idx, minlength=len(counts)).tolist() == [2, 1, 1, 0, 4, 1]
+    assert np.bincount(history.user_idx, minlength=len(counts)).tolist() == [8, 4, 1, 1, 16, 6]
 
 
 def test_bad_fractions_are_refused(rng):
