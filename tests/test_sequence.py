@@ -165,6 +165,8 @@ def test_recent_items_are_checked_at_load(cycle_split, tmp_path):
     wrong = ckpt.recent_items.copy()
     wrong[0, 0] = ckpt.num_items
     assert "outside the catalogue" in consistency_error(dataclasses.replace(ckpt, recent_items=wrong))
+    wrong[0, 0] = -2  # -1 is the padding, anything below it no item (a mutation review moved the bound unnoticed)
+    assert "outside the catalogue" in consistency_error(dataclasses.replace(ckpt, recent_items=wrong))
     assert "needs recent_items" in consistency_error(dataclasses.replace(ckpt, recent_items=None))
 
 
