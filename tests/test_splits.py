@@ -104,3 +104,15 @@ def test_pairs_are_told_apart_past_two_billion_cells():
     pairs, pair_of_row = pairs_of(inter)
     assert len(pairs) == 2 and pair_of_row.tolist() == [0, 1]
     assert len(inter.seen_csr()[1]) == 2
+
+
+def test_a_large_test_fraction_still_leaves_every_user_a_training_row(rng):
+    """The docstring's "at most n - 1": at 0.99 every user of two or more rows keeps exactly one row in training
+    and a single-row user keeps its row there (a mutation review let the split take all n rows unnoticed; then
+    ``fold_in_split`` below a half would leave new users with an empty history)."""
+    inter = make_inter(rng)
+    train, test = stratified_split(inter, 0.99, seed=1)
+    counts = np.bincount(inter.user_idx, minlength=inter.num_users)
+    kept = np.bincount(train.user_idx, minlength=inter.num_users)
+    assert np.array_equal(kept, np.ones(inter.num_users, dtype=np.int64)) and counts.min() == 1
+    assert np.array_equal(np.bincount(test.user_idx, minlength=inter.num_users), counts - 1)
