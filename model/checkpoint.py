@@ -181,6 +181,10 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: _write(payload, tmp, path), sync_dir=True)
 
 
+# What torch's zip writer says when a write fails (seen on a full tmpfs and under RLIMIT_FSIZE).
+_WRITE_FAILED = ("inline_container.cc", "file write failed", "iostream error")
+
+
 def _write(payload: dict[str, Any], tmp: str, path: Path) -> None:
     """``torch.save``, whose failed write (a full disk, a file size limit) is a ``RuntimeError`` from its C++ writer
     that names no cause (``basic_ios::clear: iostream error``, ``unexpected pos 162240 vs 162104``): an ``OSError``
@@ -188,6 +192,8 @@ def _write(payload: dict[str, Any], tmp: str, path: Path) -> None:
     try:
         torch.save(payload, tmp)
     except RuntimeError as exc:
+        if not any(sign in str(exc) for sign in _WRITE_FAILED):  # not the writer's (a RecursionError...): as it is
+            raise
         try:
             left = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on its filesystem"
         except OSError:

@@ -167,20 +167,34 @@ class ModelStore:
         except (OSError, UnicodeDecodeError):  # none yet, or unreadable: the order versions were added
             return []
 
+    def served_now(self, current: str | None) -> list[str]:
+        """``served`` with ``current`` the version served now. The list as written when it ends in ``current``. When
+        it does not, the list missed a move (a run killed between moving the pointer and writing the list, a full
+        disk, a pointer moved by hand): a ``current`` that loads was served, so the list is read as that move would
+        have left it (unwound back to it, or with it added); one that does not load never was (the workers kept
+        what they had, the list's last), and the list is read as written."""
+        stack = self.served()
+        if current is None or not stack or stack[-1] == current or not self._loads(current):
+            return stack
+        return stack[: len(stack) - stack[::-1].index(current)] if current in stack else [*stack, current]
+
+    def _loads(self, version: str) -> bool:
+        try:
+            checkpoint.load(self.path_of(version))
+        except (checkpoint.CheckpointError, StoreError):
+            return False
+        return True
+
     def served_before(self, version: str | None = None) -> list[str]:
         """The stored versions to fall back to from ``version`` (default: the current one), best first: those
-        served before it, most recent first, then the others added before it, newest first.
-
-        ``served`` is read as moving ``current`` to ``version`` would have left it: when ``version`` is in the list
-        but not last (the pointer moved and the list was not written: a run killed between the two steps, a full
-        disk, a pointer moved by hand), the list is unwound back to it, so a rollback goes on back, never forward
-        to the version rolled away from. A version not in the list at all (aimed at by hand) falls back to the
-        last one served first."""
+        served before it, most recent first (by :meth:`served_now`: after a rollback the list missed, a rollback
+        goes on back, never forward to the version rolled away from; a worker that cannot load a ``current`` aimed
+        by hand falls back to the last one served), then the others added before it, newest first."""
         version = version or self.current()
         names = [v.name for v in self.versions()]
-        stack = self.served()
-        if version in stack:
-            stack = stack[: len(stack) - 1 - stack[::-1].index(version)]
+        stack = self.served_now(version)
+        if stack and stack[-1] == version:
+            stack = stack[:-1]
         added = names[: names.index(version)] if version in names else []
         out: list[str] = []
         for name in [*reversed(stack), *reversed(added)]:
@@ -236,8 +250,8 @@ class ModelStore:
             raise StoreError(f"no version {version} in {self.versions_dir}")
         checkpoint.load(path)  # raises CheckpointError for a bad file
         before = self._current_or_none()
+        stack = self.served_now(before)  # what was served up to now, whether or not the list was written then
         self._point(path)
-        stack = self.served()
         if not stack and before is not None and before != version:  # a store from before the list: seed it
             stack = [*reversed(self.served_before(before)), before]
         stack = stack[: len(stack) - stack[::-1].index(version)] if version in stack else [*stack, version]

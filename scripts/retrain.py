@@ -308,9 +308,9 @@ def retrain(args: argparse.Namespace, store: ModelStore, raw, report: dict) -> E
     if not added:  # the same data and weights, to the second: already stored
         print(f"{promoted.model_version} is already in the store (the same data and weights): pointing current at "
               "it; this run's holdout details are in its report, not in that file")  # fmt: skip
-    else:
-        store.add(promoted)
     try:
+        if added:
+            store.add(promoted)
         store.set_current(promoted.model_version)
     except ServedListNotWritten as exc:  # the pointer moved: the promotion stands, say so
         _warn(report, f"promoted, but {exc}")
@@ -381,11 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: training diverged: {exc}", file=sys.stderr)
         code, report["error"] = ExitCode.FAILED, str(exc)
-    except Terminated as exc:  # SIGTERM (raise_on_sigterm): after the promotion (pruning) it stands, as other late
-        # failures do: 0 with a warning; before it nothing was promoted
-        versions = report["versions"]
-        if versions["after"] is not None and versions["after"] != versions["before"]:
-            _warn(report, f"{exc} after the promotion: old versions not pruned")
+    except Terminated as exc:  # SIGTERM (raise_on_sigterm): once current points at the new model (pruning, or while the
+        # list of served versions was written) the promotion stands, as other late failures do: 0 with a warning
+        versions, refit = report["versions"], report.get("refit", {}).get("version")
+        if refit is not None and refit != versions["before"] and _current_version(store) == refit:
+            versions["after"] = refit
+            _warn(report, f"{exc} after current moved to {refit}: the promotion stands, old versions not pruned")
             code = ExitCode.PROMOTED
         else:
             print(f"error: {exc}: nothing promoted", file=sys.stderr)
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     for target in targets:
         try:
             write_report(report, target)
-        except OSError as exc:
+        except (OSError, Terminated) as exc:  # SIGTERM here: the outcome stands, its code is returned
             print(f"warning: could not write the report {target}: {exc}", file=sys.stderr)
     return int(code)
 

@@ -349,3 +349,15 @@ def test_a_wrongly_typed_field_is_a_checkpoint_error(case, small_ckpt_path, tmp_
     bad = _tampered(small_ckpt_path, tmp_path / "bad.ckpt", **changes)
     with pytest.raises(CheckpointError, match=re.escape(message)):
         checkpoint.load(bad)
+
+
+def test_a_failure_other_than_writing_is_not_reported_as_a_full_disk(tmp_path):
+    """checkpoint.save names the free space when torch's writer fails; any other RuntimeError (a bug while
+    pickling) went out as a disk problem too, and retrain then printed it without its traceback."""
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("a bug, not the disk")
+
+    with pytest.raises(RuntimeError, match="a bug, not the disk"):
+        checkpoint._write({"x": Unpicklable()}, str(tmp_path / "t.tmp"), tmp_path / "m.ckpt")

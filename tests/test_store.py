@@ -15,7 +15,15 @@ from model import checkpoint
 from model.data import RawRatings
 from model.evaluate import predict_ratings, rmse
 from model.retrain import split_holdout
-from model.store import STALE_CACHE_S, ModelStore, StoreError, StoreLocked, is_store, served_file
+from model.store import (
+    STALE_CACHE_S,
+    ModelStore,
+    ServedListNotWritten,
+    StoreError,
+    StoreLocked,
+    is_store,
+    served_file,
+)
 from model.train import TrainConfig, fit
 from model.warmstart import WarmStartError, warm_start
 from service.recommender import Recommender
@@ -282,6 +290,44 @@ def test_a_rollback_whose_served_list_is_not_written_rolled_back_and_the_next_go
     assert store.previous() == names[0] and store.served_before() == [names[0]]
     assert rollback.main(["--store", str(store.root)]) == 0 and store.current() == names[0]
     assert store.served() == names[:1]
+
+
+def test_a_list_that_missed_a_rollback_is_read_the_same_by_the_next_promotion(tmp_path, versions, monkeypatch):
+    """The list missed the rollback v2 -> v1 (full disk); then v3 is promoted. Before, set_current pushed v3 onto
+    the list as written: the next rollback went to v2, the version rolled away from, and pruning deleted v1, the
+    one served before v3 (a review of the fix)."""
+    store = ModelStore(tmp_path / "store").init()
+    names = [c.model_version for c in versions]
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ModelStore, "_write_served", full_disk)
+    with pytest.raises(ServedListNotWritten):
+        store.rollback()
+    monkeypatch.undo()
+    store.add(versions[3])
+    store.set_current(names[3])
+    assert store.served() == [names[0], names[1], names[3]] and store.previous() == names[1]
+    assert store.prune(keep=2) == [names[0]]  # the two newest and v1, the one a rollback goes to
+
+
+def test_a_worker_falls_back_to_what_the_others_kept_when_current_is_aimed_at_a_bad_listed_version(tmp_path, versions):
+    """v0, v1, v2 served; v1's file then damaged and current aimed at it by hand. Running workers refuse the reload
+    and keep v2: a starting worker serves v2 too, not v0 (a current that does not load was never served, so the
+    list is read as written; a review of the unwinding rule found it going back to v0)."""
+    store = ModelStore(tmp_path / "store").init()
+    names = [c.model_version for c in versions[:3]]
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+    store.path_of(names[1]).write_bytes(b"\x80\x02junk")
+    store._point(store.path_of(names[1]))
+    assert store.served_before() == [names[2], names[0]]
+    assert ModelHolder(store.root).version == names[2]
 
 
 def test_a_directory_named_like_a_version_is_no_version_and_does_not_stop_pruning(tmp_path, versions):
