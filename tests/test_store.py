@@ -262,6 +262,19 @@ def test_rollback_to_repairs_a_pointer_that_is_not_a_link_to_a_version(tmp_path,
     assert store.current_link.is_dir()
 
 
+def _serving_three(tmp_path, versions) -> tuple[ModelStore, list[str]]:
+    """A store that served versions 0, 1 and 2 in turn (2 current), and their names."""
+    store = ModelStore(tmp_path / "store").init()
+    for ckpt in versions[:3]:
+        store.add(ckpt)
+        store.set_current(ckpt.model_version)
+    return store, [c.model_version for c in versions[:3]]
+
+
+def _full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
 def test_a_rollback_whose_served_list_is_not_written_rolled_back_and_the_next_goes_on_back(
     tmp_path, versions, monkeypatch, capsys
 ):
@@ -271,16 +284,9 @@ def test_a_rollback_whose_served_list_is_not_written_rolled_back_and_the_next_go
     from tests.test_retrain import _script
 
     rollback = _script("rollback")
-    store = ModelStore(tmp_path / "store").init()
-    names = [c.model_version for c in versions[:3]]
-    for ckpt in versions[:3]:
-        store.add(ckpt)
-        store.set_current(ckpt.model_version)
+    store, names = _serving_three(tmp_path, versions)
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ModelStore, "_write_served", full_disk)
+    monkeypatch.setattr(ModelStore, "_write_served", _full_disk)
     assert rollback.main(["--store", str(store.root)]) == 0 and store.current() == names[1]
     captured = capsys.readouterr()
     assert f"current: {names[2]} -> {names[1]}" in captured.out and "not rolled back" not in captured.err
@@ -296,22 +302,15 @@ def test_a_list_that_missed_a_rollback_is_read_the_same_by_the_next_promotion(tm
     """The list missed the rollback v2 -> v1 (full disk); then v3 is promoted. Before, set_current pushed v3 onto
     the list as written: the next rollback went to v2, the version rolled away from, and pruning deleted v1, the
     one served before v3 (a review of the fix)."""
-    store = ModelStore(tmp_path / "store").init()
-    names = [c.model_version for c in versions]
-    for ckpt in versions[:3]:
-        store.add(ckpt)
-        store.set_current(ckpt.model_version)
+    store, names = _serving_three(tmp_path, versions)
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ModelStore, "_write_served", full_disk)
+    monkeypatch.setattr(ModelStore, "_write_served", _full_disk)
     with pytest.raises(ServedListNotWritten):
         store.rollback()
     monkeypatch.undo()
     store.add(versions[3])
-    store.set_current(names[3])
-    assert store.served() == [names[0], names[1], names[3]] and store.previous() == names[1]
+    store.set_current(versions[3].model_version)
+    assert store.served() == [*names[:2], versions[3].model_version] and store.previous() == names[1]
     assert store.prune(keep=2) == [names[0]]  # the two newest and v1, the one a rollback goes to
 
 
@@ -319,11 +318,7 @@ def test_a_worker_falls_back_to_what_the_others_kept_when_current_is_aimed_at_a_
     """v0, v1, v2 served; v1's file then damaged and current aimed at it by hand. Running workers refuse the reload
     and keep v2: a starting worker serves v2 too, not v0 (a current that does not load was never served, so the
     list is read as written; a review of the unwinding rule found it going back to v0)."""
-    store = ModelStore(tmp_path / "store").init()
-    names = [c.model_version for c in versions[:3]]
-    for ckpt in versions[:3]:
-        store.add(ckpt)
-        store.set_current(ckpt.model_version)
+    store, names = _serving_three(tmp_path, versions)
     store.path_of(names[1]).write_bytes(b"\x80\x02junk")
     store._point(store.path_of(names[1]))
     assert store.served_before() == [names[2], names[0]]
