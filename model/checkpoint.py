@@ -198,7 +198,7 @@ def _write(payload: dict[str, Any], tmp: str, path: Path) -> None:
             left = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free on its filesystem"
         except OSError:
             left = "its filesystem's free space unknown"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0]  # not empty: it holds one of _WRITE_FAILED
         raise OSError(f"could not write {path} ({left}): torch.save failed: {first}") from exc
 
 
